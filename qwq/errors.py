@@ -1,0 +1,25 @@
+"""Errors qwq raises for bad input: each names what was wrong."""
+
+
+class QwQError(Exception):
+    """Base class for every error qwq raises on purpose."""
+
+
+class CheckpointError(QwQError):
+    """A checkpoint (directory, shard, GGUF file, config) is missing, corrupt or unsupported."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint asks for something we refuse to do (pickle weights, remote code)."""
+
+
+class TemplateError(QwQError):
+    """A chat template failed, tried to escape the sandbox, or ran past its caps."""
+
+
+class RequestError(QwQError, ValueError):
+    """A request is invalid: bad sampling value, prompt too long for the context, ..."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
