@@ -1,0 +1,24 @@
+import pytest
+import torch
+
+from qwq.config import ModelConfig
+
+
+@pytest.fixture(scope="session")
+def demo_gguf():
+    from qwq.demo import demo_model_path
+    return demo_model_path()
+
+
+@pytest.fixture
+def tiny_config() -> ModelConfig:
+    """A tiny random Qwen2: 2 layers, hidden 64, GQA 4/2, q/k/v bias."""
+    return ModelConfig(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
+                       rope_theta=10000.0, max_position_embeddings=512, torch_dtype="float32",
+                       bos_token_id=1, eos_token_ids=(2,))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
