@@ -115,7 +115,7 @@ class EngineConfig:
 
     block_size: int = 16
     num_kv_blocks: int | None = None  # None: sized from kv_cache_memory
-    kv_cache_memory: int = 1 << 30  # bytes for the KV cache when num_kv_blocks is None
+    kv_cache_memory: int | None = None  # bytes; None: 1 GiB on CPU, 85% of free GPU memory
     max_num_seqs: int = 64  # sequences that run in one step
     max_num_batched_tokens: int = 2048  # token budget of one step (prefill chunks + decodes)
     max_model_len: int | None = None  # None: the model's context length

@@ -23,3 +23,7 @@ class RequestError(QwQError, ValueError):
     def __init__(self, message: str, param: str | None = None):
         super().__init__(message)
         self.param = param
+
+
+class QueueFullError(QwQError):
+    """The engine's waiting queue is full: the caller should retry later."""

@@ -1,0 +1,106 @@
+"""Logits processors and sampling: plain functions over a (vocab,) row of float32 logits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from qwq.engine.sequence import Sequence
+from qwq.sampling_params import SamplingParams
+
+
+@dataclass
+class Sample:
+    token: int
+    logprob: float | None = None
+    top_logprobs: dict[int, float] | None = None
+    error: str | None = None  # this row's logits were unusable (NaN/inf): fail this sequence alone
+
+
+def apply_penalties(logits: torch.Tensor, seq: Sequence, p: SamplingParams) -> torch.Tensor:
+    if p.repetition_penalty not in (None, 1.0):
+        seen = torch.tensor(sorted(set(seq.token_ids)), dtype=torch.long, device=logits.device)
+        picked = logits[seen]
+        logits[seen] = torch.where(picked > 0, picked / p.repetition_penalty,
+                                   picked * p.repetition_penalty)
+    if (p.presence_penalty or p.frequency_penalty) and seq.output_ids:
+        ids, counts = torch.tensor(seq.output_ids, device=logits.device).unique(return_counts=True)
+        logits[ids] -= p.presence_penalty + p.frequency_penalty * counts.to(logits.dtype)
+    return logits
+
+
+def apply_bias_and_bans(logits: torch.Tensor, seq: Sequence, p: SamplingParams,
+                        eos_ids: tuple[int, ...]) -> torch.Tensor:
+    for token, bias in (p.logit_bias or {}).items():
+        logits[token] += bias
+    if len(seq.output_ids) < p.min_tokens:
+        banned = list(p.stop_token_ids) + ([] if p.ignore_eos else list(eos_ids))
+        if banned:
+            logits[banned] = float("-inf")
+    return logits
+
+
+def truncate(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
+    """top-k, then top-p, then min-p; the most likely token always survives."""
+    if p.top_k and 0 < p.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, p.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if p.top_p is not None and p.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= p.top_p  # mass before this token already enough
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+    if p.min_p:
+        probs = logits.softmax(-1)
+        logits = logits.masked_fill(probs < p.min_p * probs.max(), float("-inf"))
+    return logits
+
+
+def sample_row(logits: torch.Tensor, seq: Sequence, eos_ids: tuple[int, ...],
+               generator: torch.Generator | None) -> Sample:
+    p = seq.params
+    if not torch.isfinite(logits).any() or torch.isnan(logits).any():
+        return Sample(token=-1, error="the model produced NaN logits for this request")
+    raw = logits
+    logits = apply_bias_and_bans(logits.clone(), seq, p, eos_ids)
+    logits = apply_penalties(logits, seq, p)
+    for processor in p.extra.get("logits_processors", ()):
+        logits = processor(seq, logits)
+    if p.greedy:
+        token = int(torch.argmax(logits))
+    else:
+        logits = truncate(logits / p.temperature, p)
+        probs = logits.softmax(-1)
+        token = int(torch.multinomial(probs, 1, generator=generator))
+    return _with_logprobs(Sample(token), raw, p)
+
+
+def _with_logprobs(s: Sample, raw: torch.Tensor, p: SamplingParams) -> Sample:
+    if p.logprobs is None:
+        return s
+    lp = raw.log_softmax(-1)
+    s.logprob = float(lp[s.token])
+    if p.logprobs > 0:
+        values, ids = torch.topk(lp, p.logprobs)
+        s.top_logprobs = dict(zip(ids.tolist(), values.tolist()))
+    return s
+
+
+def needs_row_processing(p: SamplingParams) -> bool:
+    return not (p.greedy and p.logprobs is None and not p.logit_bias and not p.min_tokens
+                and p.repetition_penalty in (None, 1.0) and not p.presence_penalty
+                and not p.frequency_penalty and not p.extra.get("logits_processors"))
+
+
+def sample(logits: torch.Tensor, seqs: list[Sequence], eos_ids: tuple[int, ...],
+           generators: dict[int, torch.Generator]) -> list[Sample]:
+    """One token for each row of logits (B, vocab)."""
+    if not any(needs_row_processing(s.params) for s in seqs):
+        # plain greedy batch: one argmax, one host sync
+        tokens = logits.argmax(-1).tolist()
+        bad = torch.isnan(logits).any(-1).tolist()
+        return [Sample(t) if not b else Sample(-1, error="the model produced NaN logits for "
+                                                          "this request")
+                for t, b in zip(tokens, bad)]
+    return [sample_row(logits[i], s, eos_ids, generators.get(s.seq_id)) for i, s in enumerate(seqs)]

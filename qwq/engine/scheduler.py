@@ -1,0 +1,112 @@
+"""Which sequences run in the next step, and how many tokens of each.
+
+No prefill or decode phase: each sequence has tokens computed and tokens it holds, and every
+step hands out tokens from a budget. Running sequences go first (a decode is one token, an
+unfinished prefill its next chunk), then waiting ones in arrival order. When KV blocks run out,
+the most recently admitted running sequence is preempted: its blocks are released and it waits
+to be recomputed (its prefix-cached blocks often survive, which makes that cheap).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from qwq.config import EngineConfig
+from qwq.engine.kv_cache import BlockManager
+from qwq.engine.sequence import Sequence, Status
+
+
+@dataclass
+class SchedulerOutput:
+    seqs: list[Sequence] = field(default_factory=list)
+    num_new: list[int] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.seqs
+
+
+class Scheduler:
+    def __init__(self, config: EngineConfig, blocks: BlockManager):
+        self.config = config
+        self.blocks = blocks
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.config.max_num_batched_tokens
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            n = min(seq.num_uncomputed, budget)
+            if not self._make_room(seq, seq.num_computed + n, out):
+                break  # seq itself was preempted
+            out.seqs.append(seq)
+            out.num_new.append(n)
+            budget -= n
+            i += 1
+        if not out.preempted:
+            budget = self._admit(out, budget)
+        return out
+
+    def _make_room(self, seq: Sequence, num_tokens: int, out: SchedulerOutput) -> bool:
+        while not self.blocks.can_allocate(seq, num_tokens):
+            victim = self.running.pop()
+            self._preempt(victim)
+            out.preempted.append(victim)
+            if victim is seq:
+                return False
+        self.blocks.allocate(seq, num_tokens)
+        return True
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.blocks.release(seq)
+        seq.num_computed = 0
+        seq.num_preemptions += 1
+        seq.status = Status.WAITING
+        self.waiting.appendleft(seq)
+
+    def _admit(self, out: SchedulerOutput, budget: int) -> int:
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            seq = self.waiting[0]
+            if seq.num_computed == 0 and not seq.block_ids:
+                seq.num_computed = self.blocks.match_prefix(seq)
+                if seq.num_preemptions == 0:
+                    seq.num_cached_prompt = seq.num_computed
+            n = min(seq.num_uncomputed, budget)
+            if not self.blocks.can_allocate(seq, seq.num_computed + n):
+                if not self.running and not out.seqs:
+                    # alone and still too big: take what fits, the rest comes next steps
+                    n = self._largest_fitting(seq, n)
+                if n <= 0 or not self.blocks.can_allocate(seq, seq.num_computed + n):
+                    break
+            self.blocks.allocate(seq, seq.num_computed + n)
+            self.waiting.popleft()
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+            out.seqs.append(seq)
+            out.num_new.append(n)
+            budget -= n
+        return budget
+
+    def _largest_fitting(self, seq: Sequence, n: int) -> int:
+        room = (len(seq.block_ids) + self.blocks.num_free) * self.blocks.block_size
+        return min(n, room - seq.num_computed)
+
+    def finish(self, seq: Sequence) -> None:
+        """Remove a finished or aborted sequence and free its blocks."""
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self.blocks.release(seq)
+        seq.status = Status.FINISHED

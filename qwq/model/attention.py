@@ -1,0 +1,98 @@
+"""Attention over a paged KV cache.
+
+The cache of each layer is one preallocated tensor of slots (num_blocks * block_size slots);
+a sequence owns a list of blocks (its block table). New keys/values are written at their slots,
+then each sequence attends over the blocks its table names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AttentionMetadata:
+    """What one forward needs to know about the batch, built by the runner for each step."""
+
+    positions: torch.Tensor  # (T,) absolute position of every token in the flat batch
+    slot_mapping: torch.Tensor  # (T,) cache slot each new token's K/V is written to
+    query_lens: list[int]  # new tokens per sequence, in batch order
+    context_lens: list[int]  # tokens in cache per sequence after this step (cached + new)
+    block_tables: torch.Tensor  # (B, max_blocks) block ids, padded with 0
+    context_lens_t: torch.Tensor  # (B,) context_lens as a tensor
+    logits_indices: torch.Tensor  # (B,) index in T of each sequence's last token
+
+    @property
+    def decode_only(self) -> bool:
+        return all(n == 1 for n in self.query_lens)
+
+
+class KVCache:
+    """K and V slots for every layer: (layers, num_blocks * block_size, kv_heads, head_dim)."""
+
+    def __init__(self, num_layers: int, num_blocks: int, block_size: int, kv_heads: int,
+                 head_dim: int, dtype: torch.dtype, device: torch.device | str = "cpu"):
+        shape = (num_layers, num_blocks * block_size, kv_heads, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+
+    @staticmethod
+    def bytes_per_block(num_layers: int, block_size: int, kv_heads: int, head_dim: int,
+                        dtype: torch.dtype) -> int:
+        return 2 * num_layers * block_size * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
+
+def _gather(cache: torch.Tensor, block_tables: torch.Tensor, block_size: int) -> torch.Tensor:
+    """(B, max_blocks * block_size, kv_heads, head_dim) view of each sequence's slots."""
+    slots = (block_tables.unsqueeze(-1) * block_size
+             + torch.arange(block_size, device=block_tables.device)).flatten(1)
+    return cache[slots]
+
+
+def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                    v_cache: torch.Tensor, meta: AttentionMetadata, block_size: int,
+                    scale: float) -> torch.Tensor:
+    """q: (T, H, D); k, v: (T, KVH, D) for the new tokens. Returns (T, H, D)."""
+    k_cache.index_copy_(0, meta.slot_mapping, k)
+    v_cache.index_copy_(0, meta.slot_mapping, v)
+    if meta.decode_only:
+        return _decode(q, k_cache, v_cache, meta, block_size, scale)
+    out = torch.empty_like(q)
+    start = 0
+    for i, (n, ctx) in enumerate(zip(meta.query_lens, meta.context_lens)):
+        table = meta.block_tables[i: i + 1, : (ctx + block_size - 1) // block_size]
+        keys = _gather(k_cache, table, block_size)[0, :ctx].transpose(0, 1)  # (KVH, ctx, D)
+        vals = _gather(v_cache, table, block_size)[0, :ctx].transpose(0, 1)
+        qi = q[start: start + n].transpose(0, 1)  # (H, n, D)
+        if n == ctx:
+            o = F.scaled_dot_product_attention(qi, keys, vals, is_causal=True, scale=scale,
+                                               enable_gqa=True)
+        else:
+            # query i sits at position ctx - n + i and sees keys 0..ctx - n + i
+            qpos = torch.arange(ctx - n, ctx, device=q.device).unsqueeze(1)
+            mask = torch.arange(ctx, device=q.device).unsqueeze(0) <= qpos
+            o = F.scaled_dot_product_attention(qi, keys, vals, attn_mask=mask, scale=scale,
+                                               enable_gqa=True)
+        out[start: start + n] = o.transpose(0, 1)
+        start += n
+    return out
+
+
+def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+            meta: AttentionMetadata, block_size: int, scale: float) -> torch.Tensor:
+    """One new token per sequence: one batched SDPA over padded contexts."""
+    keys = _gather(k_cache, meta.block_tables, block_size).transpose(1, 2)  # (B, KVH, L, D)
+    vals = _gather(v_cache, meta.block_tables, block_size).transpose(1, 2)
+    length = keys.shape[2]
+    mask = None
+    if q.shape[0] > 1 or length != meta.context_lens[0]:
+        mask = (torch.arange(length, device=q.device).unsqueeze(0)
+                < meta.context_lens_t.unsqueeze(1)).view(q.shape[0], 1, 1, length)
+    o = F.scaled_dot_product_attention(q.unsqueeze(2), keys, vals, attn_mask=mask, scale=scale,
+                                       enable_gqa=True)
+    return o.squeeze(2)

@@ -1,0 +1,164 @@
+"""The Qwen2 network (QwQ-32B-Preview, Qwen2, Qwen2.5): pre-norm decoder, GQA with q/k/v bias,
+SwiGLU MLP, RMSNorm, RoPE. Tokens of all sequences in a step are one flat batch of T tokens.
+
+Projections are fused (q|k|v and gate|up) so a decode step reads each weight in one matmul;
+`load_weights` takes HF names and fills the fused matrices.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qwq.config import ModelConfig
+from qwq.errors import CheckpointError
+from qwq.model.attention import AttentionMetadata, KVCache, paged_attention
+from qwq.model.rope import RotaryEmbedding, apply_rope
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = (cfg.num_attention_heads,
+                                                    cfg.num_key_value_heads, cfg.head_dim)
+        self.q_size, self.kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=True)
+        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
+        self.scale = self.head_dim ** -0.5
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                meta: AttentionMetadata, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                block_size: int) -> torch.Tensor:
+        T = x.shape[0]
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = apply_rope(q.view(T, self.heads, self.head_dim), cos, sin)
+        k = apply_rope(k.view(T, self.kv_heads, self.head_dim), cos, sin)
+        v = v.view(T, self.kv_heads, self.head_dim)
+        o = paged_attention(q, k, v, k_cache, v_cache, meta, block_size, self.scale)
+        return self.o_proj(o.reshape(T, self.q_size))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.inter = cfg.intermediate_size
+        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * self.inter, bias=False)
+        self.down_proj = nn.Linear(self.inter, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).split(self.inter, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+
+class Qwen2Model(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.rotary = RotaryEmbedding(config)
+
+    def forward(self, input_ids: torch.Tensor, meta: AttentionMetadata,
+                kv: KVCache) -> torch.Tensor:
+        """input_ids: (T,). Returns float32 logits (B, vocab) at meta.logits_indices."""
+        x = self.embed_tokens(input_ids)
+        cos, sin = self.rotary.cos_sin(meta.positions)
+        for i, layer in enumerate(self.layers):
+            h = layer.input_layernorm(x)
+            x = x + layer.self_attn(h, cos, sin, meta, kv.k[i], kv.v[i], kv.block_size)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        x = self.norm(x[meta.logits_indices])
+        return self.lm_head(x).float()
+
+    def load_weights(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Fill the model from HF-named tensors, checking every name and shape."""
+        expected = set(hf_weight_names(self.config))
+        seen: set[str] = set()
+        for name, tensor in tensors:
+            if name not in expected:
+                if name == "lm_head.weight" and self.config.tie_word_embeddings:
+                    continue
+                if re.search(r"rotary_emb\.inv_freq$", name):
+                    continue
+                raise CheckpointError(f"unexpected tensor {name!r} for this Qwen2 config")
+            self._copy_in(name, tensor)
+            seen.add(name)
+        missing = sorted(expected - seen)
+        if missing:
+            raise CheckpointError(f"checkpoint lacks {len(missing)} tensors, e.g. {missing[:4]}")
+
+    def _copy_in(self, name: str, tensor: torch.Tensor) -> None:
+        target, rows = _fused_target(self, name)
+        if tuple(tensor.shape) != (rows.stop - rows.start, *target.shape[1:]):
+            raise CheckpointError(f"tensor {name!r} has shape {tuple(tensor.shape)}, expected "
+                                  f"{(rows.stop - rows.start, *target.shape[1:])}")
+        with torch.no_grad():
+            target[rows].copy_(tensor)
+
+
+def hf_weight_names(cfg: ModelConfig) -> list[str]:
+    names = ["model.embed_tokens.weight", "model.norm.weight"]
+    if not cfg.tie_word_embeddings:
+        names.append("lm_head.weight")
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        names += [p + "input_layernorm.weight", p + "post_attention_layernorm.weight",
+                  p + "self_attn.o_proj.weight", p + "mlp.down_proj.weight",
+                  p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"]
+        names += [p + f"self_attn.{x}_proj.{w}" for x in "qkv" for w in ("weight", "bias")]
+    return names
+
+
+def _fused_target(model: Qwen2Model, name: str) -> tuple[torch.Tensor, slice]:
+    """The parameter an HF tensor lands in, and which rows of it."""
+    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", name)
+    if not m:
+        param = {"model.embed_tokens.weight": model.embed_tokens.weight,
+                 "model.norm.weight": model.norm.weight,
+                 "lm_head.weight": model.lm_head.weight}[name]
+        return param.data, slice(0, param.shape[0])
+    layer, rest = model.layers[int(m.group(1))], m.group(2)
+    attn, mlp = layer.self_attn, layer.mlp
+    q, kv, inter = attn.q_size, attn.kv_size, mlp.inter
+    fused = {
+        "self_attn.q_proj": (attn.qkv_proj, slice(0, q)),
+        "self_attn.k_proj": (attn.qkv_proj, slice(q, q + kv)),
+        "self_attn.v_proj": (attn.qkv_proj, slice(q + kv, q + 2 * kv)),
+        "mlp.gate_proj": (mlp.gate_up_proj, slice(0, inter)),
+        "mlp.up_proj": (mlp.gate_up_proj, slice(inter, 2 * inter)),
+    }
+    module_name, _, kind = rest.rpartition(".")
+    if module_name in fused:
+        module, rows = fused[module_name]
+        return getattr(module, kind).data, rows
+    param = layer.get_parameter(rest)
+    return param.data, slice(0, param.shape[0])

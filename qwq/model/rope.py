@@ -1,0 +1,76 @@
+"""Rotary position embedding, Qwen2 convention: rotate-half over the two halves of head_dim.
+
+YaRN (rope_scaling {"type": "yarn", "factor": F, "original_max_position_embeddings": L}) is how
+Qwen documents contexts past 32K: frequencies below a ramp are interpolated by F, those above
+kept, and cos/sin scaled by 0.1*ln(F)+1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from qwq.config import ModelConfig
+
+
+def _yarn_inv_freq(dim: int, base: float, rs: dict) -> tuple[torch.Tensor, float]:
+    factor = float(rs.get("factor", 1.0))
+    orig = float(rs.get("original_max_position_embeddings", 32768))
+    beta_fast, beta_slow = float(rs.get("beta_fast", 32)), float(rs.get("beta_slow", 1))
+    mscale = rs.get("attention_factor") or (0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0)
+
+    def correction_dim(rotations: float) -> float:
+        # the dimension index whose wavelength completes `rotations` turns over `orig` positions
+        return dim * math.log(orig / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low = max(math.floor(correction_dim(beta_fast)), 0)
+    high = min(math.ceil(correction_dim(beta_slow)), dim - 1)
+    if rs.get("truncate", True) is False:
+        low, high = max(correction_dim(beta_fast), 0), min(correction_dim(beta_slow), dim - 1)
+    pos_freqs = base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    extrapolate, interpolate = 1.0 / pos_freqs, 1.0 / (factor * pos_freqs)
+    ramp = (torch.arange(dim // 2, dtype=torch.float64) - low) / max(high - low, 1e-3)
+    keep = 1.0 - ramp.clamp(0, 1)  # 1 where the original (extrapolated) frequency is kept
+    inv_freq = interpolate * (1 - keep) + extrapolate * keep
+    return inv_freq.float(), float(mscale)
+
+
+class RotaryEmbedding(torch.nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        dim, base = config.head_dim, config.rope_theta
+        rs = config.rope_scaling or {}
+        kind = rs.get("type", rs.get("rope_type", "default"))
+        if kind == "yarn":
+            inv_freq, self.scale = _yarn_inv_freq(dim, base, rs)
+        elif kind in ("default", None):
+            inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)).float()
+            self.scale = 1.0
+        else:
+            from qwq.errors import CheckpointError
+            raise CheckpointError(f"rope_scaling type {kind!r} is not supported (default, yarn)")
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _table(self, upto: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._cache is None or self._cache[0].shape[0] < upto or self._cache[0].device != device:
+            n = max(upto, 4096, 2 * (self._cache[0].shape[0] if self._cache else 0))
+            t = torch.arange(n, dtype=torch.float32, device=device)
+            freqs = torch.outer(t, self.inv_freq.to(device))
+            emb = torch.cat([freqs, freqs], dim=-1)
+            self._cache = (emb.cos() * self.scale, emb.sin() * self.scale)
+        return self._cache
+
+    def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of shape (T, head_dim) in float32 for the given absolute positions."""
+        cos, sin = self._table(int(positions.max()) + 1, positions.device)
+        return cos[positions], sin[positions]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (T, heads, head_dim); cos/sin: (T, head_dim)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    cos, sin = cos.unsqueeze(1).to(x.dtype), sin.unsqueeze(1).to(x.dtype)
+    return x * cos + rotated * sin

@@ -1,0 +1,124 @@
+"""From a model name to a ready engine: resolve the name, open the checkpoint, build the
+network, load weights, size the KV cache."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from qwq.config import EngineConfig, ModelConfig
+from qwq.demo import DEMO_NAME, demo_model_path
+from qwq.errors import CheckpointError
+
+# Names a user can type instead of a path; hub ids fetched through huggingface_hub.
+PRESET_HUB_IDS = {"qwq-32b-preview": "Qwen/QwQ-32B-Preview"}
+# Checkpoints whose card asks for a system prompt when the conversation has none.
+QWQ_PREVIEW_SYSTEM_PROMPT = ("You are a helpful and harmless assistant. You are Qwen developed "
+                             "by Alibaba. You should think step-by-step.")
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+
+
+@dataclass
+class ResolvedModel:
+    name: str  # what the user asked for, as served in /v1/models
+    path: Path
+    default_system: str | None = None
+
+
+def resolve(name: str | os.PathLike | None) -> ResolvedModel:
+    """None or 'qwq-demo': the built-in demo; a local dir or .gguf; a preset; a hub id."""
+    if name is None or str(name) == DEMO_NAME:
+        return ResolvedModel(DEMO_NAME, demo_model_path())
+    text = str(name)
+    path = Path(text).expanduser()
+    if path.exists():
+        return ResolvedModel(text, path, _default_system(text))
+    if text.lower() in PRESET_HUB_IDS:
+        text = PRESET_HUB_IDS[text.lower()]
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")) and not path.suffix:
+        from qwq.weights.hub import resolve_hub_id
+        return ResolvedModel(str(name), resolve_hub_id(text), _default_system(text))
+    raise CheckpointError(f"model {text!r} not found: no such file or directory, and not a "
+                          f"hub id (owner/name) or a known name ({DEMO_NAME}, "
+                          f"{', '.join(PRESET_HUB_IDS)})")
+
+
+def _default_system(name: str) -> str | None:
+    return QWQ_PREVIEW_SYSTEM_PROMPT if "qwq-32b-preview" in name.lower() else None
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str | torch.dtype | None, config: ModelConfig,
+               device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        wanted = DTYPES.get(config.torch_dtype, torch.bfloat16)
+        # fp16 matmuls are slow on CPUs; bf16 is what they accelerate
+        return torch.bfloat16 if device.type == "cpu" and wanted == torch.float16 else wanted
+    if dtype not in DTYPES:
+        raise CheckpointError(f"dtype {dtype!r} is not supported; use one of "
+                              f"auto, {', '.join(sorted(DTYPES))}")
+    return DTYPES[dtype]
+
+
+def build_model(ckpt, dtype: torch.dtype, device: torch.device):
+    """The network with the checkpoint's weights, or an error and nothing half-built."""
+    from qwq.model import Qwen2Model
+    from qwq.model.rope import RotaryEmbedding
+    with torch.device("meta"):
+        model = Qwen2Model(ckpt.config)
+    model = model.to_empty(device=device).to(dtype)
+    model.rotary = RotaryEmbedding(ckpt.config).to(device)  # its buffers were on meta
+    model.load_weights(ckpt.iter_tensors(dtype=dtype))
+    return model.eval()
+
+
+def num_kv_blocks(config: ModelConfig, engine: EngineConfig, dtype: torch.dtype,
+                  device: torch.device) -> int:
+    from qwq.model import KVCache
+    per_block = KVCache.bytes_per_block(config.num_hidden_layers, engine.block_size,
+                                        config.num_key_value_heads, config.head_dim, dtype)
+    if engine.num_kv_blocks:
+        return engine.num_kv_blocks
+    budget = engine.kv_cache_memory
+    if budget is None:
+        budget = int(torch.cuda.mem_get_info(device)[0] * 0.85) if device.type == "cuda" \
+            else 1 << 30
+    return max(2, budget // per_block)
+
+
+def load_engine(model: str | os.PathLike | None = None, *, dtype: str | torch.dtype = "auto",
+                device: str | None = "auto", engine_config: EngineConfig | None = None):
+    """Everything needed to serve a model: (engine, tokenizer, resolved name)."""
+    from qwq.engine.engine import LLMEngine
+    from qwq.engine.runner import ModelRunner
+    from qwq.sampling_params import defaults_from_generation_config
+    from qwq.tokenizer import Tokenizer
+    from qwq.weights import open_checkpoint
+
+    cfg = engine_config or EngineConfig()
+    resolved = resolve(model)
+    ckpt = open_checkpoint(resolved.path)
+    tokenizer = Tokenizer.from_gguf(ckpt.path) if ckpt.format == "gguf" \
+        else Tokenizer.from_dir(ckpt.path)
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, ckpt.config, dev)
+    net = build_model(ckpt, torch_dtype, dev)
+    blocks = num_kv_blocks(ckpt.config, cfg, torch_dtype, dev)
+    runner = ModelRunner(net, blocks, cfg.block_size, torch_dtype, dev)
+    max_len = min(cfg.max_model_len or ckpt.config.context_length, ckpt.config.context_length)
+    engine = LLMEngine(runner, tokenizer, cfg, max_len,
+                       defaults_from_generation_config(ckpt.generation_config))
+    return engine, tokenizer, resolved
