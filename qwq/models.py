@@ -104,21 +104,30 @@ def load_engine(model: str | os.PathLike | None = None, *, dtype: str | torch.dt
     """Everything needed to serve a model: (engine, tokenizer, resolved name)."""
     from qwq.engine.engine import LLMEngine
     from qwq.engine.runner import ModelRunner
-    from qwq.sampling_params import defaults_from_generation_config
-    from qwq.tokenizer import Tokenizer
     from qwq.weights import open_checkpoint
 
     cfg = engine_config or EngineConfig()
     resolved = resolve(model)
     ckpt = open_checkpoint(resolved.path)
-    tokenizer = Tokenizer.from_gguf(ckpt.path) if ckpt.format == "gguf" \
-        else Tokenizer.from_dir(ckpt.path)
+    tokenizer = _tokenizer_of(ckpt)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, ckpt.config, dev)
     net = build_model(ckpt, torch_dtype, dev)
     blocks = num_kv_blocks(ckpt.config, cfg, torch_dtype, dev)
     runner = ModelRunner(net, blocks, cfg.block_size, torch_dtype, dev)
     max_len = min(cfg.max_model_len or ckpt.config.context_length, ckpt.config.context_length)
-    engine = LLMEngine(runner, tokenizer, cfg, max_len,
-                       defaults_from_generation_config(ckpt.generation_config))
+    engine = LLMEngine(runner, tokenizer, cfg, max_len, ckpt.generation_config)
     return engine, tokenizer, resolved
+
+
+def _tokenizer_of(ckpt):
+    from qwq.tokenizer import Tokenizer
+    return Tokenizer.from_gguf(ckpt.path) if ckpt.format == "gguf" \
+        else Tokenizer.from_dir(ckpt.path)
+
+
+def load_tokenizer(model: str | os.PathLike | None = None):
+    """The tokenizer alone: (tokenizer, resolved name)."""
+    from qwq.weights import open_checkpoint
+    resolved = resolve(model)
+    return _tokenizer_of(open_checkpoint(resolved.path)), resolved

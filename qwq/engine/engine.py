@@ -22,7 +22,8 @@ from qwq.engine.sequence import Sequence
 from qwq.engine.stop import find_stop, holdback
 from qwq.errors import QueueFullError, RequestError
 from qwq.outputs import CompletionOutput, RequestOutput
-from qwq.sampling_params import NEUTRAL_DEFAULTS, SamplingParams
+from qwq.sampling_params import (NEUTRAL_DEFAULTS, SamplingParams,
+                                  defaults_from_generation_config)
 from qwq.tokenizer import IncrementalDetokenizer, Tokenizer
 
 
@@ -56,7 +57,7 @@ class _Request:
 
 class LLMEngine:
     def __init__(self, runner: ModelRunner, tokenizer: Tokenizer, config: EngineConfig,
-                 max_model_len: int, generation_defaults: dict | None = None):
+                 max_model_len: int, generation_config: dict | None = None):
         self.runner = runner
         self.tokenizer = tokenizer
         self.config = config
@@ -64,7 +65,9 @@ class LLMEngine:
                                    config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.blocks)
         self.max_model_len = min(max_model_len, runner.kv.num_blocks * runner.block_size)
-        self.defaults = {**NEUTRAL_DEFAULTS, **(generation_defaults or {})}
+        self.generation_config = dict(generation_config or {})
+        self.defaults = {**NEUTRAL_DEFAULTS, **defaults_from_generation_config(
+            self.generation_config)}
         self.eos_ids = tuple(tokenizer.eos_token_ids)
         self.requests: dict[str, _Request] = {}
         self._inbox: deque[_Request] = deque()
@@ -107,6 +110,10 @@ class LLMEngine:
 
     def abort(self, request_id: str) -> None:
         self._aborts.append(request_id)
+
+    def is_active(self, request_id: str) -> bool:
+        return request_id in self.requests or any(r.request_id == request_id
+                                                  for r in list(self._inbox))
 
     def has_unfinished(self) -> bool:
         return bool(self.requests or self._inbox)

@@ -1,0 +1,10 @@
+"""qwq: run QwQ-32B-Preview and every Qwen2-architecture checkpoint."""
+
+from qwq.compat import AutoModelForCausalLM, AutoTokenizer
+from qwq.llm import LLM
+from qwq.outputs import CompletionOutput, RequestOutput
+from qwq.sampling_params import SamplingParams
+
+__all__ = ["LLM", "SamplingParams", "AutoModelForCausalLM", "AutoTokenizer", "RequestOutput",
+           "CompletionOutput"]
+__version__ = "0.1.0"

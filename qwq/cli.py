@@ -1,0 +1,133 @@
+"""qwq's command line: generate, chat (and serve, bench, eval, plan as they land)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from qwq.errors import QwQError
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", default=None,
+                   help="a HF directory, a .gguf file, a hub id, qwq-32b-preview or qwq-demo "
+                        "(default: the built-in demo model)")
+    p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16, float32")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--max-model-len", type=int, default=None, help="cap the context length")
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling (unset: the checkpoint's generation_config)")
+    g.add_argument("--temperature", "-t", type=float, default=None, help="0 means greedy")
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--min-p", type=float, default=None)
+    g.add_argument("--repetition-penalty", type=float, default=None)
+    g.add_argument("--presence-penalty", type=float, default=0.0)
+    g.add_argument("--frequency-penalty", type=float, default=0.0)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    g.add_argument("--max-new-tokens", type=int, default=512)
+
+
+def sampling_params(args: argparse.Namespace):
+    from qwq.sampling_params import SamplingParams
+    return SamplingParams(
+        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
+        frequency_penalty=args.frequency_penalty, seed=args.seed, stop=args.stop,
+        max_tokens=args.max_new_tokens)
+
+
+def load_llm(args: argparse.Namespace):
+    from qwq.llm import LLM
+    print(f"loading {args.model or 'qwq-demo'} ...", file=sys.stderr, flush=True)
+    return LLM(args.model, dtype=args.dtype, device=args.device,
+               max_model_len=args.max_model_len)
+
+
+def stream_answer(llm, prompt_ids: list[int], params, out=sys.stdout) -> str:
+    text = ""
+    for chunk in llm.stream(prompt_ids, params):
+        piece = chunk.outputs[0].delta_text
+        text += piece
+        out.write(piece)
+        out.flush()
+        if chunk.finished and chunk.outputs[0].error:
+            raise QwQError(chunk.outputs[0].error)
+    out.write("\n")
+    return text
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    llm = load_llm(args)
+    if args.raw:
+        ids = llm.tokenizer.encode(args.prompt, allow_special=True)
+    else:
+        msgs = ([{"role": "system", "content": args.system}] if args.system else [])
+        ids = llm.encode_chat(msgs + [{"role": "user", "content": args.prompt}])
+    stream_answer(llm, ids, sampling_params(args))
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    llm = load_llm(args)
+    params = sampling_params(args)
+    history: list[dict[str, Any]] = ([{"role": "system", "content": args.system}]
+                                     if args.system else [])
+    print("chat with the model; /reset clears the conversation, /exit or Ctrl-D quits",
+          file=sys.stderr)
+    while True:
+        try:
+            line = input(">>> ")
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return 0
+        if line.strip() in ("/exit", "/quit"):
+            return 0
+        if line.strip() == "/reset":
+            history = history[:1] if args.system else []
+            continue
+        if not line.strip():
+            continue
+        history.append({"role": "user", "content": line})
+        try:
+            answer = stream_answer(llm, llm.encode_chat(history), params)
+        except KeyboardInterrupt:
+            print("\n[interrupted]", file=sys.stderr)
+            history.pop()
+            continue
+        history.append({"role": "assistant", "content": answer})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qwq", description="Run QwQ and Qwen2 models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="answer one prompt, streaming")
+    gen.add_argument("prompt")
+    gen.add_argument("--system", default=None, help="system prompt")
+    gen.add_argument("--raw", action="store_true",
+                     help="send the prompt as is, without the chat template")
+    chat = sub.add_parser("chat", help="interactive chat, streaming")
+    chat.add_argument("--system", default=None, help="system prompt")
+    for p in (gen, chat):
+        add_model_args(p)
+        add_sampling_args(p)
+    gen.set_defaults(func=cmd_generate)
+    chat.set_defaults(func=cmd_chat)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except QwQError as e:
+        print(f"qwq: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""The transformers-style facade of the model card, over the one engine.
+
+    from qwq import AutoModelForCausalLM, AutoTokenizer
+    model = AutoModelForCausalLM.from_pretrained(name, torch_dtype="auto", device_map="auto")
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    model_inputs = tokenizer([text], return_tensors="pt").to(model.device)
+    generated_ids = model.generate(**model_inputs, max_new_tokens=512)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from qwq.sampling_params import SamplingParams
+from qwq.tokenizer import Tokenizer
+
+
+class BatchEncoding(dict):
+    """input_ids / attention_mask, by key or attribute, movable with .to(device)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def to(self, device: str | torch.device) -> "BatchEncoding":
+        return BatchEncoding({k: v.to(device) if isinstance(v, torch.Tensor) else v
+                              for k, v in self.items()})
+
+
+class QwQTokenizer:
+    def __init__(self, tokenizer: Tokenizer, default_system: str | None = None):
+        self.tokenizer = tokenizer
+        self.default_system = default_system
+        self.padding_side = "left"
+
+    eos_token_id = property(lambda self: self.tokenizer.eos_token_id)
+    pad_token_id = property(lambda self: self.tokenizer.pad_token_id)
+    bos_token_id = property(lambda self: self.tokenizer.bos_token_id)
+    vocab_size = property(lambda self: self.tokenizer.vocab_size)
+    chat_template = property(lambda self: self.tokenizer.chat_template)
+
+    def __len__(self) -> int:
+        return self.tokenizer.vocab_size
+
+    def apply_chat_template(self, messages: list[dict], tokenize: bool = True,
+                            add_generation_prompt: bool = False, tools: list | None = None,
+                            return_tensors: str | None = None, **kwargs: Any):
+        """tokenize=False: the prompt text. tokenize=True: ids, with message text never
+        turned into control tokens (unlike tokenizing the rendered text)."""
+        if not tokenize:
+            return self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=add_generation_prompt, tools=tools,
+                default_system=self.default_system, **kwargs)
+        ids = self.tokenizer.encode_chat(messages, add_generation_prompt=add_generation_prompt,
+                                         tools=tools, default_system=self.default_system,
+                                         **kwargs)
+        return torch.tensor([ids]) if return_tensors == "pt" else ids
+
+    def encode(self, text: str, add_special_tokens: bool = True, **_: Any) -> list[int]:
+        return self.tokenizer.encode(text, allow_special=True)
+
+    def __call__(self, text: str | list[str], return_tensors: str | None = None,
+                 padding: bool | str = False, **_: Any) -> BatchEncoding:
+        texts = [text] if isinstance(text, str) else list(text)
+        rows = [self.tokenizer.encode(t, allow_special=True) for t in texts]
+        if return_tensors != "pt":
+            ids = rows[0] if isinstance(text, str) else rows
+            mask = [[1] * len(r) for r in rows]
+            return BatchEncoding(input_ids=ids, attention_mask=mask[0] if isinstance(text, str)
+                                 else mask)
+        width = max(len(r) for r in rows)
+        pad = self.pad_token_id if self.pad_token_id is not None else self.eos_token_id
+        # left padding, as generation wants: every prompt ends at the same column
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        return BatchEncoding(input_ids=ids, attention_mask=mask)
+
+    def decode(self, ids, skip_special_tokens: bool = False, **_: Any) -> str:
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def batch_decode(self, sequences, skip_special_tokens: bool = False, **kw: Any) -> list[str]:
+        return [self.decode(s, skip_special_tokens=skip_special_tokens) for s in sequences]
+
+
+class QwQForCausalLM:
+    """What AutoModelForCausalLM.from_pretrained returns: generate() runs on the engine."""
+
+    def __init__(self, engine, resolved):
+        self.engine = engine
+        self.name_or_path = resolved.name
+        self.config = engine.runner.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.engine.runner.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.engine.runner.model.embed_tokens.weight.dtype
+
+    def eval(self) -> "QwQForCausalLM":
+        return self
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 max_new_tokens: int | None = None, do_sample: bool | None = None,
+                 temperature: float | None = None, top_p: float | None = None,
+                 top_k: int | None = None, min_p: float | None = None,
+                 repetition_penalty: float | None = None, num_return_sequences: int = 1,
+                 max_length: int | None = None, seed: int | None = None,
+                 **unused: Any) -> torch.Tensor:
+        """(B, L) prompt ids -> (B * num_return_sequences, L + new) ids, right-padded."""
+        if input_ids.dim() == 1:
+            input_ids = input_ids.unsqueeze(0)
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        if do_sample is None:
+            do_sample = bool(self.engine.generation_config.get("do_sample", False))
+        if max_new_tokens is None:
+            max_new_tokens = (max_length - input_ids.shape[1]) if max_length else 20
+        params = SamplingParams(
+            n=num_return_sequences, max_tokens=max_new_tokens, seed=seed,
+            temperature=temperature if do_sample else 0.0, top_p=top_p, top_k=top_k,
+            min_p=min_p, repetition_penalty=repetition_penalty)
+        prompts = [row[m.bool()].tolist() for row, m in zip(input_ids.cpu(), mask.cpu())]
+        from qwq.llm import run_to_completion
+        outs = run_to_completion(self.engine, prompts, [params] * len(prompts))
+        rows = [input_ids[i].tolist() + c.token_ids for i, o in enumerate(outs)
+                for c in o.outputs]
+        pad = self.engine.tokenizer.pad_token_id or self.engine.tokenizer.eos_token_id
+        width = max(len(r) for r in rows)
+        return torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=input_ids.device)
+
+
+class AutoTokenizer:
+    @staticmethod
+    def from_pretrained(name: str | os.PathLike | None = None, **_: Any) -> QwQTokenizer:
+        from qwq.models import load_tokenizer
+        tokenizer, resolved = load_tokenizer(name)
+        return QwQTokenizer(tokenizer, resolved.default_system)
+
+
+class AutoModelForCausalLM:
+    @staticmethod
+    def from_pretrained(name: str | os.PathLike | None = None, torch_dtype: Any = "auto",
+                        device_map: Any = "auto", trust_remote_code: bool = False,
+                        **kwargs: Any) -> QwQForCausalLM:
+        """device_map "auto" means the GPU when there is one; trust_remote_code is refused."""
+        from qwq.errors import UnsafeCheckpointError
+        from qwq.models import load_engine
+        if trust_remote_code:
+            raise UnsafeCheckpointError("trust_remote_code=True is refused: qwq never runs "
+                                        "code shipped with a checkpoint")
+        device = device_map if isinstance(device_map, str) and device_map != "auto" else "auto"
+        engine, _, resolved = load_engine(name, dtype=torch_dtype, device=device)
+        return QwQForCausalLM(engine, resolved)

@@ -1,0 +1,112 @@
+"""qwq.LLM: batched offline generation, shaped like vLLM's offline API."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Iterator
+
+from qwq.config import EngineConfig
+from qwq.errors import QwQError
+from qwq.outputs import RequestOutput
+from qwq.sampling_params import SamplingParams
+
+Message = dict[str, Any]
+
+
+class LLM:
+    """Load a model once; generate for many prompts or conversations at a time.
+
+    >>> llm = LLM("qwq-demo")
+    >>> out = llm.chat([{"role": "user", "content": "2+2?"}], SamplingParams(temperature=0))
+    >>> out[0].outputs[0].text
+    """
+
+    def __init__(self, model: str | os.PathLike | None = None, *, dtype: str = "auto",
+                 quantize: str = "none", tensor_parallel_size: int = 1, device: str = "auto",
+                 max_model_len: int | None = None, max_num_seqs: int = 64,
+                 kv_cache_memory: int | None = None, enable_prefix_caching: bool = True,
+                 block_size: int = 16, **engine_options: Any):
+        from qwq.models import load_engine
+        if tensor_parallel_size != 1:
+            raise QwQError(f"tensor_parallel_size={tensor_parallel_size}: tensor parallelism is "
+                           "not available in this build; use tensor_parallel_size=1")
+        cfg = EngineConfig(block_size=block_size, max_model_len=max_model_len,
+                           max_num_seqs=max_num_seqs, kv_cache_memory=kv_cache_memory,
+                           enable_prefix_caching=enable_prefix_caching, quantize=quantize,
+                           **engine_options)
+        self.engine, self.tokenizer, self.model_info = load_engine(
+            model, dtype=dtype, device=device, engine_config=cfg)
+
+    @property
+    def default_system(self) -> str | None:
+        return self.model_info.default_system
+
+    def encode_chat(self, messages: list[Message], tools: list[dict] | None = None,
+                    add_generation_prompt: bool = True, **template_kwargs: Any) -> list[int]:
+        return self.tokenizer.encode_chat(messages, add_generation_prompt=add_generation_prompt,
+                                          tools=tools, default_system=self.default_system,
+                                          **template_kwargs)
+
+    def generate(self, prompts: str | list[int] | Iterable[str | list[int]],
+                 sampling_params: SamplingParams | list[SamplingParams] | None = None,
+                 ) -> list[RequestOutput]:
+        """Prompts are text (special tokens recognized) or token id lists."""
+        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts
+                                        and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        return self._run(list(prompts), sampling_params)
+
+    def chat(self, messages: list[Message] | list[list[Message]],
+             sampling_params: SamplingParams | list[SamplingParams] | None = None,
+             tools: list[dict] | None = None, add_generation_prompt: bool = True,
+             **template_kwargs: Any) -> list[RequestOutput]:
+        """One conversation (a list of messages) or many; message text is never control tokens."""
+        convs = [messages] if messages and isinstance(messages[0], dict) else messages
+        ids = [self.encode_chat(c, tools, add_generation_prompt, **template_kwargs)
+               for c in convs]
+        return self._run(ids, sampling_params)
+
+    def stream(self, prompt: str | list[int],
+               sampling_params: SamplingParams | None = None) -> Iterator[RequestOutput]:
+        """Yield a RequestOutput each time new text arrives (delta_text on each output)."""
+        rid = self.engine.add_request(prompt, sampling_params)
+        try:
+            while True:
+                for out in self.engine.step():
+                    if out.request_id == rid:
+                        yield out
+                        if out.finished:
+                            return
+        finally:
+            if self.engine.is_active(rid):  # the caller stopped reading: free its blocks
+                self.engine.abort(rid)
+                self._drain()
+
+    def _run(self, prompts: list, params) -> list[RequestOutput]:
+        plist = params if isinstance(params, list) else [params] * len(prompts)
+        if len(plist) != len(prompts):
+            raise QwQError(f"{len(plist)} sampling params for {len(prompts)} prompts")
+        return run_to_completion(self.engine, prompts, plist)
+
+    def _drain(self) -> None:
+        self.engine.step()  # applies the aborts
+
+
+def run_to_completion(engine, prompts: list, params: list) -> list[RequestOutput]:
+    """Add every prompt, step until all finish; on any error abort what is left."""
+    ids: list[str] = []
+    done: dict[str, RequestOutput] = {}
+    try:
+        for p, sp in zip(prompts, params):
+            ids.append(engine.add_request(p, sp))
+        while len(done) < len(ids):
+            for out in engine.step():
+                if out.finished:
+                    done[out.request_id] = out
+    except BaseException:
+        for rid in ids:
+            if rid not in done:
+                engine.abort(rid)
+        engine.step()
+        raise
+    return [done[r] for r in ids]
