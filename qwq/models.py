@@ -102,8 +102,6 @@ def num_kv_blocks(config: ModelConfig, engine: EngineConfig, dtype: torch.dtype,
 def load_engine(model: str | os.PathLike | None = None, *, dtype: str | torch.dtype = "auto",
                 device: str | None = "auto", engine_config: EngineConfig | None = None):
     """Everything needed to serve a model: (engine, tokenizer, resolved name)."""
-    from qwq.engine.engine import LLMEngine
-    from qwq.engine.runner import ModelRunner
     from qwq.weights import open_checkpoint
 
     cfg = engine_config or EngineConfig()
@@ -113,11 +111,25 @@ def load_engine(model: str | os.PathLike | None = None, *, dtype: str | torch.dt
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, ckpt.config, dev)
     net = build_model(ckpt, torch_dtype, dev)
-    blocks = num_kv_blocks(ckpt.config, cfg, torch_dtype, dev)
-    runner = ModelRunner(net, blocks, cfg.block_size, torch_dtype, dev)
-    max_len = min(cfg.max_model_len or ckpt.config.context_length, ckpt.config.context_length)
-    engine = LLMEngine(runner, tokenizer, cfg, max_len, ckpt.generation_config)
+    engine = engine_for(net, tokenizer, cfg, ckpt.generation_config)
     return engine, tokenizer, resolved
+
+
+def engine_for(net, tokenizer, cfg: EngineConfig, generation_config: dict | None = None):
+    """An engine over an already-built network (used by load_engine and by tests that run
+    small random models)."""
+    from qwq.engine.engine import LLMEngine
+    from qwq.engine.runner import ModelRunner
+    from qwq.model.quant import quantize_model
+
+    dtype = net.embed_tokens.weight.dtype
+    dev = net.embed_tokens.weight.device
+    quantize_model(net, cfg.quantize)
+    runner = ModelRunner(net, num_kv_blocks(net.config, cfg, dtype, dev), cfg.block_size,
+                         dtype, dev)
+    ctx = net.config.context_length
+    return LLMEngine(runner, tokenizer, cfg, min(cfg.max_model_len or ctx, ctx),
+                     generation_config)
 
 
 def _tokenizer_of(ckpt):

@@ -51,7 +51,7 @@ def _gather(cache: torch.Tensor, block_tables: torch.Tensor, block_size: int) ->
     """(B, max_blocks * block_size, kv_heads, head_dim) view of each sequence's slots."""
     slots = (block_tables.unsqueeze(-1) * block_size
              + torch.arange(block_size, device=block_tables.device)).flatten(1)
-    return cache[slots]
+    return cache.index_select(0, slots.flatten()).view(*slots.shape, *cache.shape[1:])
 
 
 def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
@@ -85,14 +85,16 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
 
 def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
             meta: AttentionMetadata, block_size: int, scale: float) -> torch.Tensor:
-    """One new token per sequence: one batched SDPA over padded contexts."""
-    keys = _gather(k_cache, meta.block_tables, block_size).transpose(1, 2)  # (B, KVH, L, D)
-    vals = _gather(v_cache, meta.block_tables, block_size).transpose(1, 2)
-    length = keys.shape[2]
-    mask = None
-    if q.shape[0] > 1 or length != meta.context_lens[0]:
-        mask = (torch.arange(length, device=q.device).unsqueeze(0)
-                < meta.context_lens_t.unsqueeze(1)).view(q.shape[0], 1, 1, length)
-    o = F.scaled_dot_product_attention(q.unsqueeze(2), keys, vals, attn_mask=mask, scale=scale,
-                                       enable_gqa=True)
-    return o.squeeze(2)
+    """One new token per sequence: batched over padded contexts, written out as matmuls
+    because for a single query they beat the fused kernels' setup cost."""
+    B, H, D = q.shape
+    keys = _gather(k_cache, meta.block_tables, block_size).permute(0, 2, 3, 1)  # (B, KVH, D, L)
+    vals = _gather(v_cache, meta.block_tables, block_size).transpose(1, 2)  # (B, KVH, L, D)
+    kvh, length = keys.shape[1], keys.shape[3]
+    scores = torch.matmul(q.view(B, kvh, H // kvh, D), keys).float() * scale  # (B, KVH, G, L)
+    if B > 1 or length != meta.context_lens[0]:
+        pad = (torch.arange(length, device=q.device).unsqueeze(0)
+               >= meta.context_lens_t.unsqueeze(1)).view(B, 1, 1, length)
+        scores = scores.masked_fill(pad, float("-inf"))
+    probs = scores.softmax(-1).to(vals.dtype)
+    return torch.matmul(probs, vals).view(B, H, D)

@@ -1,0 +1,109 @@
+"""Weight-only quantized linear layers on kernels torch already ships.
+
+int8: one scale per output row, torch's _weight_int8pack_mm.
+int4: asymmetric, a scale and zero per group of `group_size` inputs, torch's tinygemm int4
+kernel (_weight_int4pack_mm_for_cpu on CPU, _weight_int4pack_mm on CUDA).
+A decode step reads every weight once, so bytes per weight set the speed limit.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from qwq.errors import QwQError
+
+QUANT_MODES = ("none", "int8", "int4")
+
+
+class Int8Linear(nn.Module):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype):
+        super().__init__()
+        w = weight.float()
+        scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-8)
+        self.register_buffer("weight", torch.round(w / scale[:, None]).clamp(-127, 127)
+                             .to(torch.int8))
+        self.register_buffer("scale", scale.to(dtype))
+        self.bias = None if bias is None else nn.Parameter(bias.to(dtype), requires_grad=False)
+        self.out_features, self.in_features = weight.shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, shape[-1]), self.weight, self.scale)
+        y = y.view(*shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias
+
+
+def int4_group_size(in_features: int, preferred: int = 128) -> int:
+    for g in (preferred, 128, 64, 32):
+        if in_features % g == 0:
+            return g
+    raise QwQError(f"int4 needs in_features divisible by 32, got {in_features}")
+
+
+class Int4Linear(nn.Module):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype,
+                 group_size: int = 128):
+        super().__init__()
+        n, k = weight.shape
+        g = int4_group_size(k, group_size)
+        w = weight.float().view(n, k // g, g)
+        lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
+        scale = ((hi - lo) / 15.0).clamp(min=1e-8)
+        q = torch.round((w - lo) / scale).clamp(0, 15).to(torch.int32).view(n, k)
+        # the kernel computes (q - 8) * scale + zero
+        zero = lo + 8 * scale
+        self.cuda_kernel = weight.is_cuda
+        if self.cuda_kernel:
+            packed = torch.ops.aten._convert_weight_to_int4pack(
+                (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8), 8)
+        else:
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+        self.register_buffer("packed", packed)
+        sz = torch.cat([scale, zero], -1).view(n, k // g, 2).transpose(0, 1).contiguous()
+        self.register_buffer("scales_zeros", sz.to(dtype))
+        self.bias = None if bias is None else nn.Parameter(bias.to(dtype), requires_grad=False)
+        self.group_size, self.out_features, self.in_features = g, n, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        if self.cuda_kernel:
+            y = torch.ops.aten._weight_int4pack_mm(x2, self.packed, self.group_size,
+                                                   self.scales_zeros)
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group_size,
+                                                           self.scales_zeros)
+        y = y.view(*shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias
+
+
+def quantize_linear(linear: nn.Linear, mode: str, dtype: torch.dtype) -> nn.Module:
+    bias = None if linear.bias is None else linear.bias.data
+    if mode == "int8":
+        return Int8Linear(linear.weight.data, bias, dtype)
+    if mode == "int4":
+        return Int4Linear(linear.weight.data, bias, dtype)
+    return linear
+
+
+def quantize_model(model: nn.Module, mode: str, head_mode: str | None = None) -> nn.Module:
+    """Swap every projection (and the output head) for its quantized form, in place."""
+    if mode not in QUANT_MODES:
+        raise QwQError(f"quantize={mode!r} is not supported; choose one of "
+                       f"{', '.join(QUANT_MODES)}")
+    if mode == "none":
+        return model
+    dtype = model.embed_tokens.weight.dtype
+    if dtype == torch.float32:
+        raise QwQError("quantized kernels take bfloat16 or float16 activations; use "
+                       "dtype='bfloat16' with quantize")
+    for layer in model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        attn.qkv_proj = quantize_linear(attn.qkv_proj, mode, dtype)
+        attn.o_proj = quantize_linear(attn.o_proj, mode, dtype)
+        mlp.gate_up_proj = quantize_linear(mlp.gate_up_proj, mode, dtype)
+        mlp.down_proj = quantize_linear(mlp.down_proj, mode, dtype)
+    if not model.config.tie_word_embeddings:
+        model.lm_head = quantize_linear(model.lm_head, head_mode or mode, dtype)
+    return model
