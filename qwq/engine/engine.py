@@ -12,6 +12,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 from qwq.config import EngineConfig
 from qwq.engine.kv_cache import BlockManager
@@ -22,6 +23,7 @@ from qwq.engine.sequence import Sequence
 from qwq.engine.stop import find_stop, holdback
 from qwq.errors import QueueFullError, RequestError
 from qwq.outputs import CompletionOutput, RequestOutput
+from qwq.reasoning.actions import Force, Stop
 from qwq.sampling_params import (NEUTRAL_DEFAULTS, SamplingParams,
                                   defaults_from_generation_config)
 from qwq.tokenizer import IncrementalDetokenizer, Tokenizer
@@ -37,6 +39,7 @@ class _SeqOut:
     logprobs: list[dict[int, float]] | None = None
     cumulative_logprob: float = 0.0
     error: str | None = None
+    controls: list = field(default_factory=list)  # reasoning controls of this sequence
 
 
 @dataclass
@@ -57,7 +60,8 @@ class _Request:
 
 class LLMEngine:
     def __init__(self, runner: ModelRunner, tokenizer: Tokenizer, config: EngineConfig,
-                 max_model_len: int, generation_config: dict | None = None):
+                 max_model_len: int, generation_config: dict | None = None,
+                 control_factory: Callable[[SamplingParams, Tokenizer], list] | None = None):
         self.runner = runner
         self.tokenizer = tokenizer
         self.config = config
@@ -74,6 +78,8 @@ class LLMEngine:
         self._aborts: deque[str] = deque()
         self._seq_ids = itertools.count()
         self.counters = {"prompt_tokens": 0, "generation_tokens": 0, "preemptions": 0}
+        # builds each sequence's reasoning controls from its params (see qwq.reasoning)
+        self.control_factory = control_factory
 
     # -- requests in ------------------------------------------------------------------------
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
@@ -92,8 +98,12 @@ class LLMEngine:
         for i in range(params.n):
             seq = Sequence(next(self._seq_ids), rid, i, list(ids), params, req.arrival)
             detok = IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens)
+            controls = self.control_factory(params, self.tokenizer) \
+                if self.control_factory else []
+            seq.logits_processors = [c.process_logits for c in controls
+                                     if getattr(c, "process_logits", None)]
             req.seqs.append(_SeqOut(seq, detok, logprobs=[] if params.logprobs is not None
-                                    else None))
+                                    else None, controls=controls))
         self._inbox.append(req)
         return rid
 
@@ -202,7 +212,24 @@ class LLMEngine:
             return self._finish(seq, "stop")
         if len(seq.output_ids) >= (p.max_tokens or self.max_model_len) \
                 or seq.num_tokens >= self.max_model_len:
-            self._finish(seq, "length")
+            return self._finish(seq, "length")
+        self._apply_controls(out, token)
+
+    def _apply_controls(self, out: _SeqOut, token: int) -> None:
+        seq = out.seq
+        for control in out.controls:
+            action = control.on_token(token, out.text, seq.output_ids)
+            if isinstance(action, Stop):
+                seq.stop_reason = action.detail or None
+                return self._finish(seq, action.finish_reason)
+            if isinstance(action, Force) and action.token_ids:
+                room = min((seq.params.max_tokens or self.max_model_len) - len(seq.output_ids),
+                           self.max_model_len - seq.num_tokens)
+                for t in action.token_ids[:max(room, 0)]:
+                    seq.output_ids.append(t)
+                    seq.forced_ids.add(len(seq.output_ids) - 1)
+                    out.text += out.detok.add(t)
+                return
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         seq.finish_reason = reason

@@ -67,6 +67,8 @@ def sample_row(logits: torch.Tensor, seq: Sequence, eos_ids: tuple[int, ...],
     logits = apply_penalties(logits, seq, p)
     for processor in p.extra.get("logits_processors", ()):
         logits = processor(seq, logits)
+    for processor in seq.logits_processors:
+        logits = processor(seq.output_ids, logits)
     if p.greedy:
         token = int(torch.argmax(logits))
     else:
@@ -87,8 +89,9 @@ def _with_logprobs(s: Sample, raw: torch.Tensor, p: SamplingParams) -> Sample:
     return s
 
 
-def needs_row_processing(p: SamplingParams) -> bool:
-    return not (p.greedy and p.logprobs is None and not p.logit_bias and not p.min_tokens
+def needs_row_processing(seq: Sequence) -> bool:
+    p = seq.params
+    return bool(seq.logits_processors) or not (p.greedy and p.logprobs is None and not p.logit_bias and not p.min_tokens
                 and p.repetition_penalty in (None, 1.0) and not p.presence_penalty
                 and not p.frequency_penalty and not p.extra.get("logits_processors"))
 
@@ -96,7 +99,7 @@ def needs_row_processing(p: SamplingParams) -> bool:
 def sample(logits: torch.Tensor, seqs: list[Sequence], eos_ids: tuple[int, ...],
            generators: dict[int, torch.Generator]) -> list[Sample]:
     """One token for each row of logits (B, vocab)."""
-    if not any(needs_row_processing(s.params) for s in seqs):
+    if not any(needs_row_processing(s) for s in seqs):
         # plain greedy batch: one argmax, one host sync
         tokens = logits.argmax(-1).tolist()
         bad = torch.isnan(logits).any(-1).tolist()

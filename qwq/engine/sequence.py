@@ -31,8 +31,10 @@ class Sequence:
     block_hashes: list[bytes] = field(default_factory=list)  # of full blocks, chained
     finish_reason: str | None = None
     stop_reason: Any = None
-    # tokens the engine forced in (reasoning controls); the model did not sample them
+    # positions in output_ids the engine forced in (reasoning controls), not sampled
     forced_ids: set[int] = field(default_factory=set)
+    # fn(output_ids, logits) -> logits, from this sequence's reasoning controls
+    logits_processors: list[Any] = field(default_factory=list)
     num_preemptions: int = 0
     state: dict[str, Any] = field(default_factory=dict)  # per-sequence state of processors
 
