@@ -60,8 +60,6 @@ def truncate(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
 def sample_row(logits: torch.Tensor, seq: Sequence, eos_ids: tuple[int, ...],
                generator: torch.Generator | None) -> Sample:
     p = seq.params
-    if not torch.isfinite(logits).any() or torch.isnan(logits).any():
-        return Sample(token=-1, error="the model produced NaN logits for this request")
     raw = logits
     logits = apply_bias_and_bans(logits.clone(), seq, p, eos_ids)
     logits = apply_penalties(logits, seq, p)
@@ -69,6 +67,8 @@ def sample_row(logits: torch.Tensor, seq: Sequence, eos_ids: tuple[int, ...],
         logits = processor(seq, logits)
     for processor in seq.logits_processors:
         logits = processor(seq.output_ids, logits)
+    if torch.isnan(logits).any() or not torch.isfinite(logits).any():
+        return Sample(token=-1, error="the model produced NaN logits for this request")
     if p.greedy:
         token = int(torch.argmax(logits))
     else:

@@ -1,0 +1,79 @@
+"""The real demo model (Qwen2.5-Coder-0.5B-Instruct, GGUF) against transformers, and the
+model card's API run as written."""
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [
+    [{"role": "user", "content": "How many r in strawberry?"}],
+    [{"role": "user", "content": "用一句话解释什么是递归。"}],
+    [{"role": "user", "content": "Write a Python function that checks whether a number is prime."}],
+    [{"role": "system", "content": "You are terse."},
+     {"role": "user", "content": "Name three planets."}],
+    [{"role": "user", "content": "Explain the difference between a list and a tuple."}],
+]
+
+
+@pytest.fixture(scope="module")
+def llm32():
+    from qwq import LLM
+    return LLM("qwq-demo", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def reference(demo_gguf):
+    transformers = pytest.importorskip("transformers")
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(demo_gguf.parent), gguf_file=demo_gguf.name, dtype=torch.float32)
+    return model.eval()
+
+
+def test_greedy_continuations_match_transformers(llm32, reference):
+    from qwq import SamplingParams
+    ids = [llm32.encode_chat(m) for m in PROMPTS]
+    ours = llm32.generate(ids, SamplingParams(temperature=0, max_tokens=64, ignore_eos=True))
+    for prompt_ids, out in zip(ids, ours):
+        with torch.no_grad():
+            want = reference.generate(torch.tensor([prompt_ids]), max_new_tokens=64,
+                                      min_new_tokens=64, do_sample=False)[0, len(prompt_ids):]
+        assert out.outputs[0].token_ids == want.tolist()
+
+
+def test_batch_of_eight_equals_each_alone():
+    from qwq import LLM, SamplingParams
+    llm = LLM()
+    prompts = ["Hi!", "What is 2+2?", "写一首关于秋天的短诗", "def fib(n):",
+               "List three colors.", "Translate 'cat' to French.", "Why is the sky blue?",
+               "Say hello in JSON."]
+    params = SamplingParams(temperature=0, max_tokens=16)
+    together = [o.outputs[0].token_ids for o in llm.chat([[{"role": "user", "content": p}]
+                                                          for p in prompts], params)]
+    alone = [llm.chat([{"role": "user", "content": p}], params)[0].outputs[0].token_ids
+             for p in prompts]
+    assert together == alone
+
+
+def test_model_card_api_as_written(capsys):
+    from qwq import AutoModelForCausalLM, AutoTokenizer
+    model_name = "qwq-demo"
+    model = AutoModelForCausalLM.from_pretrained(model_name, torch_dtype="auto",
+                                                 device_map="auto")
+    tokenizer = AutoTokenizer.from_pretrained(model_name)
+    prompt = "How many r in strawberry."
+    messages = [
+        {"role": "system", "content": "You are a helpful and harmless assistant. You are Qwen "
+                                      "developed by Alibaba. You should think step-by-step."},
+        {"role": "user", "content": prompt},
+    ]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    model_inputs = tokenizer([text], return_tensors="pt").to(model.device)
+    generated_ids = model.generate(**model_inputs, max_new_tokens=96)
+    generated_ids = [output_ids[len(input_ids):] for input_ids, output_ids
+                     in zip(model_inputs.input_ids, generated_ids)]
+    response = tokenizer.batch_decode(generated_ids, skip_special_tokens=True)[0]
+    print(response)
+    assert "<|im_start|>" in text and text.endswith("<|im_start|>assistant\n")
+    assert "strawberry" in response.lower() or "r" in response.lower()
+    assert len(response.split()) > 5

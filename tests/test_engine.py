@@ -1,0 +1,200 @@
+"""The engine on a tiny random Qwen2 with the real Qwen tokenizer: batching, sampling,
+stops, prefix caching, preemption, aborts, errors."""
+
+import pytest
+import torch
+
+from qwq.config import EngineConfig, ModelConfig
+from qwq.errors import QueueFullError, RequestError
+from qwq.llm import run_to_completion
+from qwq.model import Qwen2Model
+from qwq.models import engine_for, load_tokenizer
+from qwq.sampling_params import SamplingParams
+
+GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(None)[0]
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=151936, hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=1024, torch_dtype="float32")
+    model = Qwen2Model(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    return model
+
+
+def make(net, tokenizer, **kw):
+    return engine_for(net, tokenizer, EngineConfig(**{"num_kv_blocks": 256, "block_size": 4,
+                                                      **kw}))
+
+
+def texts(engine, prompts, params=GREEDY):
+    return [o.outputs[0].token_ids for o in run_to_completion(engine, prompts,
+                                                              [params] * len(prompts))]
+
+
+PROMPTS = ["Hello", "The quick brown fox jumps over the lazy dog", "1 2 3", "你好，世界",
+           "def f(x):\n    return x", "a " * 30, "Why?", "<|im_start|>user\nhi"]
+
+
+def test_batch_equals_each_alone(net, tokenizer):
+    engine = make(net, tokenizer)
+    together = texts(engine, PROMPTS)
+    alone = [texts(make(net, tokenizer), [p])[0] for p in PROMPTS]
+    assert together == alone
+    assert engine.blocks.num_free == engine.blocks.num_blocks - len(engine.blocks.cached) or \
+        engine.stats()["running"] == 0
+
+
+def test_chunked_prefill_and_small_budget_give_same_tokens(net, tokenizer):
+    want = texts(make(net, tokenizer), PROMPTS)
+    assert texts(make(net, tokenizer, max_num_batched_tokens=7), PROMPTS) == want
+    assert texts(make(net, tokenizer, max_num_seqs=2), PROMPTS) == want
+
+
+def test_preemption_gives_same_greedy_tokens(net, tokenizer):
+    want = texts(make(net, tokenizer), PROMPTS)
+    tight = make(net, tokenizer, num_kv_blocks=24, enable_prefix_caching=False)
+    got = texts(tight, PROMPTS, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))
+    assert tight.counters["preemptions"] > 0
+    assert got == want
+    assert tight.blocks.num_free == tight.blocks.num_blocks
+
+
+def test_prefix_cache_hit_reuses_blocks_and_keeps_output(net, tokenizer):
+    engine = make(net, tokenizer)
+    prefix = "You are a careful assistant. " * 8
+    first = run_to_completion(engine, [prefix + "One"], [GREEDY])[0]
+    second = run_to_completion(engine, [prefix + "Two"], [GREEDY])[0]
+    assert first.num_cached_tokens == 0
+    assert second.num_cached_tokens >= 40
+    fresh = run_to_completion(make(net, tokenizer, enable_prefix_caching=False),
+                              [prefix + "Two"], [GREEDY])[0]
+    assert second.outputs[0].token_ids == fresh.outputs[0].token_ids
+    other_tenant = SamplingParams(temperature=0, max_tokens=4, cache_salt="tenant-b")
+    third = run_to_completion(engine, [prefix + "Two"], [other_tenant])[0]
+    assert third.num_cached_tokens == 0  # no hits across salts
+
+
+def test_seed_reproducible_and_n_samples(net, tokenizer):
+    engine = make(net, tokenizer)
+    p = SamplingParams(temperature=1.0, top_p=0.9, top_k=50, seed=7, max_tokens=10, n=3,
+                       ignore_eos=True)
+    a = run_to_completion(engine, ["Hello"], [p])[0]
+    b = run_to_completion(engine, ["Hello"], [p])[0]
+    assert [o.token_ids for o in a.outputs] == [o.token_ids for o in b.outputs]
+    assert len(a.outputs) == 3 and len({tuple(o.token_ids) for o in a.outputs}) > 1
+    other = SamplingParams(temperature=1.0, seed=8, max_tokens=10, ignore_eos=True)
+    c = run_to_completion(engine, ["Hello"], [other])[0]
+    assert c.outputs[0].token_ids != a.outputs[0].token_ids
+
+
+def test_stops(net, tokenizer):
+    engine = make(net, tokenizer)
+    base = run_to_completion(engine, ["Hello"], [SamplingParams(temperature=0, max_tokens=20,
+                                                               ignore_eos=True)])[0].outputs[0]
+    assert base.finish_reason == "length" and len(base.token_ids) == 20
+    stop_tok = base.token_ids[5]
+    out = run_to_completion(engine, ["Hello"], [SamplingParams(
+        temperature=0, max_tokens=20, stop_token_ids=[stop_tok], ignore_eos=True)])[0].outputs[0]
+    assert out.finish_reason == "stop" and out.stop_reason == stop_tok
+    assert out.token_ids == base.token_ids[:base.token_ids.index(stop_tok) + 1]
+    stop_str = base.text[len(base.text) // 2:][:3]
+    if stop_str.strip():
+        out = run_to_completion(engine, ["Hello"], [SamplingParams(
+            temperature=0, max_tokens=20, stop=[stop_str], ignore_eos=True)])[0].outputs[0]
+        assert out.finish_reason == "stop" and stop_str not in out.text
+        assert base.text.startswith(out.text)
+
+
+def test_streamed_deltas_add_up_to_the_text(net, tokenizer):
+    engine = make(net, tokenizer)
+    rid = engine.add_request("你好", SamplingParams(temperature=0, max_tokens=30,
+                                                    ignore_eos=True))
+    deltas, final = [], None
+    while engine.has_unfinished():
+        for out in engine.step():
+            assert out.request_id == rid
+            deltas.append(out.outputs[0].delta_text)
+            final = out
+    assert "".join(deltas) == final.outputs[0].text
+    assert "\ufffd" not in final.outputs[0].text or "\ufffd" in tokenizer.decode(
+        final.outputs[0].token_ids, skip_special_tokens=True)
+
+
+def test_abort_frees_blocks_and_continuous_batching(net, tokenizer):
+    engine = make(net, tokenizer, enable_prefix_caching=False)
+    free0 = engine.blocks.num_free
+    long = engine.add_request("Hello there", SamplingParams(temperature=0, max_tokens=200,
+                                                            ignore_eos=True))
+    for _ in range(3):
+        engine.step()
+    late = engine.add_request("Late joiner", GREEDY)  # joins while the first runs
+    finished = {}
+    for _ in range(5):
+        for out in engine.step():
+            if out.finished:
+                finished[out.request_id] = out
+    engine.abort(long)
+    while engine.has_unfinished():
+        for out in engine.step():
+            if out.finished:
+                finished[out.request_id] = out
+    assert finished[long].outputs[0].finish_reason == "abort"
+    assert finished[late].outputs[0].finish_reason == "length"
+    assert engine.blocks.num_free == free0 and not engine.requests
+
+
+def test_nan_logits_fail_one_request_alone(net, tokenizer):
+    engine = make(net, tokenizer)
+
+    def poison(seq, logits):
+        return logits * float("nan")
+
+    bad = SamplingParams(temperature=0, max_tokens=5, extra={"logits_processors": [poison]})
+    outs = run_to_completion(engine, ["Hello", "Hello", "World"], [GREEDY, bad, GREEDY])
+    assert outs[1].outputs[0].finish_reason == "error" and "NaN" in outs[1].outputs[0].error
+    assert outs[0].outputs[0].finish_reason == "length"
+    assert outs[2].outputs[0].finish_reason == "length"
+    assert engine.blocks.num_free + len(engine.blocks.cached) >= engine.blocks.num_blocks - 1
+
+
+def test_bad_requests_have_clear_errors(net, tokenizer):
+    engine = make(net, tokenizer, max_model_len=64, max_waiting=2)
+    with pytest.raises(RequestError, match="prompt has .* tokens"):
+        engine.add_request("word " * 100, GREEDY)
+    with pytest.raises(RequestError, match="empty"):
+        engine.add_request([], GREEDY)
+    with pytest.raises(RequestError) as e:
+        SamplingParams(temperature=float("nan"))
+    assert e.value.param == "temperature"
+    with pytest.raises(RequestError) as e:
+        SamplingParams(min_tokens=10, max_tokens=5)
+    assert e.value.param == "min_tokens"
+    with pytest.raises(RequestError) as e:
+        engine.add_request("hi", SamplingParams(logit_bias={10**7: 1.0}))
+    assert e.value.param == "logit_bias"
+    with pytest.raises(RequestError):
+        SamplingParams(stop=["x"] * 5000)
+    engine.add_request("a", GREEDY)
+    engine.add_request("b", GREEDY)
+    with pytest.raises(QueueFullError):
+        engine.add_request("c", GREEDY)
+
+
+def test_generation_config_supplies_defaults(net, tokenizer):
+    gen = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05}
+    engine = engine_for(net, tokenizer, EngineConfig(num_kv_blocks=64), gen)
+    p = SamplingParams().with_defaults(engine.defaults)
+    assert (p.temperature, p.top_p, p.top_k, p.repetition_penalty) == (0.7, 0.8, 20, 1.05)
+    explicit = SamplingParams(temperature=0.0).with_defaults(engine.defaults)
+    assert explicit.temperature == 0.0 and explicit.top_k == 20
