@@ -134,7 +134,7 @@ def engine_for(net, tokenizer, cfg: EngineConfig, generation_config: dict | None
 
 def _tokenizer_of(ckpt):
     from qwq.tokenizer import Tokenizer
-    return Tokenizer.from_gguf(ckpt.path) if ckpt.format == "gguf" \
+    return Tokenizer.from_gguf(ckpt.gguf_metadata()) if ckpt.format == "gguf" \
         else Tokenizer.from_dir(ckpt.path)
 
 

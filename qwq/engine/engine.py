@@ -250,8 +250,9 @@ class LLMEngine:
 
     def _completion(self, out: _SeqOut) -> CompletionOutput:
         seq = out.seq
-        if seq.is_finished and seq.finish_reason != "abort":
-            out.text += out.detok.flush() if seq.finish_reason == "length" else ""
+        if seq.is_finished and seq.finish_reason != "abort" and seq.stop_reason is None \
+                or seq.finish_reason == "stop" and isinstance(seq.stop_reason, int):
+            out.text += out.detok.flush()  # bytes of a character cut off by the end
         visible = len(out.text) if seq.is_finished else \
             len(out.text) - holdback(out.text, seq.params.stop)
         visible = max(visible, out.sent_chars)
