@@ -198,3 +198,18 @@ def test_generation_config_supplies_defaults(net, tokenizer):
     assert (p.temperature, p.top_p, p.top_k, p.repetition_penalty) == (0.7, 0.8, 20, 1.05)
     explicit = SamplingParams(temperature=0.0).with_defaults(engine.defaults)
     assert explicit.temperature == 0.0 and explicit.top_k == 20
+
+
+def test_prompt_logprobs_equal_a_full_forward(net, tokenizer):
+    engine = make(net, tokenizer, max_num_batched_tokens=5)  # scored across chunks
+    prompt = tokenizer.encode("The quick brown fox jumps over the lazy dog")
+    out = run_to_completion(engine, [prompt], [SamplingParams(
+        temperature=0, max_tokens=1, prompt_logprobs=2)])[0]
+    assert out.prompt_logprobs[0] is None and len(out.prompt_logprobs) == len(prompt)
+    whole = make(net, tokenizer)
+    ref = run_to_completion(whole, [prompt], [SamplingParams(
+        temperature=0, max_tokens=1, prompt_logprobs=0)])[0]
+    for i in range(1, len(prompt)):
+        got, want = out.prompt_logprobs[i][prompt[i]], ref.prompt_logprobs[i][prompt[i]]
+        assert abs(got - want) < 1e-4
+        assert len(out.prompt_logprobs[i]) >= 2

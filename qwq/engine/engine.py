@@ -245,8 +245,10 @@ class LLMEngine:
         metrics = {"arrival": req.arrival}
         if req.first_token_time:
             metrics["first_token"] = req.first_token_time
+        first = req.seqs[0].seq
         return RequestOutput(req.request_id, req.prompt, req.prompt_ids, outs, finished,
-                             num_cached_tokens=req.seqs[0].seq.num_cached_prompt, metrics=metrics)
+                             num_cached_tokens=first.num_cached_prompt, metrics=metrics,
+                             prompt_logprobs=first.state.get("prompt_logprobs"))
 
     def _completion(self, out: _SeqOut) -> CompletionOutput:
         seq = out.seq

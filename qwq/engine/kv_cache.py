@@ -63,8 +63,8 @@ class BlockManager:
 
         At least one token is always left to compute, since its logits are needed.
         """
-        if not self.prefix_caching or seq.block_ids:
-            return 0
+        if not self.prefix_caching or seq.block_ids or seq.params.prompt_logprobs is not None:
+            return 0  # prompt logprobs need every prompt position computed
         tokens, bs = seq.token_ids, self.block_size
         usable = (len(tokens) - 1) // bs
         prev = b""

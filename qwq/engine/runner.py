@@ -24,11 +24,16 @@ class ModelRunner:
 
     def prepare(self, batch: SchedulerOutput) -> tuple[torch.Tensor, AttentionMetadata,
                                                         list[Sequence]]:
+        """Flat batch tensors. Logits rows come in order: the scored prompt positions of
+        sequences that asked for prompt_logprobs (see self.scored), then one per sampled
+        sequence."""
         ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
         logits_idx: list[int] = []
         sampled: list[Sequence] = []
+        self.scored: list[tuple[Sequence, int, int]] = []  # (seq, first position, count)
+        score_idx: list[int] = []
         bs = self.block_size
         for seq, n in zip(batch.seqs, batch.num_new):
             start = seq.num_computed
@@ -36,9 +41,15 @@ class ModelRunner:
             pos = range(start, start + n)
             positions += pos
             slots += [seq.block_ids[p // bs] * bs + p % bs for p in pos]
+            if seq.params.prompt_logprobs is not None:
+                last = min(start + n, len(seq.prompt_ids) - 1)  # positions with a next token
+                if last > start:
+                    self.scored.append((seq, start, last - start))
+                    score_idx += range(len(ids) - n, len(ids) - n + last - start)
             if start + n == seq.num_tokens:  # the chunk reaches the end: a token is due
                 logits_idx.append(len(ids) - 1)
                 sampled.append(seq)
+        logits_idx = score_idx + logits_idx
         ctx = [s.num_computed + n for s, n in zip(batch.seqs, batch.num_new)]
         width = max(len(s.block_ids) for s in batch.seqs)
         tables = [s.block_ids + [0] * (width - len(s.block_ids)) for s in batch.seqs]
@@ -58,9 +69,33 @@ class ModelRunner:
         """Run one step; returns a sample for each sequence whose chunk reached its end."""
         input_ids, meta, sampled = self.prepare(batch)
         logits = self.model(input_ids, meta, self.kv)
+        n_scored = sum(count for _, _, count in self.scored)
+        if n_scored:
+            self._score_prompts(logits[:n_scored])
+            logits = logits[n_scored:]
         if not sampled:
             return []
         return list(zip(sampled, sample(logits, sampled, eos_ids, self.generators)))
+
+    def _score_prompts(self, logits: torch.Tensor) -> None:
+        """Record, for each scored prompt position, the logprob of the prompt's next token
+        (and the top-k), in seq.state["prompt_logprobs"]."""
+        row = 0
+        for seq, first, count in self.scored:
+            lp = logits[row: row + count].log_softmax(-1)
+            row += count
+            nxt = torch.tensor(seq.prompt_ids[first + 1: first + 1 + count], device=lp.device)
+            chosen = lp.gather(1, nxt[:, None])[:, 0].tolist()
+            k = seq.params.prompt_logprobs
+            top = torch.topk(lp, k) if k else None
+            if first == 0:  # (again, after a preemption)
+                seq.state["prompt_logprobs"] = [None]
+            store = seq.state["prompt_logprobs"]
+            for i, (t, c) in enumerate(zip(nxt.tolist(), chosen)):
+                entry = {t: c}
+                if top is not None:
+                    entry.update(zip(top.indices[i].tolist(), top.values[i].tolist()))
+                store.append(entry)
 
     def add_generator(self, seq: Sequence) -> None:
         if seq.params.seed is not None:
