@@ -62,19 +62,20 @@ def stream_answer(llm, prompt_ids: list[int], params, out=sys.stdout) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    params = sampling_params(args)  # bad values fail before the model loads
     llm = load_llm(args)
     if args.raw:
         ids = llm.tokenizer.encode(args.prompt, allow_special=True)
     else:
         msgs = ([{"role": "system", "content": args.system}] if args.system else [])
         ids = llm.encode_chat(msgs + [{"role": "user", "content": args.prompt}])
-    stream_answer(llm, ids, sampling_params(args))
+    stream_answer(llm, ids, params)
     return 0
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    llm = load_llm(args)
     params = sampling_params(args)
+    llm = load_llm(args)
     history: list[dict[str, Any]] = ([{"role": "system", "content": args.system}]
                                      if args.system else [])
     print("chat with the model; /reset clears the conversation, /exit or Ctrl-D quits",
@@ -117,7 +118,30 @@ def build_parser() -> argparse.ArgumentParser:
         add_sampling_args(p)
     gen.set_defaults(func=cmd_generate)
     chat.set_defaults(func=cmd_chat)
+    serve = sub.add_parser("serve", help="OpenAI-compatible server with a chat page at /")
+    add_model_args(serve)
+    add_serve_args(serve)
+    serve.set_defaults(func=cmd_serve)
     return parser
+
+
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", action="append", default=None,
+                   help="require this key on every route but /health (repeatable, one tenant "
+                        "per key; default: $QWQ_API_KEY)")
+    p.add_argument("--price-input", type=float, default=0.0, help="price per prompt token")
+    p.add_argument("--price-output", type=float, default=0.0, help="price per generated token")
+    p.add_argument("--max-waiting", type=int, default=1024,
+                   help="requests that may wait; beyond that, 429 with Retry-After")
+    p.add_argument("--drain-timeout", type=float, default=30.0,
+                   help="seconds SIGTERM waits for open requests")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from qwq.server.launch import cmd_serve as run
+    return run(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -122,6 +122,7 @@ class EngineConfig:
     max_waiting: int = 1024  # bounded waiting queue
     enable_prefix_caching: bool = True
     dtype: str = "auto"
-    quantize: str = "none"
+    quantize: str = "auto"  # auto: from the checkpoint (GGUF types); none, int8, int4
+    head_quantize: str | None = None  # the output head's format; None: as quantize
     device: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)

@@ -22,7 +22,7 @@ class LLM:
     """
 
     def __init__(self, model: str | os.PathLike | None = None, *, dtype: str = "auto",
-                 quantize: str = "none", tensor_parallel_size: int = 1, device: str = "auto",
+                 quantize: str = "auto", tensor_parallel_size: int = 1, device: str = "auto",
                  max_model_len: int | None = None, max_num_seqs: int = 64,
                  kv_cache_memory: int | None = None, enable_prefix_caching: bool = True,
                  block_size: int = 16, **engine_options: Any):

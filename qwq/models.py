@@ -3,6 +3,7 @@ network, load weights, size the KV cache."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,12 +105,20 @@ def load_engine(model: str | os.PathLike | None = None, *, dtype: str | torch.dt
     """Everything needed to serve a model: (engine, tokenizer, resolved name)."""
     from qwq.weights import open_checkpoint
 
+    from qwq.model.quant import QUANT_MODES
     cfg = engine_config or EngineConfig()
+    if cfg.quantize not in QUANT_MODES + ("auto",):
+        raise CheckpointError(f"quantize={cfg.quantize!r} is not a known quantization; choose "
+                              f"auto, {', '.join(QUANT_MODES)}")
     resolved = resolve(model)
     ckpt = open_checkpoint(resolved.path)
     tokenizer = _tokenizer_of(ckpt)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, ckpt.config, dev)
+    if cfg.quantize == "auto":
+        from qwq.model.quant import auto_quantization
+        cfg = dataclasses.replace(cfg, quantize=auto_quantization(ckpt.gguf_types(),
+                                                                  torch_dtype))
     net = build_model(ckpt, torch_dtype, dev)
     engine = engine_for(net, tokenizer, cfg, ckpt.generation_config)
     return engine, tokenizer, resolved
@@ -124,7 +133,7 @@ def engine_for(net, tokenizer, cfg: EngineConfig, generation_config: dict | None
 
     dtype = net.embed_tokens.weight.dtype
     dev = net.embed_tokens.weight.device
-    quantize_model(net, cfg.quantize)
+    quantize_model(net, cfg.quantize, cfg.head_quantize)
     runner = ModelRunner(net, num_kv_blocks(net.config, cfg, dtype, dev), cfg.block_size,
                          dtype, dev)
     ctx = net.config.context_length

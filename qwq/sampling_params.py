@@ -37,6 +37,13 @@ class SamplingParams:
     logit_bias: dict[int, float] | None = None
     cache_salt: str | None = None  # prefix-cache blocks are only shared under the same salt
     extra: dict[str, Any] = field(default_factory=dict)
+    # reasoning controls (qwq.reasoning); None: the model's default
+    max_thinking_tokens: int | None = None  # cap on reasoning tokens, then the answer
+    reasoning_effort: str | None = None  # "low" | "medium" | "high": a thinking budget
+    loop_control: str = "nudge"  # "off" | "stop" | "nudge" | "penalize"
+    language: str | None = None  # "auto" (the user's script) or a code such as "en", "zh"
+    guard: str | None = None  # name of a registered guard policy
+    conclude: bool | None = None  # force a final answer before max_tokens; on for reasoning models
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -84,6 +91,31 @@ class SamplingParams:
                 raise bad(name, f"must be an integer in [0, {MAX_LOGPROBS}], got {v!r}")
         if vocab_size is not None:
             self._validate_ids(vocab_size, bad)
+        self._validate_reasoning(bad)
+
+    def _validate_reasoning(self, bad) -> None:
+        from qwq.reasoning.budget import EFFORT_BUDGETS
+        from qwq.reasoning.language import LANGUAGE_SCRIPTS
+        from qwq.reasoning.loops import LOOP_ACTIONS
+
+        v = self.max_thinking_tokens
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise bad("max_thinking_tokens", f"must be a positive integer, got {v!r}")
+        if self.reasoning_effort is not None and self.reasoning_effort not in EFFORT_BUDGETS:
+            raise bad("reasoning_effort", f"must be one of {', '.join(EFFORT_BUDGETS)}, "
+                      f"got {self.reasoning_effort!r}")
+        if self.loop_control not in LOOP_ACTIONS:
+            raise bad("loop_control", f"must be one of {', '.join(LOOP_ACTIONS)}, "
+                      f"got {self.loop_control!r}")
+        if self.language is not None and self.language != "auto" \
+                and self.language not in LANGUAGE_SCRIPTS:
+            raise bad("language", f"must be 'auto' or one of {', '.join(sorted(LANGUAGE_SCRIPTS))}"
+                      f", got {self.language!r}")
+        if self.guard is not None and (not isinstance(self.guard, str)
+                                       or not 0 < len(self.guard) <= 64):
+            raise bad("guard", f"must be the name of a guard policy, got {self.guard!r}")
+        if self.conclude is not None and not isinstance(self.conclude, bool):
+            raise bad("conclude", f"must be true or false, got {self.conclude!r}")
 
     def _validate_ids(self, vocab_size: int, bad) -> None:
         for t in self.stop_token_ids:

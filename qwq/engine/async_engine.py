@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import uuid
 from typing import AsyncIterator
 
 from qwq.engine.engine import LLMEngine
@@ -43,8 +44,14 @@ class AsyncEngine:
         if not self.alive:
             raise EngineDeadError(f"the engine has stopped: {self.error!r}")
         queue: asyncio.Queue = asyncio.Queue()
-        rid = self.engine.add_request(prompt, params, request_id)
+        rid = request_id or uuid.uuid4().hex
+        # registered before the engine can see the request, so no output finds no queue
         self._queues[rid] = (asyncio.get_running_loop(), queue)
+        try:
+            self.engine.add_request(prompt, params, rid)
+        except BaseException:
+            self._queues.pop(rid, None)
+            raise
         self._wake.set()
         finished = False
         try:

@@ -15,6 +15,23 @@ from qwq.errors import QwQError
 
 QUANT_MODES = ("none", "int8", "int4")
 
+# The fast format for each GGUF type. Re-quantizing 5-6 bit GGUF weights to int4 groups
+# costs the demo model 8-13% perplexity (bench/perplexity.py), int8 0.5%: quality first,
+# so every quantized type maps to int8; int4 stays one flag away.
+_GGUF_NEAREST = {t: "int8" for t in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q2_K",
+                                     "Q3_K", "Q6_K", "Q8_0", "Q8_K")}
+
+
+def auto_quantization(gguf_types: dict[str, str], dtype: torch.dtype) -> str:
+    """quantize="auto": the checkpoint's own precision mapped to a fast kernel (GGUF), none for
+    float checkpoints or float32 runs (the kernels take 16-bit activations)."""
+    if not gguf_types or dtype == torch.float32:
+        return "none"
+    layer_types = [t for n, t in gguf_types.items() if n.endswith("proj.weight")]
+    modes = [_GGUF_NEAREST.get(t, "none") for t in layer_types]
+    return max(set(modes), key=modes.count) if modes else "none"
+
+
 
 class Int8Linear(nn.Module):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype):
@@ -89,7 +106,7 @@ def quantize_linear(linear: nn.Linear, mode: str, dtype: torch.dtype) -> nn.Modu
 
 def quantize_model(model: nn.Module, mode: str, head_mode: str | None = None) -> nn.Module:
     """Swap every projection (and the output head) for its quantized form, in place."""
-    if mode not in QUANT_MODES:
+    if mode not in QUANT_MODES or (head_mode or mode) not in QUANT_MODES:
         raise QwQError(f"quantize={mode!r} is not supported; choose one of "
                        f"{', '.join(QUANT_MODES)}")
     if mode == "none":

@@ -55,6 +55,12 @@ class Checkpoint:
             tensor = self._backend.load(name)
             yield name, tensor if dtype is None else tensor.to(dtype)
 
+    def gguf_types(self) -> dict[str, str]:
+        """HF name -> GGML type name (Q5_0, Q8_0, F32, ...) of each tensor; {} for safetensors."""
+        if self.format != "gguf":
+            return {}
+        return {name: t.qtype.name for name, t in self._backend.by_hf.items()}
+
     def gguf_metadata(self) -> dict[str, Any]:
         """Decoded GGUF key-values (tokenizer.ggml.*, chat template, ...); {} for safetensors."""
         return dict(self._backend.metadata) if self.format == "gguf" else {}

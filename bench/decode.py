@@ -1,0 +1,123 @@
+"""Decode (tg128 after a 42-token prompt) and prefill (pp512) at batch 1: qwq, llama.cpp
+(llama-cpp-python, same GGUF, same threads) and transformers bf16, in one run.
+
+    python bench/decode.py [--formats auto,int4,none] [--threads 2] [--no-transformers]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from common import DATA, llama_cpp, machine, today
+
+PROMPT = ("You are a helpful assistant. Explain, step by step and in plain words, how a hash "
+          "table handles collisions, and give a short Python example of one.")
+
+
+def prompt_ids(tok, n: int) -> list[int]:
+    ids = tok.encode(PROMPT)
+    return ids[:n] if len(ids) >= n else (ids + tok.encode((DATA / "ppl.txt").read_text()))[:n]
+
+
+def best_of(runs: int, fn) -> float:
+    return min(fn() for _ in range(runs))
+
+
+def qwq_rates(fmt: str, ids42, ids512, new: int) -> dict:
+    from qwq import LLM, SamplingParams
+    llm = LLM(None, quantize=fmt, enable_prefix_caching=False)
+    params = SamplingParams(temperature=0, max_tokens=new, min_tokens=new)
+    llm.generate([ids42], SamplingParams(temperature=0, max_tokens=8))  # warm up
+
+    def decode() -> float:
+        stamps = [time.perf_counter() for _ in llm.stream(ids42, params)]
+        return (stamps[-1] - stamps[0]) / (len(stamps) - 1)  # per token after the first
+
+    def prefill() -> float:
+        t = time.perf_counter()
+        llm.generate([ids512], SamplingParams(temperature=0, max_tokens=1))
+        return time.perf_counter() - t
+
+    return {"decode_tok_s": 1 / best_of(2, decode), "prefill_tok_s": 512 / best_of(2, prefill)}
+
+
+def llama_rates(path: str, ids42, ids512, new: int, threads: int) -> dict:
+    llm = llama_cpp(path, n_ctx=1024, threads=threads)
+
+    def decode() -> float:
+        llm.reset()
+        llm.eval(ids42)
+        t = time.perf_counter()
+        tok = ids42[-1]
+        for _ in range(new):
+            tok = llm.sample(temp=0.0) if hasattr(llm, "sample") else tok
+            llm.eval([tok])
+        return (time.perf_counter() - t) / new
+
+    def prefill() -> float:
+        llm.reset()
+        t = time.perf_counter()
+        llm.eval(ids512)
+        return time.perf_counter() - t
+
+    return {"decode_tok_s": 1 / best_of(2, decode), "prefill_tok_s": 512 / best_of(2, prefill)}
+
+
+def transformers_rates(ids42, new: int) -> dict:
+    import transformers
+    from qwq.demo import demo_model_path
+    from qwq.weights import open_checkpoint
+    ckpt = open_checkpoint(demo_model_path())
+    hf = {k: v for k, v in ckpt.config.to_hf_dict().items()
+          if k not in ("architectures", "model_type")}
+    model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**hf)).to(torch.bfloat16)
+    model.load_state_dict(dict(ckpt.iter_tensors(dtype=torch.bfloat16)))
+    x = torch.tensor([ids42])
+
+    def decode() -> float:
+        with torch.no_grad():
+            t = time.perf_counter()
+            model.generate(x, max_new_tokens=new, min_new_tokens=new, do_sample=False)
+            total = time.perf_counter() - t
+            t = time.perf_counter()
+            model.generate(x, max_new_tokens=1, do_sample=False)
+            first = time.perf_counter() - t
+        return (total - first) / (new - 1)
+
+    return {"decode_tok_s": 1 / best_of(1, decode)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--formats", default="auto,int4,none")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--no-transformers", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from qwq.demo import demo_model_path
+    from qwq.models import load_tokenizer
+    tok, _ = load_tokenizer(None)
+    ids42, ids512 = prompt_ids(tok, 42), prompt_ids(tok, 512)
+    res = {"date": today(), "machine": machine(), "threads": args.threads,
+           "llama.cpp": llama_rates(str(demo_model_path()), ids42, ids512, args.new,
+                                    args.threads)}
+    for fmt in args.formats.split(","):
+        res[f"qwq {fmt}"] = qwq_rates(fmt, ids42, ids512, args.new)
+    if not args.no_transformers:
+        res["transformers bf16"] = transformers_rates(ids42, args.new)
+    base = res["llama.cpp"]
+    for key, r in res.items():
+        if isinstance(r, dict):
+            ratio = r["decode_tok_s"] / base["decode_tok_s"]
+            pre = f"  prefill {r['prefill_tok_s']:.1f} tok/s" if "prefill_tok_s" in r else ""
+            print(f"{key:18s} decode {r['decode_tok_s']:6.1f} tok/s ({ratio:.2f}x llama.cpp){pre}")
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Perplexity of qwq (per quantization format) and llama.cpp on the same GGUF and the same
+token ids: bench/data/ppl.txt in windows of 512 tokens, every position but the first scored.
+
+    python bench/perplexity.py [--formats none,int8,int4] [--window 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import numpy as np
+
+from common import DATA, llama_cpp, machine, today
+
+
+def windows(ids: list[int], size: int) -> list[list[int]]:
+    return [ids[i:i + size] for i in range(0, len(ids) - size + 1, size)]
+
+
+def qwq_ppl(quantize: str, chunks: list[list[int]]) -> float:
+    from qwq import LLM, SamplingParams
+    llm = LLM(None, quantize=quantize, enable_prefix_caching=False)
+    params = SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=0)
+    nll, count = 0.0, 0
+    for out in llm.generate(chunks, params):
+        for i, entry in enumerate(out.prompt_logprobs[1:], start=1):
+            nll -= entry[out.prompt_token_ids[i]]
+            count += 1
+    return math.exp(nll / count)
+
+
+def llama_ppl(path: str, chunks: list[list[int]], threads: int) -> float:
+    llm = llama_cpp(path, n_ctx=len(chunks[0]) + 8, threads=threads, logits_all=True)
+    nll, count = 0.0, 0
+    for chunk in chunks:
+        llm.reset()
+        llm.eval(chunk)
+        scores = np.asarray(llm.scores[: len(chunk)], dtype=np.float64)
+        scores -= scores.max(-1, keepdims=True)
+        logp = scores - np.log(np.exp(scores).sum(-1, keepdims=True))
+        nll -= sum(logp[i - 1, chunk[i]] for i in range(1, len(chunk)))
+        count += len(chunk) - 1
+    return math.exp(nll / count)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--formats", default="none,int8,int4,auto")
+    ap.add_argument("--window", type=int, default=512)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    from qwq.demo import demo_model_path
+    from qwq.models import load_tokenizer
+    tok, _ = load_tokenizer(None)
+    chunks = windows(tok.encode((DATA / "ppl.txt").read_text()), args.window)
+    result = {"date": today(), "machine": machine(), "tokens_scored":
+              len(chunks) * (args.window - 1),
+              "llama.cpp": llama_ppl(str(demo_model_path()), chunks, args.threads)}
+    for fmt in args.formats.split(","):
+        result[f"qwq {fmt}"] = qwq_ppl(fmt, chunks)
+    base = result["llama.cpp"]
+    for key, value in result.items():
+        if key.startswith("qwq"):
+            print(f"{key:12s} ppl {value:.4f}  ratio to llama.cpp {value / base:.4f}")
+    print(f"llama.cpp    ppl {base:.4f}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Build a sequence's reasoning controls from its request fields.
+
+The engine calls the factory once per sequence; the controls run in this order after every
+token (the first action wins): output guard, reasoning closer (thinking budget, conclusion),
+loop control, language (a logits processor only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qwq.errors import RequestError
+from qwq.reasoning.budget import PhaseTracker, ReasoningCloser, thinking_budget
+from qwq.reasoning.guard import GuardDecision, OutputGuardControl, get_guard, run_check
+from qwq.reasoning.language import LanguageControl, detect_language, user_text
+from qwq.reasoning.loops import LoopControl, PenalizingLoopControl
+from qwq.sampling_params import SamplingParams
+
+QWQ_PREVIEW_MARK = "You should think step-by-step"
+
+
+def detect_style(chat_template: str | None) -> tuple[str, bool]:
+    """(reasoning style, is a reasoning model) from a chat template: `<think>` templates
+    (QwQ-32B, R1 distills) use think tags; QwQ-32B-Preview's default system prompt marks the
+    plain style; other models are not reasoning models (plain style when asked to conclude)."""
+    template = chat_template or ""
+    if "<think>" in template or "</think>" in template:
+        return "think", True
+    if QWQ_PREVIEW_MARK in template:
+        return "plain", True
+    return "plain", False
+
+
+@dataclass
+class ControlFactory:
+    """What LLMEngine(control_factory=...) calls for each new sequence."""
+
+    style: str = "plain"
+    reasoning_model: bool = False
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer, reasoning_model: bool | None = None) -> ControlFactory:
+        style, is_reasoning = detect_style(getattr(tokenizer, "chat_template", None))
+        return cls(style, is_reasoning if reasoning_model is None else reasoning_model)
+
+    def __call__(self, params: SamplingParams, tokenizer,
+                 prompt_ids: list[int] | None = None) -> list:
+        return build_controls(params, tokenizer, prompt_ids, self.style, self.reasoning_model)
+
+
+def build_controls(params: SamplingParams, tokenizer, prompt_ids: list[int] | None = None,
+                   style: str | None = None, reasoning_model: bool | None = None) -> list:
+    """The controls a request asks for; [] when it asks for none."""
+    if style is None:
+        style, detected = detect_style(getattr(tokenizer, "chat_template", None))
+        reasoning_model = detected if reasoning_model is None else reasoning_model
+    conclude = params.conclude if params.conclude is not None else bool(reasoning_model)
+    phase = PhaseTracker(style)
+    controls: list = []
+    if params.guard:
+        controls.append(OutputGuardControl(_guard(params.guard)))
+    budget = thinking_budget(params.max_thinking_tokens, params.reasoning_effort)
+    if budget is not None or (conclude and params.max_tokens):
+        controls.append(ReasoningCloser(tokenizer, phase, budget, params.max_tokens, conclude))
+    if params.loop_control != "off":
+        cls = PenalizingLoopControl if params.loop_control == "penalize" else LoopControl
+        kwargs = {} if cls is PenalizingLoopControl else {"action": params.loop_control}
+        controls.append(cls(tokenizer, phase, conclude=conclude, **kwargs))
+    language = _language(params.language, tokenizer, prompt_ids)
+    if language:
+        controls.append(LanguageControl(tokenizer, language, _user_ids(tokenizer, prompt_ids)))
+    return controls
+
+
+def _guard(name: str):
+    try:
+        return get_guard(name)
+    except KeyError:
+        from qwq.reasoning.guard import guard_names
+        raise RequestError(f"guard {name!r} is not configured; available: "
+                           f"{', '.join(guard_names())}", param="guard") from None
+
+
+def _language(setting: str | None, tokenizer, prompt_ids: list[int] | None) -> str | None:
+    if setting != "auto":
+        return setting
+    if not prompt_ids:
+        return None  # nothing to detect from
+    return detect_language(tokenizer.decode(prompt_ids))
+
+
+def _user_ids(tokenizer, prompt_ids: list[int] | None) -> list[int]:
+    """Token ids of the user's words: the answer may quote them whatever their script."""
+    if not prompt_ids:
+        return []
+    return tokenizer.encode(user_text(tokenizer.decode(prompt_ids)))
+
+
+def check_input(params: SamplingParams, prompt: str) -> GuardDecision | None:
+    """The request's guard on its input (the user turns of a ChatML prompt); None when the
+    request names no guard. Call before the request runs."""
+    if not params.guard:
+        return None
+    return run_check(_guard(params.guard), user_text(prompt, all_turns=True), "input")

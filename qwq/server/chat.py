@@ -1,0 +1,217 @@
+"""POST /v1/chat/completions: messages through the chat template, streaming or not, with
+logprobs, tools (Qwen's <tool_call> blocks parsed into tool_calls) and JSON output."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from qwq.engine.async_engine import EngineDeadError
+from qwq.errors import RequestError
+from qwq.outputs import CompletionOutput
+from qwq.sampling_params import SamplingParams
+from qwq.server.errors import APIError, error_body, from_exception
+from qwq.server.metrics import RequestTrack
+from qwq.server.protocol import ChatCompletionRequest
+from qwq.server.render import chat_logprobs, finish_reason, logprob_entries, stop_reason
+from qwq.server.sampling import chat_logprobs as logprobs_of
+from qwq.server.sampling import chat_tools, resolve_max_tokens, sampling_params, template_message
+from qwq.server.state import ServerState, state_of, tenant_of
+from qwq.server.streaming import DONE, ClientGone, SSEResponse, Stream, sse, start_all, watch
+from qwq.server.tools import ToolCallStream, parse_tool_calls
+
+router = APIRouter()
+
+
+@dataclass
+class ChatJob:
+    state: ServerState
+    body: ChatCompletionRequest
+    model: str
+    ids: list[int]
+    params: SamplingParams
+    tools: list[dict[str, Any]] | None
+    top_n: int | None
+    request_id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+async def _constraint(state: ServerState, body: ChatCompletionRequest,
+                      tools: list[dict[str, Any]] | None) -> list:
+    rf = body.response_format
+    if tools and body.tool_choice not in (None, "auto"):
+        build = lambda: state.grammars.tool_call_processor(tools)
+    elif rf is not None and rf.type == "json_object":
+        build = lambda: state.grammars.json_processor(None)
+    elif rf is not None and rf.type == "json_schema":
+        if rf.json_schema is None or rf.json_schema.schema_ is None:
+            raise RequestError("response_format json_schema needs json_schema.schema",
+                               param="response_format.json_schema")
+        schema = rf.json_schema.schema_
+        build = lambda: state.grammars.json_processor(schema)
+    else:
+        return []
+    return [await anyio.to_thread.run_sync(build)]
+
+
+async def prepare(state: ServerState, body: ChatCompletionRequest, model: str,
+                  tenant: str | None) -> ChatJob:
+    tools = chat_tools(body)
+    messages = [template_message(m) for m in body.messages]
+    ids = await anyio.to_thread.run_sync(lambda: state.tokenizer.encode_chat(
+        messages, add_generation_prompt=True, tools=tools,
+        default_system=state.config.default_system))
+    asked, param = (body.max_completion_tokens, "max_completion_tokens") \
+        if body.max_completion_tokens is not None else (body.max_tokens, "max_tokens")
+    max_tokens = resolve_max_tokens(asked, len(ids), state.max_model_len, "messages", param)
+    processors = await _constraint(state, body, tools)
+    top_n = logprobs_of(body)
+    params = sampling_params(body, max_tokens=max_tokens, logprobs=top_n,
+                             vocab_size=state.tokenizer.vocab_size, tenant=tenant,
+                             extra={"logits_processors": processors} if processors else None)
+    return ChatJob(state, body, model, ids, params, tools if body.tool_choice != "none" else None,
+                   top_n)
+
+
+@router.post("/v1/chat/completions")
+async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
+    state = state_of(request)
+    model = state.model_name(body.model)
+    state.check_open()
+    job = await prepare(state, body, model, tenant_of(request))
+    track = state.metrics.track("chat")
+    stream = Stream(state, job.ids, job.params, job.request_id, track)
+    try:
+        await start_all([stream], request)
+    except ClientGone:
+        track.finish("disconnected")
+        return Response(status_code=499)
+    except APIError as e:
+        track.finish(f"http_{e.status}")
+        raise
+    if body.stream:
+        return SSEResponse(_events(job, stream, track))
+    return await _complete(job, stream, track, request)
+
+
+# -- whole answers ------------------------------------------------------------------------------
+def _choice(job: ChatJob, o: CompletionOutput) -> dict[str, Any]:
+    content, calls = parse_tool_calls(o.text) if job.tools else (o.text, [])
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if calls:
+        message["tool_calls"] = calls
+    choice = {"index": o.index, "message": message,
+              "logprobs": chat_logprobs(job.state, o.logprobs or [], job.top_n)
+              if job.top_n is not None else None,
+              "finish_reason": "tool_calls" if calls else finish_reason(o)}
+    if stop_reason(o) is not None:
+        choice["stop_reason"] = stop_reason(o)
+    if job.body.return_token_ids:
+        choice["token_ids"] = list(o.token_ids)
+    return choice
+
+
+async def _complete(job: ChatJob, stream: Stream, track: RequestTrack,
+                    request: Request) -> Response:
+    try:
+        final = await watch(stream.final(), request)
+    except ClientGone:
+        track.finish("disconnected", *stream.usage_counts()[:2])
+        return Response(status_code=499)
+    except EngineDeadError as e:
+        track.finish("error")
+        raise from_exception(e) from None
+    prompt, completion, cached = stream.usage_counts()
+    failed = next((o for o in final.outputs if o.finish_reason == "error"), None)
+    if failed is not None:
+        track.finish("error", prompt, completion)
+        raise APIError(500, failed.error or "generation failed", code="generation_failed")
+    track.finish("ok", prompt, completion)
+    body = {"id": job.request_id, "object": "chat.completion", "created": job.created,
+            "model": job.model, "choices": [_choice(job, o) for o in final.outputs],
+            "usage": job.state.usage(prompt, completion, cached)}
+    if job.body.return_token_ids:
+        body["prompt_token_ids"] = job.ids
+    return JSONResponse(body)
+
+
+# -- streamed answers ---------------------------------------------------------------------------
+@dataclass
+class _ChoiceState:
+    tools: ToolCallStream | None
+    started: bool = False
+    logprobs_sent: int = 0
+    done: bool = False
+
+
+def _chunk(job: ChatJob, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {"id": job.request_id, "object": "chat.completion.chunk", "created": job.created,
+            "model": job.model, "choices": choices, **extra}
+
+
+def _delta(job: ChatJob, st: _ChoiceState, o: CompletionOutput) -> dict[str, Any] | None:
+    """The chunk choice for what o adds, or None when it adds nothing."""
+    delta: dict[str, Any] = {}
+    if not st.started:
+        st.started = True
+        delta = {"role": "assistant", "content": ""}
+    text = st.tools.feed(o.delta_text) if st.tools else o.delta_text
+    if text:
+        delta["content"] = text
+    logprobs = None
+    entries = logprob_entries(o) if job.top_n is not None else []
+    if len(entries) > st.logprobs_sent:
+        logprobs = chat_logprobs(job.state, entries[st.logprobs_sent:], job.top_n)
+        st.logprobs_sent = len(entries)
+    reason = None
+    if o.finish_reason is not None:
+        st.done = True
+        reason = finish_reason(o)
+        rest, calls = st.tools.finish() if st.tools else ("", [])
+        if rest:
+            delta["content"] = delta.get("content", "") + rest
+        if calls:
+            delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(calls)]
+            reason = "tool_calls"
+    if not delta and logprobs is None and reason is None:
+        return None
+    choice = {"index": o.index, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
+    if reason is not None and stop_reason(o) is not None:
+        choice["stop_reason"] = stop_reason(o)
+    return choice
+
+
+async def _events(job: ChatJob, stream: Stream, track: RequestTrack) -> AsyncIterator[bytes]:
+    states: dict[int, _ChoiceState] = {}
+    outcome = "disconnected"
+    try:
+        async for out in stream.outputs():
+            for o in out.outputs:
+                if o.finish_reason == "error":
+                    outcome = "error"
+                    yield sse(error_body(500, o.error or "generation failed",
+                                         code="generation_failed"))
+                    return
+                st = states.setdefault(o.index, _ChoiceState(ToolCallStream()
+                                                             if job.tools else None))
+                choice = None if st.done else _delta(job, st, o)
+                if choice is not None:
+                    yield sse(_chunk(job, [choice]))
+        opts = job.body.stream_options
+        if opts is not None and opts.include_usage:
+            yield sse(_chunk(job, [], usage=job.state.usage(*stream.usage_counts())))
+        outcome = "ok"
+        yield DONE
+    except EngineDeadError as e:  # the engine died mid-stream: say so, then close
+        outcome = "error"
+        yield sse(from_exception(e).body())
+    finally:
+        track.finish(outcome, *stream.usage_counts()[:2])
+        await stream.close()

@@ -1,0 +1,134 @@
+"""Constrained decoding with xgrammar: response_format json_object / json_schema, and tool
+calls forced by tool_choice ("required" or a named function).
+
+A compiled grammar becomes a per-sequence logits processor (SamplingParams.extra
+"logits_processors"): it feeds the sequence's new tokens to a matcher and masks every token
+the grammar does not allow next. The matcher lives in the sequence's state, so a preempted
+and recomputed sequence continues where it was.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from qwq.errors import RequestError
+
+MAX_CACHED = 64
+
+
+def _xgrammar() -> Any:
+    """xgrammar, imported on first use (it takes a second); None when not installed, and then
+    constrained requests get a clear 400."""
+    try:
+        import xgrammar
+    except ImportError:
+        return None
+    return xgrammar
+
+
+class GrammarProcessor:
+    """fn(seq, logits_row) -> logits_row that allows only what the grammar allows."""
+
+    def __init__(self, compiled: Any, vocab_size: int):
+        self.compiled = compiled
+        self.vocab_size = vocab_size
+        self.key = f"grammar-{id(self)}"
+
+    def __call__(self, seq: Any, logits: torch.Tensor) -> torch.Tensor:
+        xgr = _xgrammar()
+        state = seq.state.get(self.key)
+        if state is None:
+            state = seq.state[self.key] = {"matcher": xgr.GrammarMatcher(self.compiled), "n": 0,
+                                           "mask": xgr.allocate_token_bitmask(1, self.vocab_size)}
+        matcher = state["matcher"]
+        for token in seq.output_ids[state["n"]:]:
+            matcher.accept_token(token)
+        state["n"] = len(seq.output_ids)
+        matcher.fill_next_token_bitmask(state["mask"])
+        row = logits if logits.dtype == torch.float32 else logits.float()
+        xgr.apply_token_bitmask_inplace(row.view(1, -1), state["mask"].to(row.device),
+                                        vocab_size=self.vocab_size)
+        return row
+
+
+class Grammars:
+    """Compiles grammars for one tokenizer; the vocabulary table is built on first use."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int):
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self._compiler = None
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[str, Any] = OrderedDict()
+
+    def _get_compiler(self) -> Any:
+        xgr = _xgrammar()
+        with self._lock:
+            if self._compiler is None:
+                table = list(self.tokenizer.token_bytes(True) or [])
+                table += [b""] * (self.vocab_size - len(table))
+                info = xgr.TokenizerInfo(table[:self.vocab_size], xgr.VocabType.RAW,
+                                         vocab_size=self.vocab_size,
+                                         stop_token_ids=list(self.tokenizer.eos_token_ids))
+                self._compiler = xgr.GrammarCompiler(info, max_threads=2)
+            return self._compiler
+
+    def _compiled(self, key: str, build: Callable[[Any], Any], param: str) -> Any:
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        try:
+            compiled = build(self._get_compiler())
+        except (RuntimeError, ValueError, TypeError) as e:
+            raise RequestError(f"invalid schema: {str(e).splitlines()[0][:300]}",
+                               param=param) from None
+        with self._lock:
+            self._cache[key] = compiled
+            while len(self._cache) > MAX_CACHED:
+                self._cache.popitem(last=False)
+        return compiled
+
+    def _require(self, param: str) -> None:
+        if _xgrammar() is None:
+            raise RequestError("constrained decoding needs the xgrammar package, which is not "
+                               "installed on this server", param=param)
+
+    def json_processor(self, schema: dict[str, Any] | None) -> GrammarProcessor:
+        """Any JSON object (schema None) or JSON that follows schema."""
+        param = "response_format" if schema is None else "response_format.json_schema.schema"
+        self._require(param)
+        if schema is None:  # any object (the builtin JSON grammar would allow arrays too)
+            compiled = self._compiled("object", lambda c: c.compile_json_schema(
+                '{"type": "object"}', any_whitespace=False, strict_mode=False), param)
+        else:
+            text = json.dumps(schema, sort_keys=True)
+            compiled = self._compiled("schema:" + text, lambda c: c.compile_json_schema(
+                text, any_whitespace=False), param)
+        return GrammarProcessor(compiled, self.vocab_size)
+
+    def tool_call_processor(self, tools: list[dict[str, Any]]) -> GrammarProcessor:
+        """Exactly one `<tool_call>` block calling one of tools with matching arguments."""
+        self._require("tool_choice")
+        schemas = [{"type": "object", "required": ["name", "arguments"],
+                    "properties": {"name": {"const": t["function"]["name"]},
+                                   "arguments": t["function"].get("parameters")
+                                   or {"type": "object"}}} for t in tools]
+        text = json.dumps(schemas, sort_keys=True)
+
+        def build(compiler: Any) -> Any:
+            xgr = _xgrammar()
+            calls = [xgr.Grammar.from_json_schema(json.dumps(s), any_whitespace=False)
+                     for s in schemas]
+            body = calls[0] if len(calls) == 1 else xgr.Grammar.union(*calls)
+            grammar = xgr.Grammar.concat(xgr.Grammar.from_regex(r"<tool_call>\n"), body,
+                                         xgr.Grammar.from_regex(r"\n</tool_call>"))
+            return compiler.compile_grammar(grammar)
+
+        return GrammarProcessor(self._compiled("tools:" + text, build, "tools"),
+                                self.vocab_size)

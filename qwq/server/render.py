@@ -1,0 +1,83 @@
+"""Engine outputs in the OpenAI response shapes: finish reasons and logprobs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qwq.outputs import CompletionOutput
+from qwq.server.state import ServerState
+
+# the engine's reasons (reasoning controls add their own, e.g. "loop") in OpenAI's vocabulary
+_FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls",
+           "content_filter": "content_filter", "abort": "abort"}
+
+
+def finish_reason(o: CompletionOutput) -> str | None:
+    if o.finish_reason is None:
+        return None
+    return _FINISH.get(o.finish_reason, "stop")
+
+
+def stop_reason(o: CompletionOutput) -> str | int | None:
+    """The stop string or token id that ended the choice, or the engine's own reason when it
+    is not one of OpenAI's."""
+    if isinstance(o.stop_reason, (str, int)):
+        return o.stop_reason
+    if o.finish_reason and o.finish_reason not in _FINISH:
+        return o.finish_reason
+    return None
+
+
+def logprob_entries(o: CompletionOutput) -> list[dict[int, float]]:
+    """The logprob entries as of this output. The engine keeps appending to the list an output
+    holds, so a queued output is cut at its own token count."""
+    return (o.logprobs or [])[:len(o.token_ids)]
+
+
+def _chosen(entry: dict[int, float]) -> int:
+    return next(iter(entry))  # the sampled token comes first, its alternatives after
+
+
+def _top(entry: dict[int, float], n: int) -> list[tuple[int, float]]:
+    return sorted(entry.items(), key=lambda kv: -kv[1])[:n]
+
+
+def chat_logprobs(state: ServerState, entries: list[dict[int, float]],
+                  top_n: int) -> dict[str, Any]:
+    """{"content": [{token, logprob, bytes, top_logprobs}]} for these sampled tokens."""
+    content = []
+    for entry in entries:
+        token = _chosen(entry)
+        text, raw = state.token_text(token)
+        top = []
+        for alt, value in _top(entry, top_n):
+            alt_text, alt_raw = state.token_text(alt)
+            top.append({"token": alt_text, "logprob": value, "bytes": alt_raw})
+        content.append({"token": text, "logprob": entry[token], "bytes": raw,
+                        "top_logprobs": top})
+    return {"content": content}
+
+
+def completion_logprobs(state: ServerState, entries: list[dict[int, float]], top_n: int,
+                        offset: int = 0, echo_ids: list[int] | None = None) -> dict[str, Any]:
+    """The legacy completions shape: tokens, token_logprobs, top_logprobs, text_offset.
+    Echoed prompt tokens carry no logprob (null), as the engine scores only new tokens."""
+    out: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [],
+                            "text_offset": []}
+    for token in echo_ids or []:
+        text, _ = state.token_text(token)
+        out["tokens"].append(text)
+        out["token_logprobs"].append(None)
+        out["top_logprobs"].append(None)
+        out["text_offset"].append(offset)
+        offset += len(text)
+    for entry in entries:
+        token = _chosen(entry)
+        text, _ = state.token_text(token)
+        out["tokens"].append(text)
+        out["token_logprobs"].append(entry[token])
+        out["top_logprobs"].append({state.token_text(t)[0]: v for t, v in _top(entry, top_n)}
+                                   if top_n else None)
+        out["text_offset"].append(offset)
+        offset += len(text)
+    return out

@@ -1,0 +1,139 @@
+"""Running engine requests for HTTP clients: wait for outputs while watching for a client that
+hangs up (its request is aborted, its KV blocks freed), and server-sent events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import suppress
+from typing import Any, TypeVar
+
+import anyio
+from fastapi import Request
+from starlette.responses import StreamingResponse
+
+from qwq.engine.async_engine import EngineDeadError
+from qwq.errors import QwQError
+from qwq.outputs import RequestOutput
+from qwq.sampling_params import SamplingParams
+from qwq.server.errors import from_exception
+from qwq.server.metrics import RequestTrack
+from qwq.server.state import ServerState
+
+T = TypeVar("T")
+DISCONNECT_POLL_S = 0.25
+DONE = b"data: [DONE]\n\n"
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its answer was ready."""
+
+
+def sse(data: Any) -> bytes:
+    return b"data: " + json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode() \
+        + b"\n\n"
+
+
+async def watch(awaitable: Awaitable[T], request: Request) -> T:
+    """Await while polling for a disconnect; on one, cancel (which aborts the request)."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise ClientGone()
+    finally:
+        if not task.done():
+            task.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+class Stream:
+    """One engine request: its async generator and the first output, which arrives before any
+    HTTP answer is sent, so a refused request still gets its proper status code."""
+
+    def __init__(self, state: ServerState, prompt: list[int], params: SamplingParams,
+                 request_id: str, track: RequestTrack | None = None):
+        self.gen = state.aeng.generate(prompt, params, request_id)
+        self.track = track
+        self.first: RequestOutput | None = None
+        self.last: RequestOutput | None = None
+
+    async def start(self) -> RequestOutput:
+        try:
+            self.first = self.last = await self.gen.__anext__()
+        except (QwQError, EngineDeadError) as e:  # refused: bad request, full queue, dead
+            raise from_exception(e) from None
+        self._timed(self.first)
+        return self.first
+
+    def _timed(self, out: RequestOutput) -> None:
+        if self.track is not None and any(o.delta_token_ids for o in out.outputs):
+            self.track.on_tokens()
+
+    async def outputs(self) -> AsyncIterator[RequestOutput]:
+        """The first output, then the rest as they come."""
+        if self.first is not None:
+            yield self.first
+            if self.first.finished:
+                return
+        async for out in self.gen:
+            self.last = out
+            self._timed(out)
+            yield out
+
+    def usage_counts(self) -> tuple[int, int, int]:
+        """(prompt, completion, cached prompt) tokens so far."""
+        out = self.last
+        if out is None:
+            return 0, 0, 0
+        return (len(out.prompt_token_ids), sum(len(o.token_ids) for o in out.outputs),
+                out.num_cached_tokens)
+
+    async def final(self) -> RequestOutput:
+        out = self.last
+        async for out in self.outputs():
+            pass
+        return out
+
+    async def close(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.gen.aclose()
+
+
+async def start_all(streams: list[Stream], request: Request) -> None:
+    """Start every stream (all are submitted at once); on any refusal close them all."""
+    try:
+        results = await watch(asyncio.gather(*(s.start() for s in streams),
+                                             return_exceptions=True), request)
+    except BaseException:
+        for s in streams:
+            await s.close()
+        raise
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        for s in streams:
+            await s.close()
+        raise errors[0]
+
+
+class SSEResponse(StreamingResponse):
+    """Server-sent events whose generator is always closed, even when the client's disconnect
+    cancels the response while it waits to send."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, content: AsyncIterator[bytes]):
+        super().__init__(content, headers={"Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+
+    async def stream_response(self, send: Any) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()
