@@ -11,7 +11,6 @@ import json
 import time
 
 import torch
-
 from common import DATA, llama_cpp, machine, today
 
 PROMPT = ("You are a helpful assistant. Explain, step by step and in plain words, how a hash "
@@ -69,6 +68,7 @@ def llama_rates(path: str, ids42, ids512, new: int, threads: int) -> dict:
 
 def transformers_rates(ids42, new: int) -> dict:
     import transformers
+
     from qwq.demo import demo_model_path
     from qwq.weights import open_checkpoint
     ckpt = open_checkpoint(demo_model_path())

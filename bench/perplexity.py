@@ -11,7 +11,6 @@ import json
 import math
 
 import numpy as np
-
 from common import DATA, llama_cpp, machine, today
 
 

@@ -5,6 +5,12 @@ from qwq.llm import LLM
 from qwq.outputs import CompletionOutput, RequestOutput
 from qwq.sampling_params import SamplingParams
 
-__all__ = ["LLM", "SamplingParams", "AutoModelForCausalLM", "AutoTokenizer", "RequestOutput",
-           "CompletionOutput"]
+__all__ = [
+           "LLM",
+           "AutoModelForCausalLM",
+           "AutoTokenizer",
+           "CompletionOutput",
+           "RequestOutput",
+           "SamplingParams",
+]
 __version__ = "0.1.0"

@@ -28,7 +28,7 @@ class BatchEncoding(dict):
         except KeyError:
             raise AttributeError(name) from None
 
-    def to(self, device: str | torch.device) -> "BatchEncoding":
+    def to(self, device: str | torch.device) -> BatchEncoding:
         return BatchEncoding({k: v.to(device) if isinstance(v, torch.Tensor) else v
                               for k, v in self.items()})
 
@@ -106,7 +106,7 @@ class QwQForCausalLM:
     def dtype(self) -> torch.dtype:
         return self.engine.runner.model.embed_tokens.weight.dtype
 
-    def eval(self) -> "QwQForCausalLM":
+    def eval(self) -> QwQForCausalLM:
         return self
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -52,7 +52,7 @@ class ModelConfig:
         return self.max_position_embeddings
 
     @classmethod
-    def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> "ModelConfig":
+    def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> ModelConfig:
         archs = d.get("architectures") or []
         model_type = d.get("model_type")
         if model_type != "qwen2" and not any(a in SUPPORTED_ARCHITECTURES for a in archs):
@@ -93,7 +93,7 @@ class ModelConfig:
         d["model_type"] = "qwen2"
         return d
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
 

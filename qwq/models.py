@@ -103,9 +103,8 @@ def num_kv_blocks(config: ModelConfig, engine: EngineConfig, dtype: torch.dtype,
 def load_engine(model: str | os.PathLike | None = None, *, dtype: str | torch.dtype = "auto",
                 device: str | None = "auto", engine_config: EngineConfig | None = None):
     """Everything needed to serve a model: (engine, tokenizer, resolved name)."""
-    from qwq.weights import open_checkpoint
-
     from qwq.model.quant import QUANT_MODES
+    from qwq.weights import open_checkpoint
     cfg = engine_config or EngineConfig()
     if cfg.quantize not in QUANT_MODES + ("auto",):
         raise CheckpointError(f"quantize={cfg.quantize!r} is not a known quantization; choose "

@@ -90,6 +90,7 @@ def test_tied_embeddings_share_the_output_head(tiny_config):
 
 def test_yarn_frequencies_match_transformers(tiny_config):
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
     from qwq.model.rope import RotaryEmbedding
     rs = {"type": "yarn", "rope_type": "yarn", "factor": 4.0,
           "original_max_position_embeddings": 128}

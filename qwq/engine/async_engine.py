@@ -7,7 +7,7 @@ import asyncio
 import logging
 import threading
 import uuid
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from qwq.engine.engine import LLMEngine
 from qwq.outputs import RequestOutput

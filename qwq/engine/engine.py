@@ -11,8 +11,8 @@ import itertools
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from qwq.config import EngineConfig
 from qwq.engine.kv_cache import BlockManager
@@ -24,8 +24,7 @@ from qwq.engine.stop import find_stop, holdback
 from qwq.errors import QueueFullError, RequestError
 from qwq.outputs import CompletionOutput, RequestOutput
 from qwq.reasoning.actions import Force, Stop
-from qwq.sampling_params import (NEUTRAL_DEFAULTS, SamplingParams,
-                                  defaults_from_generation_config)
+from qwq.sampling_params import NEUTRAL_DEFAULTS, SamplingParams, defaults_from_generation_config
 from qwq.tokenizer import IncrementalDetokenizer, Tokenizer
 
 

@@ -8,7 +8,7 @@ Projections are fused (q|k|v and gate|up) so a decode step reads each weight in 
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
