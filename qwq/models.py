@@ -132,7 +132,8 @@ def engine_for(net, tokenizer, cfg: EngineConfig, generation_config: dict | None
 
     dtype = net.embed_tokens.weight.dtype
     dev = net.embed_tokens.weight.device
-    quantize_model(net, cfg.quantize, cfg.head_quantize)
+    # "auto" is settled by load_engine from the checkpoint; a bare network has none to ask
+    quantize_model(net, "none" if cfg.quantize == "auto" else cfg.quantize, cfg.head_quantize)
     runner = ModelRunner(net, num_kv_blocks(net.config, cfg, dtype, dev), cfg.block_size,
                          dtype, dev)
     ctx = net.config.context_length
