@@ -122,7 +122,33 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(serve)
     add_serve_args(serve)
     serve.set_defaults(func=cmd_serve)
+    pl = sub.add_parser("plan", help="memory plan from a config: weights, KV tokens, sequences")
+    pl.add_argument("--model", "-m", default="qwq-32b-preview",
+                    help="a preset (qwq-32b-preview, qwq-demo) or a checkpoint")
+    pl.add_argument("--gpus", type=int, default=1)
+    pl.add_argument("--gpu-memory", default="80GB", help="per GPU, e.g. 80GB, 141GB, 24GB")
+    pl.add_argument("--quantize", default="none", choices=["none", "int8", "int4"])
+    pl.add_argument("--context", type=int, default=None, help="tokens per sequence")
+    pl.set_defaults(func=cmd_plan)
     return parser
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from qwq.config import PRESETS
+    from qwq.plan import describe, parse_size, plan
+    if args.model in PRESETS:
+        cfg = PRESETS[args.model]
+    else:
+        from qwq.models import resolve
+        from qwq.weights import open_checkpoint
+        cfg = open_checkpoint(resolve(args.model).path).config
+    try:
+        memory = parse_size(args.gpu_memory)
+    except (ValueError, IndexError):
+        raise QwQError(f"--gpu-memory {args.gpu_memory!r} is not a size like 80GB") from None
+    print(describe(plan(cfg, args.gpus, memory, args.quantize, args.context), args.gpus,
+                   args.quantize))
+    return 0
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
