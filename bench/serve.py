@@ -35,6 +35,7 @@ class Result:
     ttft: float
     itl: list[float] = field(default_factory=list)
     tokens: int = 0
+    failed: bool = False
 
 
 async def one_request(client: httpx.AsyncClient, url: str, model: str | None, i: int,
@@ -76,15 +77,22 @@ async def level(url: str, model: str | None, concurrency: int, requests: int,
     async with httpx.AsyncClient(timeout=600) as client:
         async def run(i: int) -> Result:
             async with limit:
-                return await one_request(client, url, model, offset + i, max_tokens, headers)
+                try:
+                    return await one_request(client, url, model, offset + i, max_tokens,
+                                             headers)
+                except httpx.HTTPError as e:  # a server that drops requests under load
+                    print(f"request {offset + i} failed: {e!r}", flush=True)
+                    return Result(ttft=float("nan"), failed=True)
 
         start = time.perf_counter()
         results = await asyncio.gather(*(run(i) for i in range(requests)))
         wall = time.perf_counter() - start
-    ttft = [r.ttft for r in results]
-    itl = [x for r in results for x in r.itl]
-    tokens = sum(r.tokens for r in results)
-    return {"concurrency": concurrency, "requests": requests, "wall_s": wall,
+    ok = [r for r in results if not r.failed]
+    ttft = [r.ttft for r in ok] or [float("nan")]
+    itl = [x for r in ok for x in r.itl]
+    tokens = sum(r.tokens for r in ok)
+    return {"concurrency": concurrency, "requests": requests, "failed": len(results) - len(ok),
+            "wall_s": wall,
             "ttft_median_s": statistics.median(ttft), "ttft_p90_s": _p90(ttft),
             "itl_median_ms": 1000 * statistics.median(itl) if itl else None,
             "itl_p90_ms": 1000 * _p90(itl) if itl else None,
@@ -114,13 +122,14 @@ def start_local(args: argparse.Namespace):
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| concurrency | requests | TTFT median / p90 (s) | ITL median / p90 (ms) "
+    head = ("| concurrency | requests (failed) | TTFT median / p90 (s) | ITL median / p90 (ms) "
             "| output tok/s |")
     lines = [head, "| --- | --- | --- | --- | --- |"]
     for r in rows:
         itl = f"{r['itl_median_ms']:.0f} / {r['itl_p90_ms']:.0f}" if r["itl_median_ms"] \
             else "-"
-        lines.append(f"| {r['concurrency']} | {r['requests']} | {r['ttft_median_s']:.2f} / "
+        lines.append(f"| {r['concurrency']} | {r['requests']} ({r['failed']}) | "
+                     f"{r['ttft_median_s']:.2f} / "
                      f"{r['ttft_p90_s']:.2f} | {itl} | {r['output_tok_s']:.1f} |")
     return "\n".join(lines)
 

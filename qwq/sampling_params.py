@@ -129,7 +129,7 @@ class SamplingParams:
             if not isinstance(b, (int, float)) or math.isnan(b) or not -100 <= b <= 100:
                 raise bad("logit_bias", f"bias for token {t} must be in [-100, 100], got {b!r}")
 
-    def with_defaults(self, defaults: dict[str, Any]) -> "SamplingParams":
+    def with_defaults(self, defaults: dict[str, Any]) -> SamplingParams:
         """Fill fields left None from a checkpoint's generation_config.json."""
         changes = {}
         for f in fields(self):

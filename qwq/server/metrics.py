@@ -40,7 +40,11 @@ class _EngineCollector(Collector):
         counters = (("qwq_prompt_tokens", "Prompt tokens received", "prompt_tokens"),
                     ("qwq_generation_tokens", "Tokens generated", "generation_tokens"),
                     ("qwq_preemptions", "Sequences preempted for lack of KV blocks",
-                     "preemptions"))
+                     "preemptions"),
+                    ("qwq_prefix_cache_queried_tokens",
+                     "Prompt tokens looked up in the prefix cache", "prefix_queried_tokens"),
+                    ("qwq_prefix_cache_hit_tokens", "Prompt tokens found in the prefix cache",
+                     "prefix_hit_tokens"))
         for name, doc, key in counters:
             yield CounterMetricFamily(name, doc, value=float(s.get(key, 0.0)))
         price = GaugeMetricFamily("qwq_price_per_token", "Price per token set by the operator",

@@ -35,10 +35,16 @@ class ServerState:
         self.tokenizer = engine.tokenizer
         self.config = config
         self.aeng = async_engine or AsyncEngine(engine)
-        self.metrics = Metrics(engine.stats, config.price_input, config.price_output)
+        self.metrics = Metrics(self.stats, config.price_input, config.price_output)
         self.grammars = Grammars(self.tokenizer, engine.runner.model.config.vocab_size)
         self.draining = False
         self._token_bytes: list[bytes] | None = None
+
+    def stats(self) -> dict[str, float]:
+        """engine.stats() plus the prefix cache's raw counts (rates over any window)."""
+        blocks = self.engine.blocks
+        return {**self.engine.stats(), "prefix_hit_tokens": blocks.hit_tokens,
+                "prefix_queried_tokens": blocks.queried_tokens}
 
     @property
     def max_model_len(self) -> int:

@@ -1,0 +1,32 @@
+"""Reasoning controls on the real demo model: a greedy loop is cut, a budget is kept."""
+
+import pytest
+
+from qwq.reasoning.controls import ControlFactory
+from qwq.reasoning.parser import split
+from qwq.sampling_params import SamplingParams
+
+pytestmark = pytest.mark.slow
+LOOPING = [{"role": "user", "content": "Explain the explanation of the explanation of love."}]
+
+
+@pytest.fixture(scope="module")
+def llm():
+    from qwq import LLM
+    model = LLM()
+    model.engine.control_factory = ControlFactory.for_tokenizer(model.tokenizer)
+    return model
+
+
+def test_greedy_loop_is_cut_early(llm):
+    out = llm.chat(LOOPING, SamplingParams(temperature=0, max_tokens=200,
+                                           loop_control="stop"))[0].outputs[0]
+    assert out.finish_reason == "loop" and len(out.token_ids) < 150
+
+
+def test_thinking_budget_is_kept_and_an_answer_follows(llm):
+    params = SamplingParams(temperature=0, max_tokens=80, max_thinking_tokens=40,
+                            loop_control="off")
+    out = llm.chat([{"role": "user", "content": "Why is the sky blue?"}], params)[0].outputs[0]
+    reasoning, content = split(out.text, "plain")
+    assert len(llm.tokenizer.encode(reasoning)) <= 41 and content

@@ -1,0 +1,190 @@
+"""Loop detection on synthetic token streams: loops are caught early, structured repetition is
+left alone, and each action (stop, nudge, penalize) does what it says."""
+
+import random
+import time
+
+import pytest
+import torch
+from test_reasoning_helpers import FakeTokenizer, drive
+
+from qwq.reasoning.budget import PhaseTracker
+from qwq.reasoning.loops import (
+    LoopControl,
+    LoopDetector,
+    PenalizingLoopControl,
+    TokenLoopDetector,
+)
+
+WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "theta", "kappa", "lambda", "sigma", "omega", "river", "stone", "cloud", "light", "shadow", "number", "answer", "check", "again", "value", "result", "maybe", "think"]
+
+
+def prose(n_words, seed=0):
+    rng = random.Random(seed)
+    return " ".join(rng.choice(WORDS) for _ in range(n_words)) + ". "
+
+
+def first_event(text, tok=None):
+    """Index (in tokens) where the detector first fires on text, or None."""
+    tok = tok or FakeTokenizer()
+    det = LoopDetector()
+    for i, t in enumerate(tok.encode(text)):
+        if det.push(t, tok.decode([t]), i + 1):
+            return i + 1
+    return None
+
+
+def test_exact_cycle_is_caught_within_a_few_copies():
+    tok = FakeTokenizer()
+    intro = tok.encode(prose(60))
+    cycle = tok.encode("So the explanation means that the meaning is explained by itself. ")
+    det = TokenLoopDetector()
+    stream = intro + cycle * 20
+    fired = next(i + 1 for i, t in enumerate(stream) if det.push(t))
+    # three copies, or a short cycle repeated over the minimum run of 32 tokens
+    assert len(intro) + len(cycle) < fired <= len(intro) + len(cycle) + max(2 * len(cycle), 32)
+
+
+def test_cycle_of_several_sentences_is_one_long_period():
+    tok = FakeTokenizer()
+    cycle = tok.encode(prose(25, 1) + prose(30, 2) + prose(20, 3))
+    det = TokenLoopDetector()
+    events = [e for t in tok.encode(prose(40)) + cycle * 4 if (e := det.push(t))]
+    assert events and events[0].period == len(cycle)
+    assert events[0].end <= 40 + 3 * len(cycle)
+
+
+def test_sentence_cycle_with_small_variations_is_caught():
+    rng = random.Random(7)
+    leads = ["Wait,", "Hmm,", "So", "Okay,", "Right,", "Well,"]
+    sentences = ["the word hello in French is bonjour and that is the answer",
+                 "let me double check the translation of the word again carefully"]
+    text = prose(30) + " ".join(f"{rng.choice(leads)} {sentences[i % 2]}." for i in range(16))
+    tok = FakeTokenizer()  # no exact period: only the sentence detector can see it
+    exact = TokenLoopDetector()
+    assert not any(exact.push(t) for t in tok.encode(text))
+    assert first_event(text) is not None
+
+
+def test_recurring_sentence_between_other_text_is_caught():
+    probe = "Therefore the explanation of the explanation is still the same explanation."
+    text = "".join(prose(8 + i, seed=i) + probe + " " for i in range(8))
+    assert first_event(text) is not None
+
+
+def _counting():
+    return "\n".join(str(i) for i in range(1, 301))
+
+
+def _primes():
+    ps = [n for n in range(2, 3000) if all(n % d for d in range(2, int(n ** 0.5) + 1))]
+    return ", ".join(map(str, ps))
+
+
+def _times_table():
+    return "\n".join(f"{a} x {b} = {a * b}" for a in range(1, 13) for b in range(1, 13))
+
+
+def _table():
+    rng = random.Random(3)
+    names = ["Alice", "Bob", "Carol", "Dan", "Eve", "Frank", "Grace", "Heidi", "Ivan", "Judy"]
+    rows = [f"| {n}{i} | {rng.randint(18, 90)} | {rng.randint(1000, 9999)} | yes |"
+            for i in range(12) for n in names]
+    return "| name | age | id | ok |\n|---|---|---|---|\n" + "\n".join(rows)
+
+
+def _code():
+    methods = "\n".join(f"    def get_{w}(self):\n        return self._{w}\n" for w in WORDS)
+    return f"```python\nclass Record:\n{methods}```"
+
+
+def _translations():
+    pairs = [("Spanish", "hola"), ("French", "bonjour"), ("German", "hallo"),
+             ("Italian", "ciao"), ("Portuguese", "olá"), ("Dutch", "hallo"),
+             ("Swedish", "hej"), ("Finnish", "hei"), ("Polish", "cześć"), ("Turkish", "merhaba"),
+             ("Hawaiian", "aloha"), ("Swahili", "jambo"), ("Japanese", "konnichiwa")]
+    return "\n".join(f"- In {lang}, hello is \"{word}\"." for lang, word in pairs)
+
+
+def _steps():
+    return "\n".join(f"Step {i}: divide {n} by {d}; the remainder is {n % d}, so {d} is "
+                     f"{'a' if n % d == 0 else 'not a'} divisor."
+                     for i, (n, d) in enumerate(((91, k) for k in range(2, 40)), 1))
+
+
+@pytest.mark.parametrize("make", [_counting, _primes, _times_table, _table, _code,
+                                  _translations, _steps])
+def test_structured_repetition_is_not_a_loop(make):
+    assert first_event(make()) is None
+
+
+def test_detection_is_cheap_per_token():
+    tok = FakeTokenizer()
+    stream = tok.encode(_table() + _steps() + _code() + _counting()) * 2
+    det = LoopDetector()
+    start = time.perf_counter()
+    for i, t in enumerate(stream):
+        det.push(t, tok.decode([t]), i + 1)
+    per_token = (time.perf_counter() - start) / len(stream)
+    assert per_token < 50e-6
+
+
+def _looping_model(tok):
+    return tok.encode(prose(40) + "The explanation explains the explanation itself. " * 100)
+
+
+def test_stop_action_finishes_with_loop_reason_and_detail():
+    tok = FakeTokenizer()
+    control = LoopControl(tok, PhaseTracker("plain"), action="stop")
+    out, _, reason, actions = drive([control], tok, _looping_model(tok))
+    assert reason == "loop" and actions[0].detail["repeats"] >= 2
+    assert len(out) < 150
+
+
+def test_nudge_forces_a_steer_then_stops_after_max_interventions():
+    tok = FakeTokenizer()
+    control = LoopControl(tok, PhaseTracker("plain"), action="nudge", max_interventions=2)
+    _out, text, reason, actions = drive([control], tok, _looping_model(tok))
+    assert reason == "loop"
+    assert [type(a).__name__ for a in actions] == ["Force", "Force", "Stop"]
+    assert "Let me conclude.\n\n**Final Answer**" in text
+    assert "I will stop here" in text  # the second steer: the answer had started
+
+
+def test_nudge_lets_a_model_that_recovers_finish():
+    tok = FakeTokenizer()
+    control = LoopControl(tok, PhaseTracker("plain"), action="nudge")
+    model = tok.encode(prose(30) + "It loops around and around. " * 8 + prose(80, 5))
+    _, _, reason, actions = drive([control], tok, model)
+    assert reason == "stop" and len(actions) == 1
+
+
+def test_stop_with_conclude_first_forces_a_final_answer():
+    tok = FakeTokenizer()
+    control = LoopControl(tok, PhaseTracker("think"), action="stop", conclude=True)
+    _, text, reason, actions = drive([control], tok, _looping_model(tok))
+    assert "</think>" in text and reason == "loop" and len(actions) == 2
+
+
+def test_penalize_lowers_the_token_that_continues_the_cycle():
+    tok = FakeTokenizer()
+    control = PenalizingLoopControl(tok, PhaseTracker("plain"))
+    stream = _looping_model(tok)
+    out = []
+    for t in stream:
+        out.append(t)
+        if control.on_token(t, tok.decode(out), out) is None and control.until:
+            break
+    logits = torch.zeros(tok.vocab_size + 5)
+    after = control.process_logits(out, logits.clone())
+    nxt = out[-control.period]
+    assert after[nxt] <= -10 and after[tok.vocab_size + 1] == 0
+    late = out + [0] * (control.until - len(out))
+    assert torch.equal(control.process_logits(late, logits.clone()), logits)
+
+
+def test_rows_that_differ_only_in_their_counter_are_a_loop():
+    rows = ["Liam Johnson,liam@example.com,35", "Sophie Davis,sophie@example.com,32",
+            "Olivia Davis,olivia@example.com,33"]
+    csv = "```csv\n" + "".join(f"{i},{rows[i % 3]}\n" for i in range(1, 30))
+    assert first_event(csv) is not None
