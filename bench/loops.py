@@ -2,8 +2,8 @@
 
 Every prompt runs once per loop_control mode (off, stop, nudge, penalize), all prompts of a mode
 batched through the engine. Ground truth comes from the "off" run by a retrospective check that
-does not use the online detector: the generation hit max_tokens and the last 40% of its text is
-made of sentences or lines (counters and bullets left out) that already appeared earlier.
+does not use the online detector: the generation hit max_tokens and most of the last 30%
+of its text (line counters and bullets left out) repeats text written before it.
 
     python bench/loops.py [--max-tokens 320] [--modes off,stop,nudge,penalize] [--json out.json]
 """
@@ -52,25 +52,25 @@ STRUCTURED = [
 PROMPTS = ([f"Explain the explanation of the explanation of {x}." for x in EXPLAIN]
            + [f"List every {x}." for x in LIST_EVERY] + OTHER + STRUCTURED)
 
-_UNIT = re.compile(r"(?<=[.!?])\s+|\n+")
-_LEAD = re.compile(r"^\s*(?:\d+[.),:]?|[-*•>#|]+)\s*")
+_COUNTER = re.compile(r"^[ \t]*(?:\d+[.),:]?|[-*•>#|]+)[ \t]*", re.MULTILINE)
 
 
-def ends_in_loop(text: str, finish: str, tail: float = 0.4, cover: float = 0.7) -> bool:
-    """Hit max_tokens, and the tail is mostly sentences/lines already written before."""
+def ends_in_loop(text: str, finish: str, tail: float = 0.3, cover: float = 0.75,
+                 width: int = 32) -> bool:
+    """Hit max_tokens, and nearly every `width`-character window of the tail (line counters and
+    bullets left out) already appeared earlier in the text."""
     if finish != "length":
         return False
-    seen: set[str] = set()
-    pos, start = 0, len(text) * (1 - tail)
-    repeated = total = 0
-    for unit in _UNIT.split(text):
-        key = re.sub(r"\W+", " ", _LEAD.sub("", unit.lower())).strip()
-        pos += len(unit) + 1
-        if pos >= start and key:
-            total += len(unit)
-            repeated += len(unit) if key in seen else 0
-        seen.add(key)
-    return total > 0 and repeated / total >= cover
+    t = re.sub(r"\s+", " ", _COUNTER.sub("", text.lower()))
+    start = int(len(t) * (1 - tail))
+    seen = {t[j:j + width] for j in range(start)}  # windows that begin before the tail
+    covered = total = 0
+    for i in range(start, len(t) - width + 1):
+        window = t[i:i + width]
+        covered += window in seen
+        total += 1
+        seen.add(window)
+    return total > 0 and covered / total >= cover
 
 
 class RecordingFactory:

@@ -141,20 +141,30 @@ def test_stop_action_finishes_with_loop_reason_and_detail():
     assert len(out) < 150
 
 
-def test_nudge_forces_a_steer_then_stops_after_max_interventions():
+def test_nudge_forces_a_steer_then_stops_a_model_that_resumes_the_loop():
+    tok = FakeTokenizer()
+    control = LoopControl(tok, PhaseTracker("plain"), action="nudge")
+    out, text, reason, actions = drive([control], tok, _looping_model(tok))
+    assert reason == "loop"
+    assert [type(a).__name__ for a in actions] == ["Force", "Stop"]
+    assert "Let me conclude.\n\n**Final Answer**" in text
+    assert actions[1].detail["loop"] == "resumed"
+    steer_end = text.index("**Final Answer**")
+    assert len(tok.encode(text[steer_end:])) < 30  # the resumed loop is cut within a few tokens
+
+
+def test_second_nudge_in_the_answer_uses_the_answer_steer():
     tok = FakeTokenizer()
     control = LoopControl(tok, PhaseTracker("plain"), action="nudge", max_interventions=2)
-    _out, text, reason, actions = drive([control], tok, _looping_model(tok))
-    assert reason == "loop"
+    _, text, reason, actions = drive([control], tok, _looping_model(tok))
     assert [type(a).__name__ for a in actions] == ["Force", "Force", "Stop"]
-    assert "Let me conclude.\n\n**Final Answer**" in text
-    assert "I will stop here" in text  # the second steer: the answer had started
+    assert "I will stop here" in text and reason == "loop"
 
 
 def test_nudge_lets_a_model_that_recovers_finish():
     tok = FakeTokenizer()
     control = LoopControl(tok, PhaseTracker("plain"), action="nudge")
-    model = tok.encode(prose(30) + "It loops around and around. " * 8 + prose(80, 5))
+    model = tok.encode(prose(30) + "It loops around and around. " * 6 + prose(80, 5))
     _, _, reason, actions = drive([control], tok, model)
     assert reason == "stop" and len(actions) == 1
 

@@ -72,10 +72,18 @@ def sample_row(logits: torch.Tensor, seq: Sequence, eos_ids: tuple[int, ...],
     if p.greedy:
         token = int(torch.argmax(logits))
     else:
-        logits = truncate(logits / p.temperature, p)
-        probs = logits.softmax(-1)
-        token = int(torch.multinomial(probs, 1, generator=generator))
+        token = _draw(logits, p, generator)
     return _with_logprobs(Sample(token), raw, p)
+
+
+def _draw(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> int:
+    """Sample from the truncated distribution; extreme settings (a temperature that
+    overflows, everything masked) fall back to the most likely token, never an exception."""
+    probs = truncate(logits / p.temperature, p).softmax(-1)
+    probs = torch.nan_to_num(probs, nan=0.0, posinf=0.0, neginf=0.0).clamp_(min=0)
+    if not float(probs.sum()) > 0:
+        return int(torch.argmax(logits))
+    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 def _with_logprobs(s: Sample, raw: torch.Tensor, p: SamplingParams) -> Sample:
@@ -106,4 +114,14 @@ def sample(logits: torch.Tensor, seqs: list[Sequence], eos_ids: tuple[int, ...],
         return [Sample(t) if not b else Sample(-1, error="the model produced NaN logits for "
                                                           "this request")
                 for t, b in zip(tokens, bad)]
-    return [sample_row(logits[i], s, eos_ids, generators.get(s.seq_id)) for i, s in enumerate(seqs)]
+    return [_guarded(logits[i], s, eos_ids, generators.get(s.seq_id))
+            for i, s in enumerate(seqs)]
+
+
+def _guarded(logits: torch.Tensor, seq: Sequence, eos_ids: tuple[int, ...],
+             generator: torch.Generator | None) -> Sample:
+    """A request whose settings break sampling fails alone; the batch goes on."""
+    try:
+        return sample_row(logits, seq, eos_ids, generator)
+    except (RuntimeError, ValueError, IndexError) as e:
+        return Sample(token=-1, error=f"sampling failed for this request: {e}")

@@ -212,18 +212,44 @@ STEER_TEXT = {"think": "\n\nI keep going around in circles. Let me stop and answ
               "answer": "\n\nI am repeating myself, so I will stop here.\n\n"}
 
 
+class ResumeWatch:
+    """After an intervention: is the model writing the loop it was just pulled out of? Fires
+    when `needed` of the last `window` tokens end an n-gram of that loop; much sooner than the
+    detectors could see a fresh loop."""
+
+    def __init__(self, ngram: int = 4, window: int = 16, needed: int = 12):
+        self.ngram, self.window, self.needed = ngram, window, needed
+        self.grams: set[tuple[int, ...]] = set()
+        self._recent: list[int] = []
+        self._hits: deque[bool] = deque(maxlen=window)
+
+    def arm(self, loop_tokens: list[int]) -> None:
+        n = self.ngram
+        self.grams = {tuple(loop_tokens[i:i + n]) for i in range(len(loop_tokens) - n + 1)}
+        self._recent, self._hits = [], deque(maxlen=self.window)
+
+    def push(self, token: int) -> bool:
+        if not self.grams:
+            return False
+        self._recent = (self._recent + [token])[-self.ngram:]
+        self._hits.append(tuple(self._recent) in self.grams)
+        return sum(self._hits) >= self.needed
+
+
 class LoopControl:
     """Runs the detector on every token; on a loop: stop, nudge (force a steer), or penalize.
 
-    Each action may be taken max_interventions times; the next loop after that stops the
-    sequence. With conclude, "stop" first forces a final-answer lead-in when no answer exists.
+    Each action may be taken max_interventions times; the next loop after that (a fresh one, or
+    the same one resumed) stops the sequence. With conclude, "stop" first forces a final-answer
+    lead-in when no answer exists.
     """
 
     def __init__(self, tokenizer, phase, action: str = "nudge", conclude: bool = False,
-                 max_interventions: int = 2, detector: LoopDetector | None = None):
+                 max_interventions: int = 1, detector: LoopDetector | None = None):
         self.tokenizer, self.phase, self.action = tokenizer, phase, action
         self.conclude, self.max_interventions = conclude, max_interventions
         self.detector = detector or LoopDetector()
+        self.watch = ResumeWatch()
         self.events: list[LoopEvent] = []
         self.interventions = 0
         self._seen_tokens = 0
@@ -235,6 +261,7 @@ class LoopControl:
             return None
         self.events.append(event)
         self.detector.reset()
+        self.watch.arm(output_ids[event.start:event.end])
         metrics.inc("loop_detected", action=self.action)
         return self._act(event, self.phase.update(text), output_ids)
 
@@ -244,6 +271,9 @@ class LoopControl:
         for i in range(self._seen_tokens, len(output_ids)):
             delta = text[self._seen_chars:] if i == last else ""
             event = self.detector.push(output_ids[i], delta, i + 1) or event
+            if self.watch.push(output_ids[i]) and event is None:
+                event = LoopEvent("resumed", self.events[-1].period, 1.0, i + 1 - self.watch.window,
+                                  i + 1)
         self._seen_tokens, self._seen_chars = len(output_ids), len(text)
         return event
 
@@ -273,8 +303,9 @@ class PenalizingLoopControl(LoopControl):
     """loop_control="penalize": after a loop, for a while lower the logits of the tokens of the
     repeated cycle (mildly) and of the token that would continue the cycle (strongly)."""
 
-    def __init__(self, *args, mild: float = 2.0, strong: float = 10.0, **kwargs):
-        super().__init__(*args, action="penalize", **kwargs)
+    def __init__(self, *args, mild: float = 2.0, strong: float = 10.0,
+                 max_interventions: int = 2, **kwargs):
+        super().__init__(*args, action="penalize", max_interventions=max_interventions, **kwargs)
         self.mild, self.strong = mild, strong
         self.until = 0
         self.period = 0
