@@ -30,6 +30,16 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     g.add_argument("--max-new-tokens", type=int, default=512)
+    r = p.add_argument_group("reasoning controls")
+    r.add_argument("--max-thinking-tokens", type=int, default=None,
+                   help="cap on reasoning tokens; then the model is led to its answer")
+    r.add_argument("--reasoning-effort", choices=["low", "medium", "high"], default=None)
+    r.add_argument("--loop-control", choices=["off", "stop", "nudge", "penalize"],
+                   default="nudge", help="what to do when the model repeats itself")
+    r.add_argument("--language", default=None, help="auto, or a code such as en, zh")
+    r.add_argument("--guard", default=None, help="a guard policy name")
+    r.add_argument("--conclude", action=argparse.BooleanOptionalAction, default=None,
+                   help="force a final answer before max tokens run out")
 
 
 def sampling_params(args: argparse.Namespace):
@@ -38,7 +48,9 @@ def sampling_params(args: argparse.Namespace):
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
         repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
         frequency_penalty=args.frequency_penalty, seed=args.seed, stop=args.stop,
-        max_tokens=args.max_new_tokens)
+        max_tokens=args.max_new_tokens, max_thinking_tokens=args.max_thinking_tokens,
+        reasoning_effort=args.reasoning_effort, loop_control=args.loop_control,
+        language=args.language, guard=args.guard, conclude=args.conclude)
 
 
 def load_llm(args: argparse.Namespace):

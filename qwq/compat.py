@@ -127,7 +127,8 @@ class QwQForCausalLM:
         params = SamplingParams(
             n=num_return_sequences, max_tokens=max_new_tokens, seed=seed,
             temperature=temperature if do_sample else 0.0, top_p=top_p, top_k=top_k,
-            min_p=min_p, repetition_penalty=repetition_penalty)
+            min_p=min_p, repetition_penalty=repetition_penalty,
+            loop_control="off")  # transformers' generate has no loop control: same tokens
         prompts = [row[m.bool()].tolist() for row, m in zip(input_ids.cpu(), mask.cpu())]
         from qwq.llm import run_to_completion
         outs = run_to_completion(self.engine, prompts, [params] * len(prompts))

@@ -136,9 +136,10 @@ def engine_for(net, tokenizer, cfg: EngineConfig, generation_config: dict | None
     quantize_model(net, "none" if cfg.quantize == "auto" else cfg.quantize, cfg.head_quantize)
     runner = ModelRunner(net, num_kv_blocks(net.config, cfg, dtype, dev), cfg.block_size,
                          dtype, dev)
+    from qwq.reasoning.controls import ControlFactory
     ctx = net.config.context_length
     return LLMEngine(runner, tokenizer, cfg, min(cfg.max_model_len or ctx, ctx),
-                     generation_config)
+                     generation_config, ControlFactory.for_tokenizer(tokenizer))
 
 
 def _tokenizer_of(ckpt):

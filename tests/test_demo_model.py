@@ -44,7 +44,8 @@ def test_greedy_continuations_match_transformers(llm32, reference):
     same prefix at each position its argmax is our token, so its greedy run is ours."""
     from qwq import SamplingParams
     ids = [llm32.encode_chat(m) for m in PROMPTS]
-    ours = llm32.generate(ids, SamplingParams(temperature=0, max_tokens=64, min_tokens=64))
+    ours = llm32.generate(ids, SamplingParams(temperature=0, max_tokens=64, min_tokens=64,
+                                               loop_control="off"))
     eos = list(llm32.tokenizer.eos_token_ids)
     for prompt_ids, out in zip(ids, ours):
         new = out.outputs[0].token_ids

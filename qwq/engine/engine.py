@@ -60,7 +60,8 @@ class _Request:
 class LLMEngine:
     def __init__(self, runner: ModelRunner, tokenizer: Tokenizer, config: EngineConfig,
                  max_model_len: int, generation_config: dict | None = None,
-                 control_factory: Callable[[SamplingParams, Tokenizer], list] | None = None):
+                 control_factory: Callable[[SamplingParams, Tokenizer, list[int]], list]
+                 | None = None):
         self.runner = runner
         self.tokenizer = tokenizer
         self.config = config
@@ -97,7 +98,7 @@ class LLMEngine:
         for i in range(params.n):
             seq = Sequence(next(self._seq_ids), rid, i, list(ids), params, req.arrival)
             detok = IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens)
-            controls = self.control_factory(params, self.tokenizer) \
+            controls = self.control_factory(params, self.tokenizer, ids) \
                 if self.control_factory else []
             seq.logits_processors = [c.process_logits for c in controls
                                      if getattr(c, "process_logits", None)]

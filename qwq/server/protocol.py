@@ -61,6 +61,13 @@ class SamplingFields(_Body):
     user: Name | None = None
     cache_salt: Name | None = None
     return_token_ids: bool = False  # vLLM's: prompt and output token ids in the response
+    # reasoning controls (the same names as SamplingParams and the CLI flags)
+    max_thinking_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_BOUND)
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
+    loop_control: Literal["off", "stop", "nudge", "penalize"] = "nudge"
+    language: Annotated[str, StringConstraints(max_length=16)] | None = None
+    guard: Name | None = None
+    conclude: bool | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
 

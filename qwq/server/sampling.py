@@ -64,7 +64,9 @@ def sampling_params(body: SamplingFields, *, max_tokens: int, logprobs: int | No
         skip_special_tokens=body.skip_special_tokens,
         include_stop_str_in_output=body.include_stop_str_in_output,
         logit_bias=_logit_bias(body.logit_bias), cache_salt=_salt(tenant, body.cache_salt),
-        extra=dict(extra or {}))
+        max_thinking_tokens=body.max_thinking_tokens, reasoning_effort=body.reasoning_effort,
+        loop_control=body.loop_control, language=body.language, guard=body.guard,
+        conclude=body.conclude, extra=dict(extra or {}))
     params.validate(vocab_size)
     return params
 
