@@ -105,6 +105,16 @@ def test_completions_prompt_list_echo_and_logprobs(stack):
     assert "".join(c.choices[0].text for c in streamed) == whole.choices[0].text
 
 
+def test_echo_carries_prompt_logprobs(stack):
+    r = stack.client().completions.create(model="tiny", prompt="one two three four",
+                                          max_tokens=2, echo=True, logprobs=1, temperature=0)
+    lp = r.choices[0].logprobs
+    n_prompt = r.usage.prompt_tokens
+    assert lp.token_logprobs[0] is None and len(lp.tokens) == n_prompt + 2
+    assert all(isinstance(v, float) and v <= 0 for v in lp.token_logprobs[1:])
+    assert all(len(t) >= 1 for t in lp.top_logprobs[1:n_prompt])
+
+
 def test_json_schema_output_follows_the_schema(stack):
     schema = {"type": "object", "additionalProperties": False, "required": ["color", "ok"],
               "properties": {"color": {"enum": ["red", "green"]}, "ok": {"type": "boolean"}}}

@@ -81,6 +81,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     tenant = tenant_of(request)
     params = [sampling_params(body, max_tokens=resolve_max_tokens(
         body.max_tokens, len(p.ids), state.max_model_len, "prompt"), logprobs=body.logprobs,
+        prompt_logprobs=body.logprobs if body.echo else None,
         vocab_size=state.tokenizer.vocab_size, tenant=tenant) for p in job.prompts]
     track = state.metrics.track("completions")
     streams = [Stream(state, p.ids, sp, f"{job.request_id}-{i}", track)
@@ -104,12 +105,14 @@ def _usage_counts(streams: list[Stream]) -> tuple[int, int, int]:
 
 
 def _choice(job: CompletionJob, k: int, o: CompletionOutput, text: str,
-            entries: list, echo: bool, offset: int) -> dict[str, Any]:
+            entries: list, echo: bool, offset: int,
+            prompt_logprobs: list | None = None) -> dict[str, Any]:
     body, prompt = job.body, job.prompts[k]
     logprobs = None
     if body.logprobs is not None:
         logprobs = completion_logprobs(job.state, entries, body.logprobs, offset,
-                                       prompt.ids if echo else None)
+                                       prompt.ids if echo else None,
+                                       prompt_logprobs if echo else None)
     choice = {"index": k * body.n + o.index, "text": (prompt.text if echo else "") + text,
               "logprobs": logprobs, "finish_reason": finish_reason(o)}
     if stop_reason(o) is not None:
@@ -142,7 +145,8 @@ async def _complete(job: CompletionJob, streams: list[Stream], track: RequestTra
         track.finish("error", prompt, completion)
         raise APIError(500, failed.error or "generation failed", code="generation_failed")
     track.finish("ok", prompt, completion)
-    choices = [_choice(job, k, o, o.text, o.logprobs or [], job.body.echo, 0)
+    choices = [_choice(job, k, o, o.text, o.logprobs or [], job.body.echo, 0,
+                       out.prompt_logprobs)
                for k, out in enumerate(outs) for o in out.outputs]
     return JSONResponse({"id": job.request_id, "object": "text_completion",
                          "created": job.created, "model": job.model, "choices": choices,
@@ -163,7 +167,7 @@ async def _events(job: CompletionJob, streams: list[Stream],
                         yield sse(error_body(500, o.error or "generation failed",
                                              code="generation_failed"))
                         return
-                    chunk = _stream_choice(job, k, o, sent)
+                    chunk = _stream_choice(job, k, o, sent, out.prompt_logprobs)
                     if chunk is not None:
                         yield sse(_chunk(job, [chunk]))
         opts = job.body.stream_options
@@ -186,7 +190,8 @@ def _chunk(job: CompletionJob, choices: list, **extra: Any) -> dict[str, Any]:
 
 
 def _stream_choice(job: CompletionJob, k: int, o: CompletionOutput,
-                   sent: dict[int, tuple[int, int]]) -> dict[str, Any] | None:
+                   sent: dict[int, tuple[int, int]],
+                   prompt_logprobs: list | None = None) -> dict[str, Any] | None:
     first = o.index not in sent
     n_lp, n_chars = sent.get(o.index, (0, 0))
     if not first and n_chars == -1:
@@ -200,4 +205,4 @@ def _stream_choice(job: CompletionJob, k: int, o: CompletionOutput,
         return None
     sent[o.index] = (-1, -1) if o.finish_reason else (n_lp + len(entries),
                                                       n_chars + len(o.delta_text))
-    return _choice(job, k, o, o.delta_text, entries, echo, offset)
+    return _choice(job, k, o, o.delta_text, entries, echo, offset, prompt_logprobs)

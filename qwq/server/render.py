@@ -59,16 +59,20 @@ def chat_logprobs(state: ServerState, entries: list[dict[int, float]],
 
 
 def completion_logprobs(state: ServerState, entries: list[dict[int, float]], top_n: int,
-                        offset: int = 0, echo_ids: list[int] | None = None) -> dict[str, Any]:
+                        offset: int = 0, echo_ids: list[int] | None = None,
+                        echo_logprobs: list[dict[int, float] | None] | None = None,
+                        ) -> dict[str, Any]:
     """The legacy completions shape: tokens, token_logprobs, top_logprobs, text_offset.
-    Echoed prompt tokens carry no logprob (null), as the engine scores only new tokens."""
+    Echoed prompt tokens carry the engine's prompt logprobs (the first one has none)."""
     out: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [],
                             "text_offset": []}
-    for token in echo_ids or []:
+    for i, token in enumerate(echo_ids or []):
         text, _ = state.token_text(token)
+        entry = echo_logprobs[i] if echo_logprobs and i < len(echo_logprobs) else None
         out["tokens"].append(text)
-        out["token_logprobs"].append(None)
-        out["top_logprobs"].append(None)
+        out["token_logprobs"].append(entry[token] if entry else None)
+        out["top_logprobs"].append({state.token_text(t)[0]: v for t, v in _top(entry, top_n)}
+                                   if entry and top_n else None)
         out["text_offset"].append(offset)
         offset += len(text)
     for entry in entries:

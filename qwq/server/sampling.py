@@ -51,7 +51,7 @@ def _salt(tenant: str | None, cache_salt: str | None) -> str | None:
 
 
 def sampling_params(body: SamplingFields, *, max_tokens: int, logprobs: int | None,
-                    vocab_size: int, tenant: str | None,
+                    vocab_size: int, tenant: str | None, prompt_logprobs: int | None = None,
                     extra: dict[str, Any] | None = None) -> SamplingParams:
     """SamplingParams for the request; raises RequestError (param set) for bad values."""
     params = SamplingParams(
@@ -60,7 +60,7 @@ def sampling_params(body: SamplingFields, *, max_tokens: int, logprobs: int | No
         frequency_penalty=body.frequency_penalty or 0.0,
         repetition_penalty=body.repetition_penalty, seed=body.seed, stop=body.stop,
         stop_token_ids=body.stop_token_ids, max_tokens=max_tokens, min_tokens=body.min_tokens,
-        ignore_eos=body.ignore_eos, logprobs=logprobs,
+        ignore_eos=body.ignore_eos, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
         skip_special_tokens=body.skip_special_tokens,
         include_stop_str_in_output=body.include_stop_str_in_output,
         logit_bias=_logit_bias(body.logit_bias), cache_salt=_salt(tenant, body.cache_salt),
