@@ -24,7 +24,7 @@ from qwq.server.render import chat_logprobs, finish_reason, logprob_entries, sto
 from qwq.server.sampling import chat_logprobs as logprobs_of
 from qwq.server.sampling import chat_tools, resolve_max_tokens, sampling_params, template_message
 from qwq.server.state import ServerState, state_of, tenant_of
-from qwq.server.streaming import DONE, ClientGone, SSEResponse, Stream, sse, start_all, watch
+from qwq.server.streaming import DONE, ClientGone, SSEResponse, Stream, sse, start_tracked, watch
 from qwq.server.tools import ToolCallStream, parse_tool_calls
 
 router = APIRouter()
@@ -88,14 +88,9 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     job = await prepare(state, body, model, tenant_of(request))
     track = state.metrics.track("chat")
     stream = Stream(state, job.ids, job.params, job.request_id, track)
-    try:
-        await start_all([stream], request)
-    except ClientGone:
-        track.finish("disconnected")
-        return Response(status_code=499)
-    except APIError as e:
-        track.finish(f"http_{e.status}")
-        raise
+    refused = await start_tracked([stream], request, track)
+    if refused is not None:
+        return refused
     if body.stream:
         return SSEResponse(_events(job, stream, track))
     return await _complete(job, stream, track, request)

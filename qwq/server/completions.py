@@ -22,7 +22,7 @@ from qwq.server.protocol import CompletionRequest
 from qwq.server.render import completion_logprobs, finish_reason, logprob_entries, stop_reason
 from qwq.server.sampling import resolve_max_tokens, sampling_params
 from qwq.server.state import ServerState, state_of, tenant_of
-from qwq.server.streaming import DONE, ClientGone, SSEResponse, Stream, sse, start_all, watch
+from qwq.server.streaming import DONE, ClientGone, SSEResponse, Stream, sse, start_tracked, watch
 
 router = APIRouter()
 
@@ -86,14 +86,9 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     track = state.metrics.track("completions")
     streams = [Stream(state, p.ids, sp, f"{job.request_id}-{i}", track)
                for i, (p, sp) in enumerate(zip(job.prompts, params))]
-    try:
-        await start_all(streams, request)
-    except ClientGone:
-        track.finish("disconnected")
-        return Response(status_code=499)
-    except APIError as e:
-        track.finish(f"http_{e.status}")
-        raise
+    refused = await start_tracked(streams, request, track)
+    if refused is not None:
+        return refused
     if body.stream:
         return SSEResponse(_events(job, streams, track))
     return await _complete(job, streams, track, request)

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import anyio
 from fastapi import Request
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from qwq.engine.async_engine import EngineDeadError
 from qwq.errors import QwQError
@@ -103,6 +103,22 @@ class Stream:
     async def close(self) -> None:
         with anyio.CancelScope(shield=True):
             await self.gen.aclose()
+
+
+async def start_tracked(streams: list[Stream], request: Request,
+                        track: RequestTrack) -> Response | None:
+    """start_all, with the outcome in metrics: a 499 response when the client left before
+    the first output, None once every stream has started; HTTP errors propagate."""
+    from qwq.server.errors import APIError
+    try:
+        await start_all(streams, request)
+    except ClientGone:
+        track.finish("disconnected")
+        return Response(status_code=499)
+    except APIError as e:
+        track.finish(f"http_{e.status}")
+        raise
+    return None
 
 
 async def start_all(streams: list[Stream], request: Request) -> None:
