@@ -132,8 +132,10 @@ def summarize(results: dict[str, list[dict]]) -> dict:
             "ended_without_length": sum(rows[i]["finish"] != "length" for i in loops),
             "still_ends_in_loop": sum(ends_in_loop(rows[i]["text"], rows[i]["finish"])
                                       for i in loops),
-            "clean_prompt_tokens_changed": sum(rows[i]["tokens"] != off[i]["tokens"]
-                                               for i in clean)}
+            "clean_prompts_acted_on": sum(rows[i]["detected_at"] is not None for i in clean),
+            # greedy output that moved with no control acting: batch composition differs
+            "clean_prompts_differing": sum(rows[i]["text"] != off[i]["text"]
+                                           and rows[i]["detected_at"] is None for i in clean)}
     return summary
 
 
@@ -146,12 +148,14 @@ def print_report(summary: dict, times: dict[str, float], max_tokens: int, quant:
           f"{summary['detect_latency_tokens']} tokens after the loop began "
           f"(at token {summary['detected_at_tokens']})")
     print("| mode | tokens on looping prompts | saved | looping prompts that ended | "
-          "still looping at the end | clean prompts changed | wall s |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+          "still looping at the end | clean prompts acted on | clean prompts differing, "
+          "no action | wall s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for mode, m in summary["modes"].items():
         print(f"| {mode} | {m['loop_prompt_tokens']} | {m['tokens_saved']:.0%} | "
               f"{m['ended_without_length']}/{summary['looping']} | {m['still_ends_in_loop']} | "
-              f"{m['clean_prompt_tokens_changed']} | {times[mode]:.0f} |")
+              f"{m['clean_prompts_acted_on']} | {m['clean_prompts_differing']} | "
+              f"{times[mode]:.0f} |")
 
 
 def main() -> None:

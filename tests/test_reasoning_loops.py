@@ -144,7 +144,7 @@ def test_stop_action_finishes_with_loop_reason_and_detail():
 def test_nudge_forces_a_steer_then_stops_a_model_that_resumes_the_loop():
     tok = FakeTokenizer()
     control = LoopControl(tok, PhaseTracker("plain"), action="nudge")
-    out, text, reason, actions = drive([control], tok, _looping_model(tok))
+    _out, text, reason, actions = drive([control], tok, _looping_model(tok))
     assert reason == "loop"
     assert [type(a).__name__ for a in actions] == ["Force", "Stop"]
     assert "Let me conclude.\n\n**Final Answer**" in text

@@ -1,6 +1,7 @@
 """`qwq eval humaneval` and `qwq eval math FILE.jsonl`: a table on stdout, JSON with --json.
 
-Wire into qwq.cli.build_parser with `add_eval_parser(sub, add_model_args)`.
+Wire into qwq.cli.build_parser with `add_eval_parser(sub, add_model_args)`; until then
+`python -m qwq.eval.cli humaneval ...` runs the same thing.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ import json
 import statistics
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
+
+from qwq.reasoning.options import add_reasoning_args, reasoning_fields
 
 
 def add_eval_parser(sub, add_model_args: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -27,10 +31,8 @@ def add_eval_parser(sub, add_model_args: Callable[[argparse.ArgumentParser], Non
         p.add_argument("--temperature", type=float, default=None,
                        help="default: 0 (greedy) for n=1, else 0.7")
         p.add_argument("--max-new-tokens", type=int, default=768)
-        p.add_argument("--loop-control", default="nudge")
-        p.add_argument("--language", default=None)
-        p.add_argument("--max-thinking-tokens", type=int, default=None)
         p.add_argument("--json", default=None, help="write the summary and every row here")
+        add_reasoning_args(p)
         p.set_defaults(func=cmd_eval)
 
 
@@ -41,8 +43,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     temperature = args.temperature if args.temperature is not None else (
         0.0 if args.n == 1 else 0.7)
     params = SamplingParams(n=args.n, temperature=temperature, max_tokens=args.max_new_tokens,
-                            loop_control=args.loop_control, language=args.language,
-                            max_thinking_tokens=args.max_thinking_tokens)
+                            **reasoning_fields(args))
     run = _humaneval if args.task == "humaneval" else _math
     summary, rows = run(llm, args, params)
     print(table(summary))
@@ -105,5 +106,14 @@ def table(summary: dict[str, Any]) -> str:
     return "\n".join([head, "| --- " * 8 + "|", row])
 
 
+def main(argv: list[str] | None = None) -> int:
+    """`python -m qwq.eval.cli humaneval|math ...`, the same as `qwq eval ...`."""
+    from qwq.cli import add_model_args
+    parser = argparse.ArgumentParser(prog="qwq")
+    add_eval_parser(parser.add_subparsers(dest="command", required=True), add_model_args)
+    args = parser.parse_args(["eval", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
+
+
 if __name__ == "__main__":
-    sys.exit("run through the qwq command: qwq eval ...")
+    sys.exit(main())

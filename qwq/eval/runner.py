@@ -4,8 +4,8 @@ sharing the prompt's KV blocks, stragglers cancelled once a vote is decided."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from qwq.reasoning.loops import LoopControl
 

@@ -1,7 +1,7 @@
 """Run untrusted Python (model-written code and its tests) in a child process.
 
-Limits: wall-clock timeout (the whole process group is killed), address-space and file-size
-limits, an empty temporary working directory, a minimal environment, isolated mode (-I), and no
+Limits: wall-clock timeout (the whole process group is killed), address-space, CPU-time and
+file-size limits (set by the program's first lines, before the untrusted code), an empty temporary working directory, a minimal environment, isolated mode (-I), and no
 network: a fresh network namespace where `unshare --net` is allowed, and in any case a prelude
 that makes socket creation fail. This is a guard against accidents and sloppy code, not a
 security boundary against a determined attacker; run evaluations on a machine you can lose.
@@ -20,6 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PRELUDE = '''\
+import resource as _resource
+_resource.setrlimit(_resource.RLIMIT_AS, ({memory}, {memory}))
+_resource.setrlimit(_resource.RLIMIT_FSIZE, (16 << 20, 16 << 20))
+_resource.setrlimit(_resource.RLIMIT_CPU, ({cpu}, {cpu}))
+del _resource
 import socket as _socket
 def _no_network(*args, **kwargs):
     raise OSError("network access is disabled in the qwq eval sandbox")
@@ -46,34 +51,25 @@ def _unshare_prefix() -> tuple[str, ...]:
     if tool is None:
         return ()
     try:
-        ok = subprocess.run([tool, "--net", "--", "true"], capture_output=True, timeout=5)
+        ok = subprocess.run([tool, "--net", "--", "true"], capture_output=True, timeout=5,
+                            check=False)
     except (OSError, subprocess.TimeoutExpired):
         return ()
     return (tool, "--net", "--") if ok.returncode == 0 else ()
-
-
-def _limits(memory_mb: int, cpu_s: int):
-    def apply() -> None:
-        import resource
-        limit = memory_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 20, 16 << 20))
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s))
-    return apply
 
 
 def run_python(program: str, timeout: float = 10.0, memory_mb: int = 1024) -> RunResult:
     """Run the program; passed when it exits 0 within the timeout."""
     with tempfile.TemporaryDirectory(prefix="qwq-eval-") as tmp:
         path = Path(tmp) / "program.py"
-        path.write_text(PRELUDE + program)
+        prelude = PRELUDE.format(memory=memory_mb << 20, cpu=int(timeout) + 1)
+        path.write_text(prelude + program)
         cmd = [*_unshare_prefix(), sys.executable, "-I", str(path)]
         env = {"PATH": "/usr/bin:/bin", "HOME": tmp, "PYTHONHASHSEED": "0",
                "OMP_NUM_THREADS": "1"}
         proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True,
-                                preexec_fn=_limits(memory_mb, int(timeout) + 1))
+                                start_new_session=True)
         try:
             _, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
