@@ -13,10 +13,15 @@ from qwq.reasoning.loops import (
     LoopControl,
     LoopDetector,
     PenalizingLoopControl,
+    SentenceLoopDetector,
     TokenLoopDetector,
 )
 
-WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "theta", "kappa", "lambda", "sigma", "omega", "river", "stone", "cloud", "light", "shadow", "number", "answer", "check", "again", "value", "result", "maybe", "think"]
+WORDS = [
+    "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "theta", "kappa", "lambda", "sigma",
+    "omega", "river", "stone", "cloud", "light", "shadow", "number", "answer", "check", "again",
+    "value", "result", "maybe", "think"
+]
 
 
 def prose(n_words, seed=0):
@@ -198,3 +203,18 @@ def test_rows_that_differ_only_in_their_counter_are_a_loop():
             "Olivia Davis,olivia@example.com,33"]
     csv = "```csv\n" + "".join(f"{i},{rows[i % 3]}\n" for i in range(1, 30))
     assert first_event(csv) is not None
+
+
+def test_detections_are_counted_in_metrics():
+    from qwq.reasoning import metrics
+    tok = FakeTokenizer()
+    before = metrics.value("loop_detected", action="stop")
+    drive([LoopControl(tok, PhaseTracker("plain"), action="stop")], tok, _looping_model(tok))
+    assert metrics.value("loop_detected", action="stop") == before + 1
+
+
+def test_a_line_with_no_sentence_end_is_not_rescanned_forever():
+    det = SentenceLoopDetector()
+    for i in range(5000):
+        det.push_text(f" w{i}", i)
+    assert len(det._pending) <= det.max_sentence_chars + 10

@@ -11,7 +11,8 @@ from typing import Any
 
 from qwq.reasoning.parser import extract_boxed, parse
 
-INSTRUCTION = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+INSTRUCTION = ("{problem}\n\nPlease reason step by step, and put your final answer within "
+               "\\boxed{{}}.")
 _PROBLEM_KEYS = ("problem", "question", "prompt")
 _ANSWER_KEYS = ("answer", "solution", "reference")
 

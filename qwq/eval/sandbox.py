@@ -1,7 +1,8 @@
 """Run untrusted Python (model-written code and its tests) in a child process.
 
 Limits: wall-clock timeout (the whole process group is killed), address-space, CPU-time and
-file-size limits (set by the program's first lines, before the untrusted code), an empty temporary working directory, a minimal environment, isolated mode (-I), and no
+file-size limits (set by the program's first lines, before the untrusted code), an empty
+temporary working directory, a minimal environment, isolated mode (-I), and no
 network: a fresh network namespace where `unshare --net` is allowed, and in any case a prelude
 that makes socket creation fail. This is a guard against accidents and sloppy code, not a
 security boundary against a determined attacker; run evaluations on a machine you can lose.

@@ -121,8 +121,9 @@ class _Sentence:
 class SentenceLoopDetector:
     def __init__(self, max_cycle: int = 8, repeats: int = 3, min_chars: int = 3,
                  min_span_chars: int = 120, similarity: float = 0.85, recur: int = 5,
-                 recur_min_chars: int = 40, window: int = 80):
+                 recur_min_chars: int = 40, window: int = 80, max_sentence_chars: int = 1000):
         self.max_cycle, self.repeats, self.min_chars = max_cycle, repeats, min_chars
+        self.max_sentence_chars = max_sentence_chars
         self.min_span_chars, self.similarity = min_span_chars, similarity
         self.recur, self.recur_min_chars = recur, recur_min_chars
         self.sentences: deque[_Sentence] = deque(maxlen=max(window, max_cycle * repeats + 1))
@@ -148,6 +149,9 @@ class SentenceLoopDetector:
             event = self._push_sentence(marker + part, num_tokens) or event
             marker = ""
         self._pending = marker + self._pending
+        if len(self._pending) > self.max_sentence_chars:  # no end in sight: take it as one
+            event = self._push_sentence(self._pending, num_tokens) or event
+            self._pending = ""
         return event
 
     def _push_sentence(self, raw: str, num_tokens: int) -> LoopEvent | None:
