@@ -1,42 +1,14 @@
-"""Shared helpers for the benchmark scripts: machine description, the peers' loaders."""
+"""Shared helpers for the benchmark scripts: they live in the package (qwq.benchmark, which
+`qwq bench` runs), so the scripts and the subcommand measure the same way."""
 
 from __future__ import annotations
 
-import datetime
-import os
-import platform
-import subprocess
 from pathlib import Path
 
-DATA = Path(__file__).parent / "data"
+import qwq.benchmark
+from qwq.benchmark import llama_cpp, load_average, machine, peak_rss_mib, ppl_text, today
 
+# the fixed perplexity text ships with the package: qwq/data/ppl.txt
+DATA = Path(qwq.benchmark.__file__).parent / "data"
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores (nproc {_nproc()}), {cpu}, {platform.system()}"
-
-
-def _nproc() -> str:
-    try:
-        return subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "?"
-
-
-def today() -> str:
-    return datetime.date.today().isoformat()
-
-
-def llama_cpp(model_path: str, n_ctx: int = 2048, threads: int | None = None,
-              logits_all: bool = False):
-    from llama_cpp import Llama
-    return Llama(model_path=str(model_path), n_ctx=n_ctx, n_threads=threads or os.cpu_count(),
-                 n_threads_batch=threads or os.cpu_count(), logits_all=logits_all,
-                 verbose=False, n_batch=512)
+__all__ = ["DATA", "llama_cpp", "load_average", "machine", "peak_rss_mib", "ppl_text", "today"]

@@ -1,7 +1,13 @@
 """Decode (tg128 after a 42-token prompt) and prefill (pp512) at batch 1: qwq, llama.cpp
 (llama-cpp-python, same GGUF, same threads) and transformers bf16, in one run.
 
-    python bench/decode.py [--formats auto,int4,none] [--threads 2] [--no-transformers]
+    python bench/decode.py [--formats auto,int4/int8,none] [--rounds 3] [--threads 2]
+                           [--no-transformers]
+
+A format is qwq's quantize= value, optionally "/head" for the output head's own format
+(int4/int8: int4 layers, int8 head). The machine is shared and noisy, so every system is
+loaded once and the runs interleave: round 1 of each system, then round 2, ...; each figure
+is the best round.
 """
 
 from __future__ import annotations
@@ -22,13 +28,16 @@ def prompt_ids(tok, n: int) -> list[int]:
     return ids[:n] if len(ids) >= n else (ids + tok.encode((DATA / "ppl.txt").read_text()))[:n]
 
 
-def best_of(runs: int, fn) -> float:
-    return min(fn() for _ in range(runs))
+def qwq_options(fmt: str) -> dict:
+    """"int4/int8" -> quantize="int4", head_quantize="int8"; "auto" -> quantize="auto"."""
+    body, _, head = fmt.partition("/")
+    return {"quantize": body, **({"head_quantize": head} if head else {})}
 
 
-def qwq_rates(fmt: str, ids42, ids512, new: int) -> dict:
+def qwq_timers(fmt: str, ids42, ids512, new: int) -> dict:
+    """Seconds per decoded token and seconds for one 512-token prefill, one call each."""
     from qwq import LLM, SamplingParams
-    llm = LLM(None, quantize=fmt, enable_prefix_caching=False)
+    llm = LLM(None, enable_prefix_caching=False, kv_cache_memory=256 << 20, **qwq_options(fmt))
     params = SamplingParams(temperature=0, max_tokens=new, min_tokens=new)
     llm.generate([ids42], SamplingParams(temperature=0, max_tokens=8))  # warm up
 
@@ -41,10 +50,10 @@ def qwq_rates(fmt: str, ids42, ids512, new: int) -> dict:
         llm.generate([ids512], SamplingParams(temperature=0, max_tokens=1))
         return time.perf_counter() - t
 
-    return {"decode_tok_s": 1 / best_of(2, decode), "prefill_tok_s": 512 / best_of(2, prefill)}
+    return {"decode": decode, "prefill": prefill}
 
 
-def llama_rates(path: str, ids42, ids512, new: int, threads: int) -> dict:
+def llama_timers(path: str, ids42, ids512, new: int, threads: int) -> dict:
     llm = llama_cpp(path, n_ctx=1024, threads=threads)
 
     def decode() -> float:
@@ -63,7 +72,18 @@ def llama_rates(path: str, ids42, ids512, new: int, threads: int) -> dict:
         llm.eval(ids512)
         return time.perf_counter() - t
 
-    return {"decode_tok_s": 1 / best_of(2, decode), "prefill_tok_s": 512 / best_of(2, prefill)}
+    return {"decode": decode, "prefill": prefill}
+
+
+def interleaved(timers: dict[str, dict], rounds: int) -> dict[str, dict]:
+    """Best of `rounds` for each system, the systems taking turns within each round."""
+    best: dict[str, dict] = {name: {} for name in timers}
+    for _ in range(rounds):
+        for name, fns in timers.items():
+            for kind, fn in fns.items():
+                best[name][kind] = min(best[name].get(kind, float("inf")), fn())
+    return {name: {"decode_tok_s": 1 / b["decode"], "prefill_tok_s": 512 / b["prefill"]}
+            for name, b in best.items()}
 
 
 def transformers_rates(ids42, new: int) -> dict:
@@ -88,14 +108,15 @@ def transformers_rates(ids42, new: int) -> dict:
             first = time.perf_counter() - t
         return (total - first) / (new - 1)
 
-    return {"decode_tok_s": 1 / best_of(1, decode)}
+    return {"decode_tok_s": 1 / decode()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--formats", default="auto,int4,none")
+    ap.add_argument("--formats", default="auto,int4/int8,none")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-transformers", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -103,11 +124,12 @@ def main() -> None:
     from qwq.models import load_tokenizer
     tok, _ = load_tokenizer(None)
     ids42, ids512 = prompt_ids(tok, 42), prompt_ids(tok, 512)
-    res = {"date": today(), "machine": machine(), "threads": args.threads,
-           "llama.cpp": llama_rates(str(demo_model_path()), ids42, ids512, args.new,
-                                    args.threads)}
+    timers = {"llama.cpp": llama_timers(str(demo_model_path()), ids42, ids512, args.new,
+                                        args.threads)}
     for fmt in args.formats.split(","):
-        res[f"qwq {fmt}"] = qwq_rates(fmt, ids42, ids512, args.new)
+        timers[f"qwq {fmt}"] = qwq_timers(fmt, ids42, ids512, args.new)
+    res = {"date": today(), "machine": machine(), "threads": args.threads,
+           "rounds": args.rounds, **interleaved(timers, args.rounds)}
     if not args.no_transformers:
         res["transformers bf16"] = transformers_rates(ids42, args.new)
     base = res["llama.cpp"]

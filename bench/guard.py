@@ -30,7 +30,7 @@ MODEL_CATEGORIES = {"weapons": "making weapons, explosives or chemical agents",
 
 
 def pattern_costs(llm, texts: list[str]) -> dict:
-    from qwq.reasoning.guard import OutputGuardControl, get_guard, run_check
+    from qwq.reasoning.guard import GuardControl, get_guard, run_check
     from qwq.tokenizer import IncrementalDetokenizer
     guard = get_guard("basic")
     start = time.perf_counter()
@@ -44,7 +44,7 @@ def pattern_costs(llm, texts: list[str]) -> dict:
         for t in ids:
             seen += detok.add(t)
             prefixes.append(seen)
-        control = OutputGuardControl(guard)
+        control = GuardControl(guard)
         start = time.perf_counter()
         for n, prefix in enumerate(prefixes, 1):
             control.on_token(ids[n - 1], prefix, ids)

@@ -1,7 +1,10 @@
 """Perplexity of qwq (per quantization format) and llama.cpp on the same GGUF and the same
-token ids: bench/data/ppl.txt in windows of 512 tokens, every position but the first scored.
+token ids: qwq/data/ppl.txt in windows of 512 tokens, every position but the first scored.
 
-    python bench/perplexity.py [--formats none,int8,int4] [--window 512]
+    python bench/perplexity.py [--formats none,int8,int4/int8] [--window 512]
+
+A format is qwq's quantize= value, optionally "/head" for the output head's own format
+(int4/int8: int4 layers, int8 head).
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ import argparse
 import json
 import math
 
-import numpy as np
-from common import DATA, llama_cpp, machine, today
+from common import DATA, machine, today
+
+from qwq.benchmark import llama_ppl  # shared with `qwq bench`
 
 
 def windows(ids: list[int], size: int) -> list[list[int]]:
@@ -20,27 +24,15 @@ def windows(ids: list[int], size: int) -> list[list[int]]:
 
 def qwq_ppl(quantize: str, chunks: list[list[int]]) -> float:
     from qwq import LLM, SamplingParams
-    llm = LLM(None, quantize=quantize, enable_prefix_caching=False)
+    body, _, head = quantize.partition("/")
+    llm = LLM(None, quantize=body, enable_prefix_caching=False,
+              **({"head_quantize": head} if head else {}))
     params = SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=0)
     nll, count = 0.0, 0
     for out in llm.generate(chunks, params):
         for i, entry in enumerate(out.prompt_logprobs[1:], start=1):
             nll -= entry[out.prompt_token_ids[i]]
             count += 1
-    return math.exp(nll / count)
-
-
-def llama_ppl(path: str, chunks: list[list[int]], threads: int) -> float:
-    llm = llama_cpp(path, n_ctx=len(chunks[0]) + 8, threads=threads, logits_all=True)
-    nll, count = 0.0, 0
-    for chunk in chunks:
-        llm.reset()
-        llm.eval(chunk)
-        scores = np.asarray(llm.scores[: len(chunk)], dtype=np.float64)
-        scores -= scores.max(-1, keepdims=True)
-        logp = scores - np.log(np.exp(scores).sum(-1, keepdims=True))
-        nll -= sum(logp[i - 1, chunk[i]] for i in range(1, len(chunk)))
-        count += len(chunk) - 1
     return math.exp(nll / count)
 
 

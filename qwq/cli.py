@@ -1,4 +1,4 @@
-"""qwq's command line: generate, chat (and serve, bench, eval, plan as they land)."""
+"""qwq's command line: generate, chat, serve, eval, plan."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from qwq.errors import QwQError
+from qwq.reasoning.options import add_reasoning_args, reasoning_fields
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -16,6 +17,17 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16, float32")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--max-model-len", type=int, default=None, help="cap the context length")
+    p.add_argument("--reasoning-parser", default="auto",
+                   choices=["auto", "think", "plain", "none"],
+                   help="how answers split into reasoning and content: auto (from the chat "
+                        "template), think (<think> tags), plain (QwQ-32B-Preview's **Final "
+                        "Answer**), none")
+    p.add_argument("--speculative-ngram", type=int, default=0, metavar="K",
+                   help="prompt-lookup speculative decoding: draft up to K tokens a step from "
+                        "earlier text (0: off; greedy output is unchanged)")
+    p.add_argument("--tensor-parallel-size", "--tp", type=int, default=1, metavar="N",
+                   help="split the model over N ranks (GPUs, or CPU processes with gloo); "
+                        "under torchrun, N must equal WORLD_SIZE")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -30,16 +42,7 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     g.add_argument("--max-new-tokens", type=int, default=512)
-    r = p.add_argument_group("reasoning controls")
-    r.add_argument("--max-thinking-tokens", type=int, default=None,
-                   help="cap on reasoning tokens; then the model is led to its answer")
-    r.add_argument("--reasoning-effort", choices=["low", "medium", "high"], default=None)
-    r.add_argument("--loop-control", choices=["off", "stop", "nudge", "penalize"],
-                   default="nudge", help="what to do when the model repeats itself")
-    r.add_argument("--language", default=None, help="auto, or a code such as en, zh")
-    r.add_argument("--guard", default=None, help="a guard policy name")
-    r.add_argument("--conclude", action=argparse.BooleanOptionalAction, default=None,
-                   help="force a final answer before max tokens run out")
+    add_reasoning_args(p)
 
 
 def sampling_params(args: argparse.Namespace):
@@ -48,16 +51,16 @@ def sampling_params(args: argparse.Namespace):
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
         repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
         frequency_penalty=args.frequency_penalty, seed=args.seed, stop=args.stop,
-        max_tokens=args.max_new_tokens, max_thinking_tokens=args.max_thinking_tokens,
-        reasoning_effort=args.reasoning_effort, loop_control=args.loop_control,
-        language=args.language, guard=args.guard, conclude=args.conclude)
+        max_tokens=args.max_new_tokens, **reasoning_fields(args))
 
 
 def load_llm(args: argparse.Namespace):
     from qwq.llm import LLM
     print(f"loading {args.model or 'qwq-demo'} ...", file=sys.stderr, flush=True)
     return LLM(args.model, dtype=args.dtype, device=args.device,
-               max_model_len=args.max_model_len)
+               max_model_len=args.max_model_len, speculative_ngram=args.speculative_ngram,
+               reasoning_parser=args.reasoning_parser,
+               tensor_parallel_size=args.tensor_parallel_size)
 
 
 def stream_answer(llm, prompt_ids: list[int], params, out=sys.stdout) -> str:
@@ -134,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(serve)
     add_serve_args(serve)
     serve.set_defaults(func=cmd_serve)
+    from qwq.eval.cli import add_eval_parser
+    add_eval_parser(sub, add_model_args)
     pl = sub.add_parser("plan", help="memory plan from a config: weights, KV tokens, sequences")
     pl.add_argument("--model", "-m", default="qwq-32b-preview",
                     help="a preset (qwq-32b-preview, qwq-demo) or a checkpoint")
@@ -142,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--quantize", default="none", choices=["none", "int8", "int4"])
     pl.add_argument("--context", type=int, default=None, help="tokens per sequence")
     pl.set_defaults(func=cmd_plan)
+    from qwq.benchmark import add_parser as add_bench_parser
+    add_bench_parser(sub)
     return parser
 
 
@@ -175,6 +182,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="requests that may wait; beyond that, 429 with Retry-After")
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="seconds SIGTERM waits for open requests")
+    p.add_argument("--guard-file", default=None,
+                   help="JSON or YAML file of guard policies that requests may name in `guard`")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

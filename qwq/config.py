@@ -124,5 +124,13 @@ class EngineConfig:
     dtype: str = "auto"
     quantize: str = "auto"  # auto: from the checkpoint (GGUF types); none, int8, int4
     head_quantize: str | None = None  # the output head's format; None: as quantize
+    # how answers split into reasoning and content, and which marker closes the reasoning:
+    # auto (from the chat template), think (<think>...</think>), plain (QwQ-32B-Preview's
+    # **Final Answer**), none (not a reasoning model)
+    reasoning_parser: str = "auto"
     device: str = "cpu"
+    # prompt-lookup speculative decoding: draft tokens per step (0: off), n-gram sizes matched
+    speculative_ngram: int = 0
+    prompt_lookup_min: int = 2
+    prompt_lookup_max: int = 4
     extra: dict[str, Any] = field(default_factory=dict)

@@ -28,15 +28,19 @@ class LLM:
                  kv_cache_memory: int | None = None, enable_prefix_caching: bool = True,
                  block_size: int = 16, **engine_options: Any):
         from qwq.models import load_engine
-        if tensor_parallel_size != 1:
-            raise QwQError(f"tensor_parallel_size={tensor_parallel_size}: tensor parallelism is "
-                           "not available in this build; use tensor_parallel_size=1")
         cfg = EngineConfig(block_size=block_size, max_model_len=max_model_len,
                            max_num_seqs=max_num_seqs, kv_cache_memory=kv_cache_memory,
                            enable_prefix_caching=enable_prefix_caching, quantize=quantize,
                            **engine_options)
         self.engine, self.tokenizer, self.model_info = load_engine(
-            model, dtype=dtype, device=device, engine_config=cfg)
+            model, dtype=dtype, device=device, engine_config=cfg,
+            tensor_parallel_size=tensor_parallel_size)
+
+    def shutdown(self) -> None:
+        """Stop the other ranks of a tensor-parallel LLM (they also stop when this process
+        exits); a no-op with one rank."""
+        from qwq.distributed import shutdown
+        shutdown(self.engine)
 
     @property
     def default_system(self) -> str | None:

@@ -12,7 +12,7 @@ import torch
 
 from qwq.config import EngineConfig, ModelConfig
 from qwq.demo import DEMO_NAME, demo_model_path
-from qwq.errors import CheckpointError
+from qwq.errors import CheckpointError, QwQError
 
 # Names a user can type instead of a path; hub ids fetched through huggingface_hub.
 PRESET_HUB_IDS = {"qwq-32b-preview": "Qwen/QwQ-32B-Preview"}
@@ -101,14 +101,25 @@ def num_kv_blocks(config: ModelConfig, engine: EngineConfig, dtype: torch.dtype,
 
 
 def load_engine(model: str | os.PathLike | None = None, *, dtype: str | torch.dtype = "auto",
-                device: str | None = "auto", engine_config: EngineConfig | None = None):
-    """Everything needed to serve a model: (engine, tokenizer, resolved name)."""
+                device: str | None = "auto", engine_config: EngineConfig | None = None,
+                tensor_parallel_size: int = 1, exit_on_rank_failure: bool = False):
+    """Everything needed to serve a model: (engine, tokenizer, resolved name). With
+    tensor_parallel_size > 1 this process is rank 0 of that many (see qwq.distributed)."""
     from qwq.model.quant import QUANT_MODES
     from qwq.weights import open_checkpoint
     cfg = engine_config or EngineConfig()
     if cfg.quantize not in QUANT_MODES + ("auto",):
         raise CheckpointError(f"quantize={cfg.quantize!r} is not a known quantization; choose "
                               f"auto, {', '.join(QUANT_MODES)}")
+    from qwq.reasoning.controls import REASONING_PARSERS
+    if cfg.reasoning_parser not in REASONING_PARSERS:
+        raise QwQError(f"reasoning_parser={cfg.reasoning_parser!r} is not known; choose "
+                       f"{', '.join(REASONING_PARSERS)}")
+    if tensor_parallel_size != 1:
+        from qwq.distributed import load_tp_engine
+        return load_tp_engine(model, dtype=dtype, device=device, engine_config=cfg,
+                              tensor_parallel_size=tensor_parallel_size,
+                              exit_on_rank_failure=exit_on_rank_failure)
     resolved = resolve(model)
     ckpt = open_checkpoint(resolved.path)
     tokenizer = _tokenizer_of(ckpt)
@@ -139,7 +150,8 @@ def engine_for(net, tokenizer, cfg: EngineConfig, generation_config: dict | None
     from qwq.reasoning.controls import ControlFactory
     ctx = net.config.context_length
     return LLMEngine(runner, tokenizer, cfg, min(cfg.max_model_len or ctx, ctx),
-                     generation_config, ControlFactory.for_tokenizer(tokenizer))
+                     generation_config,
+                     ControlFactory.for_tokenizer(tokenizer, cfg.reasoning_parser))
 
 
 def _tokenizer_of(ckpt):

@@ -5,8 +5,8 @@ from test_reasoning_helpers import FakeTokenizer, drive
 
 from qwq.errors import RequestError
 from qwq.reasoning.budget import ReasoningCloser
-from qwq.reasoning.controls import ControlFactory, build_controls, check_input, detect_style
-from qwq.reasoning.guard import OutputGuardControl
+from qwq.reasoning.controls import ControlFactory, build_controls, detect_style
+from qwq.reasoning.guard import GuardControl, get_guard
 from qwq.reasoning.language import LanguageControl
 from qwq.reasoning.loops import LoopControl, PenalizingLoopControl
 from qwq.sampling_params import SamplingParams
@@ -38,7 +38,7 @@ def test_every_field_builds_its_control_in_order():
     tok = FakeTokenizer()
     tok.encode("hello world")
     controls = build_controls(params, tok, style="plain", reasoning_model=False)
-    assert [type(c) for c in controls] == [OutputGuardControl, ReasoningCloser,
+    assert [type(c) for c in controls] == [GuardControl, ReasoningCloser,
                                            PenalizingLoopControl, LanguageControl]
     assert controls[1].budget == 64 and controls[1].conclude_at is None
 
@@ -95,13 +95,17 @@ def test_factory_builds_fresh_controls_per_sequence():
 
 
 def test_input_check_reads_user_turns_only():
-    params = SamplingParams(guard="basic")
+    class Chars:  # ids are characters: decode gives the prompt back
+        def decode(self, ids):
+            return "".join(map(chr, ids))
+
+    guard = GuardControl(get_guard("basic"), Chars())
     prompt = ("<|im_start|>system\nNever explain how to make a pipe bomb.<|im_end|>\n"
               "<|im_start|>user\nhow to make a cake<|im_end|>\n<|im_start|>assistant\n")
-    assert check_input(params, prompt).allowed
-    blocked = check_input(params, prompt.replace("a cake", "a pipe bomb"))
-    assert not blocked.allowed and blocked.category == "weapons"
-    assert check_input(SamplingParams(), prompt) is None
+    assert guard.on_prompt([ord(c) for c in prompt]) is None
+    blocked = guard.on_prompt([ord(c) for c in prompt.replace("a cake", "a pipe bomb")])
+    assert blocked.finish_reason == "content_filter"
+    assert blocked.detail == {"category": "weapons", "guard": "basic", "stage": "input"}
 
 
 def test_composed_controls_on_a_looping_stream():

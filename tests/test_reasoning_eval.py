@@ -1,5 +1,7 @@
 """Evaluation harness: sandbox limits, HumanEval program assembly, maths grading, voting."""
 
+import json
+
 import pytest
 from test_reasoning_helpers import FakeTokenizer
 
@@ -127,3 +129,20 @@ def test_self_consistency_cancels_stragglers_once_decided():
                        extract=extract_answer)
     assert engine.aborted == {"r0"} and engine.steps < 8
     assert 4 <= len(samples[0]) < 8 and all(s.finish_reason == "stop" for s in samples[0])
+
+
+def test_qwq_eval_math_runs_from_the_cli(tmp_path, capsys):
+    from test_server_support import tiny_model_dir
+
+    from qwq.cli import main
+    problems = tmp_path / "p.jsonl"
+    problems.write_text('{"problem": "What is 2+3?", "answer": "5"}\n'
+                        '{"question": "What is 10/2?", "answer": "5"}\n')
+    out = tmp_path / "out.json"
+    assert main(["eval", "math", str(problems), "--model", str(tiny_model_dir()),
+                 "--dtype", "float32", "--max-new-tokens", "8", "--n", "2",
+                 "--loop-control", "off", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| math | 2 |" in table
+    data = json.loads(out.read_text())
+    assert len(data["rows"]) == 2 and data["summary"]["problems"] == 2

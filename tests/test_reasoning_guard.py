@@ -8,8 +8,8 @@ from test_reasoning_helpers import FakeTokenizer, drive
 
 from qwq.reasoning import metrics
 from qwq.reasoning.guard import (
+    GuardControl,
     ModelGuard,
-    OutputGuardControl,
     PatternGuard,
     get_guard,
     load_guards,
@@ -52,7 +52,7 @@ def test_policies_load_from_json_and_yaml(tmp_path):
 
 def test_output_guard_stops_mid_stream_where_the_match_begins():
     tok = FakeTokenizer()
-    control = OutputGuardControl(PatternGuard.from_dict("acme", POLICY))
+    control = GuardControl(PatternGuard.from_dict("acme", POLICY))
     text = "Sure. Here is the config: token sk-abc12345 and more text after it."
     out, seen, reason, actions = drive([control], tok, tok.encode(text))
     assert reason == "content_filter"
@@ -64,7 +64,7 @@ def test_output_guard_stops_mid_stream_where_the_match_begins():
 
 def test_output_guard_reads_only_a_tail_window_each_token():
     guard = PatternGuard.from_dict("acme", POLICY)
-    control = OutputGuardControl(guard)
+    control = GuardControl(guard)
     long_text = "harmless words " * 2000
     for n in range(len(long_text) - 30, len(long_text), 3):
         assert control.on_token(0, long_text[:n], []) is None

@@ -5,7 +5,7 @@ import json
 
 import httpx
 import pytest
-from test_server_support import start_stack
+from test_server_support import served, start_stack
 
 from qwq.server.tools import ToolCallStream, parse_tool_calls
 
@@ -13,17 +13,7 @@ PRICE_IN, PRICE_OUT = 1.2e-7, 1.8e-7
 HI = [{"role": "user", "content": "Hi there"}]
 
 
-@pytest.fixture(scope="module")
-def stack():
-    s = start_stack(price_input=PRICE_IN, price_output=PRICE_OUT)
-    yield s
-    s.close()
-
-
-@pytest.fixture(autouse=True)
-def _settled(stack):
-    yield
-    stack.settled()
+stack, _settled = served(lambda: start_stack(price_input=PRICE_IN, price_output=PRICE_OUT))
 
 
 def test_models_are_listed_and_retrieved(stack):

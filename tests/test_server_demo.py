@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from test_server_support import start_stack
+from test_server_support import served, start_stack
 
 from qwq.config import EngineConfig
 
@@ -18,19 +18,14 @@ QUESTIONS = ["What is 2+2?", "Name a color.", "Say hi in French.", "What is Pyth
              "Capital of Japan?", "List two fruits.", "What is 3*7?", "Spell 'cat'."]
 
 
-@pytest.fixture(scope="module")
-def stack():
+def _start():
     from qwq.models import load_engine
     engine, _, resolved = load_engine(None, engine_config=EngineConfig(max_model_len=4096))
     s = start_stack(engine, model_name=resolved.name)
-    yield s
-    s.close()
+    return s
 
 
-@pytest.fixture(autouse=True)
-def _settled(stack):
-    yield
-    stack.settled(timeout=60)
+stack, _settled = served(_start, settle_timeout=60)
 
 
 def streamed(client, messages, **kw):

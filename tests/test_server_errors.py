@@ -9,7 +9,7 @@ import sys
 import httpx
 import openai
 import pytest
-from test_server_support import start_stack, tiny_model_dir
+from test_server_support import served, start_stack, tiny_model_dir
 
 KEY, OTHER_KEY = "sk-test-1", "sk-test-2"
 LIMIT = 64 * 1024
@@ -17,17 +17,7 @@ CHAT = "/v1/chat/completions"
 HI = [{"role": "user", "content": "hi"}]
 
 
-@pytest.fixture(scope="module")
-def stack():
-    s = start_stack(api_keys=[KEY, OTHER_KEY], max_body_bytes=LIMIT)
-    yield s
-    s.close()
-
-
-@pytest.fixture(autouse=True)
-def _settled(stack):
-    yield
-    stack.settled()
+stack, _settled = served(lambda: start_stack(api_keys=[KEY, OTHER_KEY], max_body_bytes=LIMIT))
 
 
 def post(stack, body, path=CHAT, key=KEY, **kw):

@@ -13,23 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-from test_server_support import start_stack, tiny_engine, tiny_model_dir
+from test_server_support import served, start_stack, tiny_engine, tiny_model_dir
 
 HI = [{"role": "user", "content": "Hi there"}]
 LONG = {"max_tokens": 400, "ignore_eos": True, "temperature": 0}
 
 
-@pytest.fixture(scope="module")
-def stack():
-    s = start_stack(api_keys=["key-a", "key-b"])
-    yield s
-    s.close()
-
-
-@pytest.fixture(autouse=True)
-def _settled(stack):
-    yield
-    stack.settled()
+stack, _settled = served(lambda: start_stack(api_keys=["key-a", "key-b"]))
 
 
 def auth(key="key-a"):

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_server_support import start_stack
+from test_server_support import served, start_stack
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.by import By
@@ -22,19 +22,14 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
 STATIC = Path(__file__).parent.parent / "qwq" / "server" / "static"
 
 
-@pytest.fixture(scope="module")
-def stack():
+def _start():
     s = start_stack()
     real = s.engine.runner.execute
     s.engine.runner.execute = lambda *a: time.sleep(0.01) or real(*a)  # visible streaming
-    yield s
-    s.close()
+    return s
 
 
-@pytest.fixture(autouse=True)
-def _settled(stack):
-    yield
-    stack.settled()
+stack, _settled = served(_start)
 
 
 @pytest.fixture(scope="module")

@@ -3,24 +3,13 @@ operation; none may get a 5xx, and the engine must be intact after each operatio
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from test_server_support import start_stack, tiny_engine
+from test_server_support import served, start_stack, tiny_engine
 
 schemathesis = pytest.importorskip("schemathesis")
 from schemathesis import GenerationMode
 
-
-@pytest.fixture(scope="module")
-def stack():
-    # a short context keeps the generations schemathesis asks for short
-    s = start_stack(tiny_engine(max_model_len=96))
-    yield s
-    s.close()
-
-
-@pytest.fixture(autouse=True)
-def _settled(stack):
-    yield
-    stack.settled()
+# a short context keeps the generations schemathesis asks for short
+stack, _settled = served(lambda: start_stack(tiny_engine(max_model_len=96)))
 
 
 def operations(url):

@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,3 +109,23 @@ def start_stack(engine=None, **config) -> Stack:
     cfg = ServerConfig(**{"model_name": "tiny", **config})
     server = BackgroundServer(create_app(engine, cfg)).start()
     return Stack(engine, server, cfg.api_keys[0] if cfg.api_keys else None)
+
+
+def served(make: Callable[[], Stack], settle_timeout: float = 15.0) -> tuple:
+    """The two fixtures every server test module uses: `stack`, one live server for the module
+    (built by make), and `_settled`, which checks after each test that the server is idle and
+    every KV block is free. In a module: `stack, _settled = served(lambda: start_stack())`."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def stack():
+        s = make()
+        yield s
+        s.close()
+
+    @pytest.fixture(autouse=True)
+    def _settled(stack):
+        yield
+        stack.settled(settle_timeout)
+
+    return stack, _settled

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from qwq.config import EngineConfig
 from qwq.engine.kv_cache import BlockManager
 from qwq.engine.runner import ModelRunner
-from qwq.engine.sampler import Sample
+from qwq.engine.sampler import DraftRows, Sample
 from qwq.engine.scheduler import Scheduler
-from qwq.engine.sequence import Sequence
+from qwq.engine.sequence import Sequence, Status
 from qwq.engine.stop import find_stop, holdback
 from qwq.errors import QueueFullError, RequestError
 from qwq.outputs import CompletionOutput, RequestOutput
@@ -67,8 +67,8 @@ class LLMEngine:
         self.config = config
         self.blocks = BlockManager(runner.kv.num_blocks, runner.block_size,
                                    config.enable_prefix_caching)
-        self.scheduler = Scheduler(config, self.blocks)
         self.max_model_len = min(max_model_len, runner.kv.num_blocks * runner.block_size)
+        self.scheduler = Scheduler(config, self.blocks, self.max_model_len)
         self.generation_config = dict(generation_config or {})
         self.defaults = {**NEUTRAL_DEFAULTS, **defaults_from_generation_config(
             self.generation_config)}
@@ -77,7 +77,8 @@ class LLMEngine:
         self._inbox: deque[_Request] = deque()
         self._aborts: deque[str] = deque()
         self._seq_ids = itertools.count()
-        self.counters = {"prompt_tokens": 0, "generation_tokens": 0, "preemptions": 0}
+        self.counters = {"prompt_tokens": 0, "generation_tokens": 0, "preemptions": 0,
+                         "draft_tokens": 0, "accepted_draft_tokens": 0}
         # builds each sequence's reasoning controls from its params (see qwq.reasoning)
         self.control_factory = control_factory
 
@@ -104,8 +105,23 @@ class LLMEngine:
                                      if getattr(c, "process_logits", None)]
             req.seqs.append(_SeqOut(seq, detok, logprobs=[] if params.logprobs is not None
                                     else None, controls=controls))
+        refused = self._check_input(req)
+        if refused is not None:  # answered at once, without running: see _drain_inbox
+            for s in req.seqs:
+                s.seq.finish_reason, s.seq.stop_reason = refused.finish_reason, refused.detail
+                s.seq.status = Status.FINISHED
         self._inbox.append(req)
         return rid
+
+    @staticmethod
+    def _check_input(req: _Request) -> Stop | None:
+        """The first Stop a control raises on the prompt (an input guard's block), if any."""
+        for control in req.seqs[0].controls:
+            on_prompt = getattr(control, "on_prompt", None)
+            action = on_prompt(req.prompt_ids) if on_prompt else None
+            if isinstance(action, Stop):
+                return action
+        return None
 
     def _check_prompt(self, ids: list[int]) -> None:
         if not ids:
@@ -130,8 +146,7 @@ class LLMEngine:
 
     # -- one step ---------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        touched: dict[str, _Request] = {}
-        self._drain_inbox()
+        touched: dict[str, _Request] = {r.request_id: r for r in self._drain_inbox()}
         for rid in self._drain_aborts():
             touched[rid] = self.requests[rid]
         batch = self.scheduler.schedule()
@@ -139,25 +154,35 @@ class LLMEngine:
         if not batch.empty:
             results = self.runner.execute(batch, self.eos_ids)
             for seq, n in zip(batch.seqs, batch.num_new):
-                seq.num_computed += n
-                self.blocks.commit(seq)
+                if not seq.draft_ids:  # a drafted sequence is settled as its draft is verified
+                    seq.num_computed += n
+                    self.blocks.commit(seq)
             for seq, sample in results:
                 req = self.requests[seq.request_id]
-                self._on_sample(req, req.seqs[seq.index], sample)
+                if isinstance(sample, DraftRows):
+                    self._verify(req, req.seqs[seq.index], sample)
+                else:
+                    self._on_sample(req, req.seqs[seq.index], sample)
                 touched[req.request_id] = req
         return [self._output(req) for req in touched.values()]
 
-    def _drain_inbox(self) -> None:
+    def _drain_inbox(self) -> list[_Request]:
+        """Move new requests to the scheduler; returns those refused before running."""
+        refused = []
         while self._inbox:
             req = self._inbox.popleft()
             self.requests[req.request_id] = req
             self.counters["prompt_tokens"] += len(req.prompt_ids)
+            if req.finished:
+                refused.append(req)
+                continue
             first, *rest = [s.seq for s in req.seqs]
             share = rest and self.config.enable_prefix_caching
             for seq in [first] + ([] if share else rest):
                 self._schedule(seq)
             if share:
                 req.held = rest
+        return refused
 
     def _schedule(self, seq: Sequence) -> None:
         self.runner.add_generator(seq)
@@ -175,6 +200,30 @@ class LLMEngine:
                     self._finish(s.seq, "abort")
             done.append(rid)
         return done
+
+    def _verify(self, req: _Request, out: _SeqOut, rows: DraftRows) -> None:
+        """Keep the longest prefix of seq's draft that the model would have produced, plus the
+        model's own next token. Tokens go through _on_sample one at a time, exactly as without
+        a draft (stop checks, max_tokens, reasoning controls); the rest is dropped as soon as a
+        token differs from the draft, the sequence finishes or a control forces tokens in. Only
+        positions holding kept tokens count as computed; blocks past them are given back."""
+        seq, draft = out.seq, rows.draft
+        base = seq.num_computed
+        seq.draft_ids = []
+        self.counters["draft_tokens"] += len(draft)
+        for i in range(len(draft) + 1):
+            seq.num_computed = base + 1 + i  # the token at position base + i is kept
+            self.blocks.commit(seq)
+            before = len(seq.output_ids)
+            sample = rows.token_at(i)
+            self._on_sample(req, out, sample)
+            if i == len(draft) or sample.token != draft[i] or sample.error:
+                break
+            self.counters["accepted_draft_tokens"] += 1
+            if seq.is_finished or len(seq.output_ids) != before + 1:
+                break
+        if not seq.is_finished:
+            self.blocks.trim(seq, seq.num_tokens)
 
     def _on_sample(self, req: _Request, out: _SeqOut, sample: Sample) -> None:
         seq = out.seq
@@ -220,7 +269,11 @@ class LLMEngine:
         for control in out.controls:
             action = control.on_token(token, out.text, seq.output_ids)
             if isinstance(action, Stop):
-                seq.stop_reason = action.detail or None
+                detail = dict(action.detail)
+                cut = detail.pop("text_end", None)
+                if cut is not None:  # the blocked text never reaches the caller
+                    out.text = out.text[:max(cut, out.sent_chars)]
+                seq.stop_reason = detail or None
                 return self._finish(seq, action.finish_reason)
             if isinstance(action, Force) and action.token_ids:
                 room = min((seq.params.max_tokens or self.max_model_len) - len(seq.output_ids),

@@ -110,6 +110,17 @@ class BlockManager:
         seq.block_ids = []
         seq.block_hashes = []
 
+    def trim(self, seq: Sequence, num_tokens: int) -> None:
+        """Give back seq's trailing blocks beyond num_tokens tokens (slots of rejected draft
+        tokens). They were never committed to the prefix cache."""
+        keep = -(-num_tokens // self.block_size)
+        while len(seq.block_ids) > max(keep, len(seq.block_hashes)):
+            block = seq.block_ids.pop()
+            self.ref_count[block] -= 1
+            if self.ref_count[block] == 0:
+                self.free[block] = None
+                self.free.move_to_end(block, last=False)
+
     def usage(self) -> float:
         return 1.0 - self.num_free / self.num_blocks
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from qwq.engine.sampler import Sample, sample
+from qwq.engine.sampler import DraftRows, Sample, sample, sample_drafted
 from qwq.engine.scheduler import SchedulerOutput
 from qwq.engine.sequence import Sequence
 from qwq.model import AttentionMetadata, KVCache, Qwen2Model
@@ -37,7 +37,8 @@ class ModelRunner:
         bs = self.block_size
         for seq, n in zip(batch.seqs, batch.num_new):
             start = seq.num_computed
-            ids += seq.token_ids[start:start + n]
+            real = n - len(seq.draft_ids)  # a drafted decode: its last token, then the draft
+            ids += seq.token_ids[start:start + real] + seq.draft_ids
             pos = range(start, start + n)
             positions += pos
             slots += [seq.block_ids[p // bs] * bs + p % bs for p in pos]
@@ -46,8 +47,8 @@ class ModelRunner:
                 if last > start:
                     self.scored.append((seq, start, last - start))
                     score_idx += range(len(ids) - n, len(ids) - n + last - start)
-            if start + n == seq.num_tokens:  # the chunk reaches the end: a token is due
-                logits_idx.append(len(ids) - 1)
+            if start + real == seq.num_tokens:  # the chunk reaches the end: a token is due
+                logits_idx += range(len(ids) - 1 - len(seq.draft_ids), len(ids))
                 sampled.append(seq)
         logits_idx = score_idx + logits_idx
         ctx = [s.num_computed + n for s, n in zip(batch.seqs, batch.num_new)]
@@ -64,9 +65,10 @@ class ModelRunner:
         return torch.tensor(ids, dtype=torch.long, device=dev), meta, sampled
 
     @torch.inference_mode()
-    def execute(self, batch: SchedulerOutput,
-                eos_ids: tuple[int, ...]) -> list[tuple[Sequence, Sample]]:
-        """Run one step; returns a sample for each sequence whose chunk reached its end."""
+    def execute(self, batch: SchedulerOutput, eos_ids: tuple[int, ...]
+                ) -> list[tuple[Sequence, Sample | DraftRows]]:
+        """Run one step; returns a sample for each sequence whose chunk reached its end (for a
+        drafted sequence, the rows its draft is verified against)."""
         input_ids, meta, sampled = self.prepare(batch)
         logits = self.model(input_ids, meta, self.kv)
         n_scored = sum(count for _, _, count in self.scored)
@@ -75,6 +77,8 @@ class ModelRunner:
             logits = logits[n_scored:]
         if not sampled:
             return []
+        if any(s.draft_ids for s in sampled):
+            return list(zip(sampled, sample_drafted(logits, sampled, eos_ids, self.generators)))
         return list(zip(sampled, sample(logits, sampled, eos_ids, self.generators)))
 
     def _score_prompts(self, logits: torch.Tensor) -> None:

@@ -58,7 +58,10 @@ def truncate(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
 
 
 def sample_row(logits: torch.Tensor, seq: Sequence, eos_ids: tuple[int, ...],
-               generator: torch.Generator | None) -> Sample:
+               generator: torch.Generator | None, draft: int | None = None) -> Sample:
+    """One token from one row. With a draft token d (speculative decoding), sampling keeps
+    the output distribution p unchanged: d is taken with probability p(d), otherwise a token
+    is drawn from p with d removed (renormalized); greedy takes the argmax either way."""
     p = seq.params
     raw = logits
     logits = apply_bias_and_bans(logits.clone(), seq, p, eos_ids)
@@ -72,17 +75,24 @@ def sample_row(logits: torch.Tensor, seq: Sequence, eos_ids: tuple[int, ...],
     if p.greedy:
         token = int(torch.argmax(logits))
     else:
-        token = _draw(logits, p, generator)
+        token = _draw(logits, p, generator, draft)
     return _with_logprobs(Sample(token), raw, p)
 
 
-def _draw(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> int:
+def _draw(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None,
+          draft: int | None = None) -> int:
     """Sample from the truncated distribution; extreme settings (a temperature that
     overflows, everything masked) fall back to the most likely token, never an exception."""
     probs = truncate(logits / p.temperature, p).softmax(-1)
     probs = torch.nan_to_num(probs, nan=0.0, posinf=0.0, neginf=0.0).clamp_(min=0)
     if not float(probs.sum()) > 0:
         return int(torch.argmax(logits))
+    if draft is not None:
+        if float(torch.rand((), generator=generator, device=probs.device)) < float(probs[draft]):
+            return draft
+        probs[draft] = 0.0
+        if not float(probs.sum()) > 0:
+            return draft
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
@@ -118,10 +128,46 @@ def sample(logits: torch.Tensor, seqs: list[Sequence], eos_ids: tuple[int, ...],
             for i, s in enumerate(seqs)]
 
 
+class DraftRows:
+    """The logits at a drafted sequence's last token and at each of its draft tokens. The
+    engine takes one token per position, in order (token_at), after feeding the tokens before
+    it through stop checks and reasoning controls, so penalties and logits processors see
+    exactly the context they would see without speculation."""
+
+    def __init__(self, seq: Sequence, logits: torch.Tensor | None, eos_ids: tuple[int, ...],
+                 generator: torch.Generator | None, argmax: list[Sample] | None = None):
+        self.seq, self.logits, self.eos_ids, self.generator = seq, logits, eos_ids, generator
+        self.draft = list(seq.draft_ids)
+        self.argmax = argmax  # plain greedy batch: every row's token, computed at once
+
+    def token_at(self, i: int) -> Sample:
+        if self.argmax is not None:
+            return self.argmax[i]
+        draft = self.draft[i] if i < len(self.draft) else None
+        return _guarded(self.logits[i], self.seq, self.eos_ids, self.generator, draft)
+
+
+def sample_drafted(logits: torch.Tensor, seqs: list[Sequence], eos_ids: tuple[int, ...],
+                   generators: dict[int, torch.Generator]) -> list[Sample | DraftRows]:
+    """Like sample, when some sequences carry a draft: 1 + len(draft) rows each, in order."""
+    plain = not any(needs_row_processing(s) for s in seqs)
+    if plain:
+        quick = sample(logits, seqs[:1] * logits.shape[0], eos_ids, generators)
+    out: list[Sample | DraftRows] = []
+    row = 0
+    for seq in seqs:
+        count = 1 + len(seq.draft_ids)
+        rows = DraftRows(seq, logits[row: row + count], eos_ids, generators.get(seq.seq_id),
+                         quick[row: row + count] if plain else None)
+        out.append(rows if seq.draft_ids else rows.token_at(0))
+        row += count
+    return out
+
+
 def _guarded(logits: torch.Tensor, seq: Sequence, eos_ids: tuple[int, ...],
-             generator: torch.Generator | None) -> Sample:
+             generator: torch.Generator | None, draft: int | None = None) -> Sample:
     """A request whose settings break sampling fails alone; the batch goes on."""
     try:
-        return sample_row(logits, seq, eos_ids, generator)
+        return sample_row(logits, seq, eos_ids, generator, draft)
     except (RuntimeError, ValueError, IndexError) as e:
         return Sample(token=-1, error=f"sampling failed for this request: {e}")

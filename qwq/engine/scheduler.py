@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from qwq.config import EngineConfig
 from qwq.engine.kv_cache import BlockManager
 from qwq.engine.sequence import Sequence, Status
+from qwq.engine.speculative import propose_ngram
+from qwq.errors import QwQError
 
 
 @dataclass
@@ -29,9 +31,15 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, config: EngineConfig, blocks: BlockManager):
+    def __init__(self, config: EngineConfig, blocks: BlockManager,
+                 max_model_len: int | None = None):
         self.config = config
         self.blocks = blocks
+        self.max_model_len = max_model_len or blocks.num_blocks * blocks.block_size
+        k, lo, hi = config.speculative_ngram, config.prompt_lookup_min, config.prompt_lookup_max
+        if k < 0 or (k and not 1 <= lo <= hi):
+            raise QwQError(f"speculative_ngram={k}, prompt_lookup_min={lo}, prompt_lookup_max="
+                           f"{hi}: need speculative_ngram >= 0 and 1 <= min <= max")
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
 
@@ -48,15 +56,31 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             n = min(seq.num_uncomputed, budget)
-            if not self._make_room(seq, seq.num_computed + n, out):
+            draft = self._draft(seq, budget - n) if n == seq.num_uncomputed == 1 else []
+            if not self._make_room(seq, seq.num_computed + n + len(draft), out):
                 break  # seq itself was preempted
+            seq.draft_ids = draft
             out.seqs.append(seq)
-            out.num_new.append(n)
-            budget -= n
+            out.num_new.append(n + len(draft))
+            budget -= n + len(draft)
             i += 1
         if not out.preempted:
             budget = self._admit(out, budget)
         return out
+
+    def _draft(self, seq: Sequence, room: int) -> list[int]:
+        """Prompt-lookup draft tokens for a decoding sequence: never more than fit the budget,
+        its max_tokens, the context, or the free KV blocks (drafts never preempt anyone)."""
+        p = seq.params
+        k = min(self.config.speculative_ngram, room, self.max_model_len - seq.num_tokens,
+                (p.max_tokens or self.max_model_len) - len(seq.output_ids) - 1)
+        if k <= 0:
+            return []
+        draft = propose_ngram(seq.token_ids, k, self.config.prompt_lookup_min,
+                              self.config.prompt_lookup_max)
+        if draft and not self.blocks.can_allocate(seq, seq.num_computed + 1 + len(draft)):
+            return []
+        return draft
 
     def _make_room(self, seq: Sequence, num_tokens: int, out: SchedulerOutput) -> bool:
         while not self.blocks.can_allocate(seq, num_tokens):
@@ -88,6 +112,10 @@ class Scheduler:
                     # alone and still too big: take what fits, the rest comes next steps
                     n = self._largest_fitting(seq, n)
                 if n <= 0 or not self.blocks.can_allocate(seq, seq.num_computed + n):
+                    # give back the cached blocks matched above: a waiting sequence holding
+                    # them could starve the pool (they stay cached for its next try)
+                    self.blocks.release(seq)
+                    seq.num_computed = 0
                     break
             self.blocks.allocate(seq, seq.num_computed + n)
             self.waiting.popleft()

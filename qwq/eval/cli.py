@@ -1,7 +1,6 @@
 """`qwq eval humaneval` and `qwq eval math FILE.jsonl`: a table on stdout, JSON with --json.
 
-Wire into qwq.cli.build_parser with `add_eval_parser(sub, add_model_args)`; until then
-`python -m qwq.eval.cli humaneval ...` runs the same thing.
+qwq.cli.build_parser adds the subcommand with `add_eval_parser(sub, add_model_args)`.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ then each sequence attends over the blocks its table names.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,9 @@ class AttentionMetadata:
     block_tables: torch.Tensor  # (B, max_blocks) block ids, padded with 0
     context_lens_t: torch.Tensor  # (B,) context_lens as a tensor
     logits_indices: torch.Tensor  # (B,) index in T of each sequence's last token
+    # per-step values every layer shares, built by the first layer that needs them
+    # (gather slots, decode padding mask) instead of once per layer
+    shared: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def decode_only(self) -> bool:
@@ -88,13 +91,23 @@ def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     """One new token per sequence: batched over padded contexts, written out as matmuls
     because for a single query they beat the fused kernels' setup cost."""
     B, H, D = q.shape
-    keys = _gather(k_cache, meta.block_tables, block_size).permute(0, 2, 3, 1)  # (B, KVH, D, L)
-    vals = _gather(v_cache, meta.block_tables, block_size).transpose(1, 2)  # (B, KVH, L, D)
-    kvh, length = keys.shape[1], keys.shape[3]
+    shared = meta.shared
+    slots = shared.get("slots")
+    if slots is None:  # first layer of the step: the same slots serve every layer, K and V
+        slots = (meta.block_tables.unsqueeze(-1) * block_size
+                 + torch.arange(block_size, device=q.device)).flatten()
+        shared["slots"] = slots
+    length = slots.shape[0] // B
+    keys = k_cache.index_select(0, slots).view(B, length, *k_cache.shape[1:]).permute(0, 2, 3, 1)
+    vals = v_cache.index_select(0, slots).view(B, length, *v_cache.shape[1:]).transpose(1, 2)
+    kvh = keys.shape[1]  # keys: (B, KVH, D, L), vals: (B, KVH, L, D)
     scores = torch.matmul(q.view(B, kvh, H // kvh, D), keys).float() * scale  # (B, KVH, G, L)
     if B > 1 or length != meta.context_lens[0]:
-        pad = (torch.arange(length, device=q.device).unsqueeze(0)
-               >= meta.context_lens_t.unsqueeze(1)).view(B, 1, 1, length)
+        pad = shared.get("pad")
+        if pad is None:
+            pad = (torch.arange(length, device=q.device).unsqueeze(0)
+                   >= meta.context_lens_t.unsqueeze(1)).view(B, 1, 1, length)
+            shared["pad"] = pad
         scores = scores.masked_fill(pad, float("-inf"))
     probs = scores.softmax(-1).to(vals.dtype)
     return torch.matmul(probs, vals).view(B, H, D)

@@ -17,7 +17,7 @@ from torch import nn
 from qwq.config import ModelConfig
 from qwq.errors import CheckpointError
 from qwq.model.attention import AttentionMetadata, KVCache, paged_attention
-from qwq.model.rope import RotaryEmbedding, apply_rope
+from qwq.model.rope import RotaryEmbedding, apply_rope_prepared, rope_factors
 
 
 class RMSNorm(nn.Module):
@@ -46,11 +46,13 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 meta: AttentionMetadata, k_cache: torch.Tensor, v_cache: torch.Tensor,
                 block_size: int) -> torch.Tensor:
-        T = x.shape[0]
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = apply_rope(q.view(T, self.heads, self.head_dim), cos, sin)
-        k = apply_rope(k.view(T, self.kv_heads, self.head_dim), cos, sin)
-        v = v.view(T, self.kv_heads, self.head_dim)
+        # cos, sin come from rope_factors. q and k sit side by side in the fused output, so
+        # one rope call covers both heads' sets (fewer ops on the decode path)
+        T, qk_size = x.shape[0], self.q_size + self.kv_size
+        qkv = self.qkv_proj(x)
+        qk = apply_rope_prepared(qkv[:, :qk_size].view(T, -1, self.head_dim), cos, sin)
+        q, k = qk.split([self.heads, self.kv_heads], dim=1)
+        v = qkv[:, qk_size:].view(T, self.kv_heads, self.head_dim)
         o = paged_attention(q, k, v, k_cache, v_cache, meta, block_size, self.scale)
         return self.o_proj(o.reshape(T, self.q_size))
 
@@ -92,7 +94,7 @@ class Qwen2Model(nn.Module):
                 kv: KVCache) -> torch.Tensor:
         """input_ids: (T,). Returns float32 logits (B, vocab) at meta.logits_indices."""
         x = self.embed_tokens(input_ids)
-        cos, sin = self.rotary.cos_sin(meta.positions)
+        cos, sin = rope_factors(*self.rotary.cos_sin(meta.positions), x.dtype)
         for i, layer in enumerate(self.layers):
             h = layer.input_layernorm(x)
             x = x + layer.self_attn(h, cos, sin, meta, kv.k[i], kv.v[i], kv.block_size)

@@ -74,3 +74,19 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     cos, sin = cos.unsqueeze(1).to(x.dtype), sin.unsqueeze(1).to(x.dtype)
     return x * cos + rotated * sin
+
+
+def rope_factors(cos: torch.Tensor, sin: torch.Tensor,
+                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sign-folded sin for apply_rope_prepared, shaped (T, 1, head_dim) in `dtype`.
+    Built once per forward so each layer's rope is four ops instead of ten; the sign of the
+    rotate-half is moved onto sin (exact), so results match apply_rope bit for bit."""
+    half = sin.shape[-1] // 2
+    cos, sin = cos.to(dtype), sin.to(dtype)
+    return cos.unsqueeze(1), torch.cat([-sin[:, :half], sin[:, half:]], dim=-1).unsqueeze(1)
+
+
+def apply_rope_prepared(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor
+                        ) -> torch.Tensor:
+    """apply_rope with factors from rope_factors: x: (T, heads, head_dim)."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin

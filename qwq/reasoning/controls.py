@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qwq.errors import RequestError
+from qwq.errors import QwQError, RequestError
 from qwq.reasoning.budget import PhaseTracker, ReasoningCloser, thinking_budget
-from qwq.reasoning.guard import GuardDecision, OutputGuardControl, get_guard, run_check
+from qwq.reasoning.guard import GuardControl, get_guard
 from qwq.reasoning.language import LanguageControl, detect_language, user_text
 from qwq.reasoning.loops import LoopControl, PenalizingLoopControl
 from qwq.sampling_params import SamplingParams
 
 QWQ_PREVIEW_MARK = "You should think step-by-step"
+REASONING_PARSERS = ("auto", "think", "plain", "none")
 
 
 def detect_style(chat_template: str | None) -> tuple[str, bool]:
@@ -39,9 +40,19 @@ class ControlFactory:
     reasoning_model: bool = False
 
     @classmethod
-    def for_tokenizer(cls, tokenizer, reasoning_model: bool | None = None) -> ControlFactory:
-        style, is_reasoning = detect_style(getattr(tokenizer, "chat_template", None))
-        return cls(style, is_reasoning if reasoning_model is None else reasoning_model)
+    def for_tokenizer(cls, tokenizer, parser: str = "auto") -> ControlFactory:
+        """parser: auto (detected from the chat template), think, plain, or none."""
+        if parser not in REASONING_PARSERS:
+            raise QwQError(f"reasoning_parser={parser!r}: choose one of "
+                           f"{', '.join(REASONING_PARSERS)}")
+        if parser == "auto":
+            return cls(*detect_style(getattr(tokenizer, "chat_template", None)))
+        return cls("plain", False) if parser == "none" else cls(parser, True)
+
+    @property
+    def parser_style(self) -> str | None:
+        """The style answers are split by: None for a model that is not a reasoning model."""
+        return self.style if self.reasoning_model else None
 
     def __call__(self, params: SamplingParams, tokenizer,
                  prompt_ids: list[int] | None = None) -> list:
@@ -58,7 +69,7 @@ def build_controls(params: SamplingParams, tokenizer, prompt_ids: list[int] | No
     phase = PhaseTracker(style)
     controls: list = []
     if params.guard:
-        controls.append(OutputGuardControl(_guard(params.guard)))
+        controls.append(GuardControl(_guard(params.guard), tokenizer))
     budget = thinking_budget(params.max_thinking_tokens, params.reasoning_effort)
     if budget is not None or (conclude and params.max_tokens):
         controls.append(ReasoningCloser(tokenizer, phase, budget, params.max_tokens, conclude))
@@ -94,11 +105,3 @@ def _user_ids(tokenizer, prompt_ids: list[int] | None) -> list[int]:
     if not prompt_ids:
         return []
     return tokenizer.encode(user_text(tokenizer.decode(prompt_ids)))
-
-
-def check_input(params: SamplingParams, prompt: str) -> GuardDecision | None:
-    """The request's guard on its input (the user turns of a ChatML prompt); None when the
-    request names no guard. Call before the request runs."""
-    if not params.guard:
-        return None
-    return run_check(_guard(params.guard), user_text(prompt, all_turns=True), "input")

@@ -203,14 +203,25 @@ def run_check(guard: Any, text: str, stage: str, count_allow: bool = True) -> Gu
     return decision
 
 
-class OutputGuardControl:
-    """Checks the output as it grows; on a block, stops with "content_filter". The Stop detail
-    carries text_end, where the blocked text begins: the engine cuts the text there."""
+class GuardControl:
+    """Checks the input before the request runs (the user turns of the prompt) and the output
+    as it grows; on a block, stops with "content_filter". The Stop detail names the category,
+    the guard and the stage; an output block also carries text_end, where the blocked text
+    begins: the engine cuts the text there."""
 
-    def __init__(self, guard: Any, interval_chars: int = 400):
+    def __init__(self, guard: Any, tokenizer: Any = None, interval_chars: int = 400):
         self.guard = guard
+        self.tokenizer = tokenizer
         self.interval = 0 if getattr(guard, "streaming", False) else interval_chars
         self._scanned = 0
+
+    def on_prompt(self, prompt_ids: list[int]) -> Stop | None:
+        if self.tokenizer is None:
+            return None
+        from qwq.reasoning.language import user_text
+        text = user_text(self.tokenizer.decode(prompt_ids), all_turns=True)
+        decision = run_check(self.guard, text, "input")
+        return None if decision.allowed else Stop("content_filter", decision.as_detail())
 
     def on_token(self, token_id: int, text: str, output_ids: list[int]) -> Stop | None:
         if len(text) - self._scanned <= self.interval:

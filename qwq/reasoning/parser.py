@@ -115,6 +115,12 @@ class ReasoningStreamer:
         self._buf = ""
         self._started = False  # any non-space text seen (a late <think> is not a tag)
 
+    def split(self, text: str) -> tuple[str, str]:
+        """(reasoning, content) of a whole answer, exactly as streaming it would split it."""
+        r1, c1 = self.feed(text)
+        r2, c2 = self.finish()
+        return r1 + r2, c1 + c2
+
     def feed(self, delta: str) -> tuple[str, str]:
         self._buf += delta
         reasoning, content = "", ""
@@ -139,8 +145,8 @@ class ReasoningStreamer:
             return ()
         if self.style == "plain":
             return FINAL_ANSWER_HEADINGS
-        if self.in_reasoning:
-            return (THINK_CLOSE,)
+        if self.in_reasoning:  # a model may still open with <think> itself: swallow it
+            return (THINK_CLOSE,) if self._started else (THINK_OPEN, THINK_CLOSE)
         return () if self._started else (THINK_OPEN,)
 
     def _next_marker(self) -> tuple[str, int]:

@@ -1,5 +1,7 @@
 """POST /v1/chat/completions: messages through the chat template, streaming or not, with
-logprobs, tools (Qwen's <tool_call> blocks parsed into tool_calls) and JSON output."""
+logprobs, tools (Qwen's <tool_call> blocks parsed into tool_calls), JSON output, and for
+reasoning models the reasoning apart from the content (reasoning_content and reasoning, also
+in stream deltas) with the boxed final_answer."""
 
 from __future__ import annotations
 
@@ -16,11 +18,17 @@ from fastapi.responses import JSONResponse, Response
 from qwq.engine.async_engine import EngineDeadError
 from qwq.errors import RequestError
 from qwq.outputs import CompletionOutput
+from qwq.reasoning.parser import ReasoningStreamer, extract_boxed
 from qwq.sampling_params import SamplingParams
 from qwq.server.errors import APIError, error_body, from_exception
 from qwq.server.metrics import RequestTrack
 from qwq.server.protocol import ChatCompletionRequest
-from qwq.server.render import chat_logprobs, finish_reason, logprob_entries, stop_reason
+from qwq.server.render import (
+    chat_logprobs,
+    ending,
+    finish_reason,
+    logprob_entries,
+)
 from qwq.server.sampling import chat_logprobs as logprobs_of
 from qwq.server.sampling import chat_tools, resolve_max_tokens, sampling_params, template_message
 from qwq.server.state import ServerState, state_of, tenant_of
@@ -39,6 +47,7 @@ class ChatJob:
     params: SamplingParams
     tools: list[dict[str, Any]] | None
     top_n: int | None
+    reasoning_style: str | None  # how answers split into reasoning and content; None: no split
     request_id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -76,8 +85,9 @@ async def prepare(state: ServerState, body: ChatCompletionRequest, model: str,
     params = sampling_params(body, max_tokens=max_tokens, logprobs=top_n,
                              vocab_size=state.tokenizer.vocab_size, tenant=tenant,
                              extra={"logits_processors": processors} if processors else None)
+    factory = state.engine.control_factory
     return ChatJob(state, body, model, ids, params, tools if body.tool_choice != "none" else None,
-                   top_n)
+                   top_n, factory.parser_style if factory is not None else None)
 
 
 @router.post("/v1/chat/completions")
@@ -97,17 +107,40 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
 
 
 # -- whole answers ------------------------------------------------------------------------------
+def _reasoning_streamer(job: ChatJob) -> ReasoningStreamer | None:
+    # everything before the end-of-reasoning marker is reasoning (the template may have opened
+    # <think> in the prompt, and the Preview style never opens it)
+    return ReasoningStreamer(job.reasoning_style, in_reasoning=True) \
+        if job.reasoning_style else None
+
+
+def _final_answer(reasoning: str, content: str | None) -> str | None:
+    content = content or ""
+    return extract_boxed(content) or (extract_boxed(reasoning) if not content.strip() else None)
+
+
+def _reasoning_fields(reasoning: str, content: str) -> dict[str, Any]:
+    """reasoning_content (DeepSeek's name) and reasoning (vLLM's), and the boxed answer."""
+    out: dict[str, Any] = {"reasoning_content": reasoning, "reasoning": reasoning} \
+        if reasoning else {}
+    answer = _final_answer(reasoning, content)
+    if answer is not None:
+        out["final_answer"] = answer
+    return out
+
+
 def _choice(job: ChatJob, o: CompletionOutput) -> dict[str, Any]:
-    content, calls = parse_tool_calls(o.text) if job.tools else (o.text, [])
-    message: dict[str, Any] = {"role": "assistant", "content": content}
+    splitter = _reasoning_streamer(job)
+    reasoning, text = splitter.split(o.text) if splitter else ("", o.text)
+    content, calls = parse_tool_calls(text) if job.tools else (text, [])
+    message: dict[str, Any] = {"role": "assistant", "content": content,
+                               **_reasoning_fields(reasoning, content)}
     if calls:
         message["tool_calls"] = calls
     choice = {"index": o.index, "message": message,
               "logprobs": chat_logprobs(job.state, o.logprobs or [], job.top_n)
               if job.top_n is not None else None,
-              "finish_reason": "tool_calls" if calls else finish_reason(o)}
-    if stop_reason(o) is not None:
-        choice["stop_reason"] = stop_reason(o)
+              "finish_reason": "tool_calls" if calls else finish_reason(o), **ending(o)}
     if job.body.return_token_ids:
         choice["token_ids"] = list(o.token_ids)
     return choice
@@ -141,6 +174,9 @@ async def _complete(job: ChatJob, stream: Stream, track: RequestTrack,
 @dataclass
 class _ChoiceState:
     tools: ToolCallStream | None
+    reasoning: ReasoningStreamer | None
+    reasoning_text: str = ""
+    content_text: str = ""
     started: bool = False
     logprobs_sent: int = 0
     done: bool = False
@@ -157,9 +193,17 @@ def _delta(job: ChatJob, st: _ChoiceState, o: CompletionOutput) -> dict[str, Any
     if not st.started:
         st.started = True
         delta = {"role": "assistant", "content": ""}
-    text = st.tools.feed(o.delta_text) if st.tools else o.delta_text
+    reasoning, text = st.reasoning.feed(o.delta_text) if st.reasoning else ("", o.delta_text)
+    if o.finish_reason is not None and st.reasoning:
+        r, c = st.reasoning.finish()
+        reasoning, text = reasoning + r, text + c
+    if reasoning:
+        delta["reasoning_content"] = delta["reasoning"] = reasoning
+        st.reasoning_text += reasoning
+    text = st.tools.feed(text) if st.tools else text
     if text:
         delta["content"] = text
+        st.content_text += text
     logprobs = None
     entries = logprob_entries(o) if job.top_n is not None else []
     if len(entries) > st.logprobs_sent:
@@ -172,14 +216,18 @@ def _delta(job: ChatJob, st: _ChoiceState, o: CompletionOutput) -> dict[str, Any
         rest, calls = st.tools.finish() if st.tools else ("", [])
         if rest:
             delta["content"] = delta.get("content", "") + rest
+            st.content_text += rest
+        answer = _final_answer(st.reasoning_text, st.content_text)
+        if answer is not None:
+            delta["final_answer"] = answer
         if calls:
             delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(calls)]
             reason = "tool_calls"
     if not delta and logprobs is None and reason is None:
         return None
     choice = {"index": o.index, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
-    if reason is not None and stop_reason(o) is not None:
-        choice["stop_reason"] = stop_reason(o)
+    if reason is not None:
+        choice.update(ending(o))
     return choice
 
 
@@ -194,8 +242,8 @@ async def _events(job: ChatJob, stream: Stream, track: RequestTrack) -> AsyncIte
                     yield sse(error_body(500, o.error or "generation failed",
                                          code="generation_failed"))
                     return
-                st = states.setdefault(o.index, _ChoiceState(ToolCallStream()
-                                                             if job.tools else None))
+                st = states.get(o.index) or states.setdefault(o.index, _ChoiceState(
+                    ToolCallStream() if job.tools else None, _reasoning_streamer(job)))
                 choice = None if st.done else _delta(job, st, o)
                 if choice is not None:
                     yield sse(_chunk(job, [choice]))

@@ -19,7 +19,7 @@ from qwq.outputs import CompletionOutput
 from qwq.server.errors import APIError, error_body, from_exception
 from qwq.server.metrics import RequestTrack
 from qwq.server.protocol import CompletionRequest
-from qwq.server.render import completion_logprobs, finish_reason, logprob_entries, stop_reason
+from qwq.server.render import completion_logprobs, ending, finish_reason, logprob_entries
 from qwq.server.sampling import resolve_max_tokens, sampling_params
 from qwq.server.state import ServerState, state_of, tenant_of
 from qwq.server.streaming import DONE, ClientGone, SSEResponse, Stream, sse, start_tracked, watch
@@ -109,9 +109,7 @@ def _choice(job: CompletionJob, k: int, o: CompletionOutput, text: str,
                                        prompt.ids if echo else None,
                                        prompt_logprobs if echo else None)
     choice = {"index": k * body.n + o.index, "text": (prompt.text if echo else "") + text,
-              "logprobs": logprobs, "finish_reason": finish_reason(o)}
-    if stop_reason(o) is not None:
-        choice["stop_reason"] = stop_reason(o)
+              "logprobs": logprobs, "finish_reason": finish_reason(o), **ending(o)}
     if body.return_token_ids:
         choice["prompt_token_ids"] = prompt.ids
         choice["token_ids"] = list(o.delta_token_ids if body.stream else o.token_ids)

@@ -14,6 +14,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from qwq.errors import QwQError
 from qwq.server.state import ServerConfig
 
 
@@ -80,11 +81,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     keys = args.api_key or ([os.environ["QWQ_API_KEY"]] if os.environ.get("QWQ_API_KEY")
                             else [])
+    if args.guard_file:  # a bad policy file fails before the model loads
+        from qwq.reasoning.guard import load_guards
+        try:
+            load_guards(args.guard_file)
+        except (OSError, ValueError, KeyError) as e:
+            raise QwQError(f"--guard-file {args.guard_file}: {e}") from None
     print(f"loading {args.model or 'qwq-demo'} ...", file=sys.stderr, flush=True)
     engine, _, resolved = load_engine(
         args.model, dtype=args.dtype, device=args.device,
         engine_config=EngineConfig(max_model_len=args.max_model_len,
-                                   max_waiting=args.max_waiting))
+                                   max_waiting=args.max_waiting,
+                                   reasoning_parser=args.reasoning_parser,
+                                   speculative_ngram=getattr(args, "speculative_ngram", 0)),
+        tensor_parallel_size=getattr(args, "tensor_parallel_size", 1), exit_on_rank_failure=True)
     config = ServerConfig(model_name=resolved.name, api_keys=keys,
                           price_input=args.price_input, price_output=args.price_output,
                           default_system=resolved.default_system,

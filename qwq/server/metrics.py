@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from qwq.reasoning import metrics as reasoning_metrics
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0,
                    2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
 
@@ -47,11 +49,36 @@ class _EngineCollector(Collector):
                      "prefix_hit_tokens"))
         for name, doc, key in counters:
             yield CounterMetricFamily(name, doc, value=float(s.get(key, 0.0)))
+        yield from _reasoning_families()
         price = GaugeMetricFamily("qwq_price_per_token", "Price per token set by the operator",
                                   labels=["kind"])
         price.add_metric(["input"], self.prices[0])
         price.add_metric(["output"], self.prices[1])
         yield price
+
+
+# What the reasoning controls did (qwq.reasoning.metrics; process-wide counters)
+_REASONING = {"loop_detected": ("qwq_loops_detected", "Loops cut or steered, by action"),
+              "reasoning_closed": ("qwq_reasoning_closed",
+                                   "Reasoning closed by qwq, by reason (budget, conclude)"),
+              "guard_decision": ("qwq_guard_decisions",
+                                 "Guard decisions, by stage, guard, decision and category "
+                                 "(output checks count their blocks only)"),
+              "guard_seconds": ("qwq_guard_seconds", "Time spent in guard checks")}
+
+
+def _reasoning_families() -> Iterator[CounterMetricFamily]:
+    rows: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for name, labels, value in reasoning_metrics.snapshot():
+        if name in _REASONING:
+            rows.setdefault(name, []).append((labels, value))
+    for name, series in rows.items():
+        metric, doc = _REASONING[name]
+        keys = sorted({k for labels, _ in series for k in labels})
+        family = CounterMetricFamily(metric, doc, labels=keys)
+        for labels, value in series:
+            family.add_metric([labels.get(k, "") for k in keys], value)
+        yield family
 
 
 class Metrics:

@@ -28,6 +28,24 @@ def stop_reason(o: CompletionOutput) -> str | int | None:
     return None
 
 
+def content_filter(o: CompletionOutput) -> dict[str, Any] | None:
+    """Which guard blocked the choice, and where: {category, guard, stage}."""
+    if o.finish_reason != "content_filter" or not isinstance(o.stop_reason, dict):
+        return None
+    return {k: o.stop_reason.get(k) for k in ("category", "guard", "stage")}
+
+
+def ending(o: CompletionOutput) -> dict[str, Any]:
+    """What a finished choice says about why it ended beyond finish_reason: the stop string
+    or token (stop_reason), and for a blocked one which guard and category (content_filter)."""
+    out: dict[str, Any] = {}
+    if stop_reason(o) is not None:
+        out["stop_reason"] = stop_reason(o)
+    if content_filter(o) is not None:
+        out["content_filter"] = content_filter(o)
+    return out
+
+
 def logprob_entries(o: CompletionOutput) -> list[dict[int, float]]:
     """The logprob entries as of this output. The engine keeps appending to the list an output
     holds, so a queued output is cut at its own token count."""

@@ -30,6 +30,7 @@ class _Backend(Protocol):
 
     def names(self) -> list[str]: ...
     def load(self, name: str) -> torch.Tensor: ...
+    def load_slice(self, name: str, dim: int, start: int, stop: int) -> torch.Tensor: ...
 
 
 @dataclass
@@ -54,6 +55,15 @@ class Checkpoint:
         for name in _progress(wanted, f"loading {self.path.name}"):
             tensor = self._backend.load(name)
             yield name, tensor if dtype is None else tensor.to(dtype)
+
+    def load_slice(self, name: str, dim: int, start: int, stop: int,
+                   dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Rows (dim 0) or columns (dim 1) [start, stop) of one tensor, reading only those
+        bytes where the format allows (a rank's shard for tensor parallelism)."""
+        if name not in self.tensor_names():
+            raise CheckpointError(f"{self.path}: no tensor named {name!r}")
+        tensor = self._backend.load_slice(name, dim, start, stop)
+        return tensor if dtype is None else tensor.to(dtype)
 
     def gguf_types(self) -> dict[str, str]:
         """HF name -> GGML type name (Q5_0, Q8_0, F32, ...) of each tensor; {} for safetensors."""

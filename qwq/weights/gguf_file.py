@@ -350,6 +350,36 @@ class GGUFBackend:
             out = dequantize(data, qtype)
         return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32).reshape(shape))
 
+    def load_slice(self, name: str, dim: int, start: int, stop: int) -> torch.Tensor:
+        """Rows or columns [start, stop) as float32. Rows are whole blocks, so only their bytes
+        are dequantized; columns too when the cut falls on block boundaries, else the rows are
+        dequantized a chunk at a time and cut."""
+        from gguf.quants import dequantize
+        data, _, shape = self.raw(name)
+        qtype = self.by_hf[name].qtype
+        if len(shape) == 1:  # biases and norms: small
+            return self.load(name)[start:stop]
+        if qtype in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+            part = data[start:stop] if dim == 0 else data[:, start:stop]
+            return torch.from_numpy(np.array(part, dtype=np.float32))
+        rows, cols = shape
+        if dim == 0:
+            out = dequantize(np.ascontiguousarray(data[start:stop]), qtype)
+            return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)
+                                    .reshape(stop - start, cols))
+        block, type_size = GGML_QUANT_SIZES[qtype]
+        if start % block == 0 and stop % block == 0:
+            part = data[:, start // block * type_size: stop // block * type_size]
+            out = dequantize(np.ascontiguousarray(part), qtype)
+            return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)
+                                    .reshape(rows, stop - start))
+        out = np.empty((rows, stop - start), dtype=np.float32)
+        chunk = max(1, (1 << 20) // cols)
+        for r in range(0, rows, chunk):
+            full = dequantize(np.ascontiguousarray(data[r:r + chunk]), qtype)
+            out[r:r + chunk] = full.reshape(-1, cols)[:, start:stop]
+        return torch.from_numpy(out)
+
 
 def open_gguf(path: Path):
     from qwq.weights import Checkpoint, check_tensor_set, expected_shapes

@@ -193,12 +193,20 @@ class SafetensorsBackend:
     def names(self) -> list[str]:
         return self._order
 
-    def load(self, name: str) -> torch.Tensor:
+    def _handle(self, name: str) -> Any:
         from safetensors import safe_open
         entry = self.entries[name]
         if entry.file not in self._handles:  # memory-mapped; one handle per shard
             self._handles[entry.file] = safe_open(str(entry.file), framework="pt")
-        return self._handles[entry.file].get_tensor(name)
+        return self._handles[entry.file]
+
+    def load(self, name: str) -> torch.Tensor:
+        return self._handle(name).get_tensor(name)
+
+    def load_slice(self, name: str, dim: int, start: int, stop: int) -> torch.Tensor:
+        """Only the slice's bytes are read (safetensors' get_slice)."""
+        part = self._handle(name).get_slice(name)
+        return part[start:stop] if dim == 0 else part[:, start:stop]
 
 
 def open_safetensors_dir(d: Path):

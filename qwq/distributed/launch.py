@@ -1,0 +1,135 @@
+"""Starting a tensor-parallel engine: rank 0 holds the engine, the other ranks follow it.
+
+Rank 0 (the process that called `qwq.LLM(..., tensor_parallel_size=N)` or `qwq serve
+--tensor-parallel-size N`) starts ranks 1..N-1 itself (torch.multiprocessing, spawn), or,
+under torchrun, every rank runs the same command and ranks other than 0 follow rank 0 and
+exit when it stops. Every rank opens the checkpoint, loads only its shard, quantizes it and
+allocates a KV cache for its heads; the block count is agreed (the smallest any rank affords)
+so that rank 0's block tables mean the same slots everywhere. Rank 0 builds the usual engine
+(scheduler, runner, sampler) over its shard.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from qwq.config import EngineConfig
+from qwq.distributed.group import (
+    TensorParallelError,
+    TPGroup,
+    join,
+    rank_device,
+    spawn_workers,
+    torchrun_env,
+    wait_for_workers,
+    watch,
+    watch_parent,
+    worker_store,
+)
+from qwq.distributed.shard import build_shard_model, check_tp_size
+
+
+@dataclass
+class RankOptions:
+    """What every rank needs to build its shard the same way (picklable, sent to spawned
+    ranks)."""
+
+    path: str
+    dtype: str | torch.dtype
+    device: str | None
+    engine_config: EngineConfig
+
+
+def load_tp_engine(model, *, dtype: str | torch.dtype = "auto", device: str | None = "auto",
+                   engine_config: EngineConfig | None = None, tensor_parallel_size: int = 2,
+                   exit_on_rank_failure: bool = False):
+    """(engine, tokenizer, resolved name) on rank 0, over N ranks; ranks other than 0 (under
+    torchrun) follow rank 0's steps here and exit the process when it stops."""
+    from qwq.models import _tokenizer_of, engine_for, resolve
+    from qwq.weights import open_checkpoint
+    size = tensor_parallel_size
+    resolved = resolve(model)
+    opts = RankOptions(str(resolved.path), dtype, device, engine_config or EngineConfig())
+    env = torchrun_env()
+    if env is not None:
+        rank, world, local_rank = env
+        if world != size:
+            raise TensorParallelError(f"tensor_parallel_size={size}, but torchrun started "
+                                      f"{world} ranks (WORLD_SIZE); they must agree")
+        tp = join(TPGroup(rank, size, rank_device(device, local_rank)))
+        if rank != 0:
+            follow(tp, opts)
+            raise SystemExit(0)
+    ckpt = open_checkpoint(resolved.path)
+    check_tp_size(ckpt.config, size)
+    if env is None:
+        tp = TPGroup(0, size, rank_device(device, 0))
+        store = spawn_workers(tp, run_worker, (opts,))
+        watch(tp, exit_on_rank_failure)
+        try:
+            wait_for_workers(tp, store)
+            join(tp, store)
+        except (RuntimeError, TensorParallelError) as e:
+            tp.close()
+            raise e if isinstance(e, TensorParallelError) else tp.error_from(e) from e
+    atexit.register(tp.close)
+    tokenizer = _tokenizer_of(ckpt)
+    net, cfg = build_rank(ckpt, opts, tp)
+    return engine_for(net, tokenizer, cfg, ckpt.generation_config), tokenizer, resolved
+
+
+def build_rank(ckpt, opts: RankOptions, tp: TPGroup):
+    """This rank's shard, and the engine config every rank shares (quantization settled,
+    KV blocks agreed)."""
+    from qwq.model.quant import auto_quantization
+    from qwq.models import num_kv_blocks, pick_dtype
+    torch_dtype = pick_dtype(opts.dtype, ckpt.config, tp.device)
+    cfg = opts.engine_config
+    if cfg.quantize == "auto":
+        cfg = dataclasses.replace(cfg, quantize=auto_quantization(ckpt.gguf_types(),
+                                                                  torch_dtype))
+    net = build_shard_model(ckpt, torch_dtype, tp)
+    blocks = torch.tensor([num_kv_blocks(net.config, cfg, torch_dtype, tp.device)])
+    dist.all_reduce(blocks, op=dist.ReduceOp.MIN, group=tp.control)
+    return net, dataclasses.replace(cfg, num_kv_blocks=int(blocks))
+
+
+def follow(tp: TPGroup, opts: RankOptions) -> None:
+    """A rank other than 0: build the shard and its KV cache, then run rank 0's steps. The
+    checkpoint (its mapping, its parsed metadata) is released once the shard is loaded."""
+    from qwq.distributed.steps import serve_steps
+    from qwq.engine.runner import ModelRunner
+    from qwq.model.quant import quantize_model
+    from qwq.weights import open_checkpoint
+    net, cfg = build_rank(open_checkpoint(opts.path), opts, tp)
+    quantize_model(net, cfg.quantize, cfg.head_quantize)
+    dtype = net.embed_tokens.weight.dtype
+    runner = ModelRunner(net, cfg.num_kv_blocks, cfg.block_size, dtype, tp.device)
+    try:
+        serve_steps(tp, net, runner.kv)
+    except RuntimeError as e:  # rank 0 went away: say so in one line, not a traceback
+        print(f"qwq: tensor-parallel rank {tp.rank} stops: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    dist.destroy_process_group()
+
+
+def run_worker(rank: int, size: int, port: int, parent_pid: int, opts: RankOptions) -> None:
+    """The entry point of a rank that rank 0 spawned."""
+    watch_parent(parent_pid)
+    os.environ["QWQ_NO_PROGRESS"] = "1"
+    tp = join(TPGroup(rank, size, rank_device(opts.device, rank)), worker_store(rank, size, port))
+    follow(tp, opts)
+
+
+def shutdown(engine) -> None:
+    """Stop the other ranks of a tensor-parallel engine (a no-op for a single-rank one)."""
+    tp = getattr(engine.runner.model, "tp", None)
+    if tp is not None:
+        tp.close()

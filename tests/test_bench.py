@@ -1,0 +1,69 @@
+"""`qwq bench`: the table, bad names, and a tiny real run (quick mode) on the demo model."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from qwq.benchmark import ppl_text, table
+from qwq.cli import main
+
+
+def test_ppl_text_ships_with_the_package():
+    assert "def" in ppl_text() or len(ppl_text()) > 10000
+
+
+def test_table_has_ratios_and_errors():
+    result = {"date": "2026-11-29", "machine": "m", "threads": 2, "load_before": "0",
+              "load_after": "0", "systems": {
+                  "qwq": {"format": "int8", "pp_tok_s": 200.0, "tg_tok_s": 50.0, "ppl": 7.5,
+                          "peak_rss_mib": 900, "batch_tok_s": {"16": 160.0}},
+                  "llama.cpp": {"format": "GGUF", "pp_tok_s": 100.0, "tg_tok_s": 40.0,
+                                "ppl": 7.4, "peak_rss_mib": 600},
+                  "transformers": {"error": "exit 1: no module"}},
+              "serving_memory": {"seqs": 16, "tokens_per_seq": 2048, "peak_rss_mib": 1200.0,
+                                 "rss_over_weights_kv": 1.1, "weights_mib": 700.0,
+                                 "kv_cache_mib": 384.0, "load_peak_rss_mib": 2000.0,
+                                 "peak_excludes_loading": True}}
+    text = table(result)
+    assert "1.25" in text  # tg ratio to llama.cpp
+    assert "3.20x its batch-1 decode" in text
+    assert "transformers  error: exit 1" in text
+    assert "1.10x weights" in text
+
+
+def test_unknown_system_is_a_clear_error(capsys):
+    assert main(["bench", "--systems", "qwq,vllm"]) == 2
+    assert "unknown system or test 'vllm'" in capsys.readouterr().err
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "qwq.cli", "bench", "--quick", *args],
+                          capture_output=True, text=True, timeout=1200, check=False)
+
+
+@pytest.mark.slow
+def test_quick_bench_qwq_and_llama_cpp_json():
+    pytest.importorskip("llama_cpp")
+    proc = _bench("--systems", "qwq,llama.cpp", "--tests", "pp,tg,ppl", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(result["systems"]) == {"qwq", "llama.cpp"}
+    for r in result["systems"].values():
+        assert "error" not in r, r
+        assert r["pp_tok_s"] > 0 and r["tg_tok_s"] > 0 and r["peak_rss_mib"] > 100
+        assert 1 < r["ppl"] < 1000
+    qwq, llama = result["systems"]["qwq"], result["systems"]["llama.cpp"]
+    assert abs(qwq["ppl"] / llama["ppl"] - 1) < 0.05  # same weights, same token ids
+
+
+@pytest.mark.slow
+def test_quick_bench_qwq_alone_table():
+    proc = _bench("--systems", "qwq", "--tests", "tg,batch,mem")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("qwq bench") and lines[1].split()[:2] == ["system", "format"]
+    assert lines[2].startswith("qwq ")
+    assert any(ln.startswith("qwq batch   4:") for ln in lines)
+    assert any("qwq serving 2 x 128 tokens: peak RSS" in ln for ln in lines)
