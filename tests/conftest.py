@@ -22,3 +22,25 @@ def tiny_config() -> ModelConfig:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The demo model's (Qwen2.5's) tokenizer."""
+    from qwq.models import load_tokenizer
+    return load_tokenizer(None)[0]
+
+
+@pytest.fixture(scope="session")
+def net():
+    """A tiny random Qwen2 over the real Qwen vocabulary (float32, weights ~N(0, 0.5))."""
+    from qwq.model import Qwen2Model
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=151936, hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=1024, torch_dtype="float32")
+    model = Qwen2Model(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    return model

@@ -6,13 +6,12 @@ import collections
 import pytest
 import torch
 
-from qwq.config import EngineConfig, ModelConfig
+from qwq.config import EngineConfig
 from qwq.engine.sampler import _draw
 from qwq.engine.speculative import propose_ngram
 from qwq.errors import QwQError
 from qwq.llm import run_to_completion
-from qwq.model import Qwen2Model
-from qwq.models import engine_for, load_tokenizer
+from qwq.models import engine_for
 from qwq.sampling_params import SamplingParams
 
 
@@ -35,24 +34,6 @@ def test_draft_acceptance_keeps_the_sampling_distribution():
         counts = collections.Counter(_draw(logits.clone(), p, g, draft) for _ in range(draws))
         got = torch.tensor([counts[i] / draws for i in range(5)])
         assert torch.allclose(got, want, atol=0.015), (draft, got, want)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer(None)[0]
-
-
-@pytest.fixture(scope="module")
-def net():
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=151936, hidden_size=64, intermediate_size=128,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=1024, torch_dtype="float32")
-    model = Qwen2Model(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.5)
-    return model
 
 
 def make(net, tokenizer, **kw):
