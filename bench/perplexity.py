@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 from common import DATA, machine, today
 
 from qwq.benchmark import llama_ppl  # shared with `qwq bench`
+from qwq.benchmark import qwq_ppl as score_ppl
 
 
 def windows(ids: list[int], size: int) -> list[list[int]]:
@@ -23,17 +23,12 @@ def windows(ids: list[int], size: int) -> list[list[int]]:
 
 
 def qwq_ppl(quantize: str, chunks: list[list[int]]) -> float:
-    from qwq import LLM, SamplingParams
+    """quantize: a format, or layers/head such as int4/int8."""
+    from qwq import LLM
     body, _, head = quantize.partition("/")
     llm = LLM(None, quantize=body, enable_prefix_caching=False,
               **({"head_quantize": head} if head else {}))
-    params = SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=0)
-    nll, count = 0.0, 0
-    for out in llm.generate(chunks, params):
-        for i, entry in enumerate(out.prompt_logprobs[1:], start=1):
-            nll -= entry[out.prompt_token_ids[i]]
-            count += 1
-    return math.exp(nll / count)
+    return score_ppl(llm, chunks)
 
 
 def main() -> None:
