@@ -17,6 +17,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16, float32")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--max-model-len", type=int, default=None, help="cap the context length")
+    p.add_argument("--quantize", "-q", default="auto",
+                   choices=["auto", "none", "int8", "w8a8", "int4"],
+                   help="weight format: auto (from the checkpoint: GGUF -> w8a8 on CPU, int8 "
+                        "on GPU; float checkpoints stay float), int8 (weights only), w8a8 "
+                        "(int8 weights and per-token int8 activations), int4 (groups of 128)")
     p.add_argument("--reasoning-parser", default="auto",
                    choices=["auto", "think", "plain", "none"],
                    help="how answers split into reasoning and content: auto (from the chat "
@@ -54,13 +59,18 @@ def sampling_params(args: argparse.Namespace):
         max_tokens=args.max_new_tokens, **reasoning_fields(args))
 
 
+def engine_options(args: argparse.Namespace) -> dict:
+    """The EngineConfig fields that add_model_args sets (generate, chat, serve, eval)."""
+    return {"max_model_len": args.max_model_len, "quantize": args.quantize,
+            "speculative_ngram": args.speculative_ngram,
+            "reasoning_parser": args.reasoning_parser}
+
+
 def load_llm(args: argparse.Namespace):
     from qwq.llm import LLM
     print(f"loading {args.model or 'qwq-demo'} ...", file=sys.stderr, flush=True)
     return LLM(args.model, dtype=args.dtype, device=args.device,
-               max_model_len=args.max_model_len, speculative_ngram=args.speculative_ngram,
-               reasoning_parser=args.reasoning_parser,
-               tensor_parallel_size=args.tensor_parallel_size)
+               tensor_parallel_size=args.tensor_parallel_size, **engine_options(args))
 
 
 def stream_answer(llm, prompt_ids: list[int], params, out=sys.stdout) -> str:
@@ -144,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a preset (qwq-32b-preview, qwq-demo) or a checkpoint")
     pl.add_argument("--gpus", type=int, default=1)
     pl.add_argument("--gpu-memory", default="80GB", help="per GPU, e.g. 80GB, 141GB, 24GB")
-    pl.add_argument("--quantize", default="none", choices=["none", "int8", "int4"])
+    pl.add_argument("--quantize", default="none", choices=["none", "int8", "w8a8", "int4"])
     pl.add_argument("--context", type=int, default=None, help="tokens per sequence")
     pl.set_defaults(func=cmd_plan)
     from qwq.benchmark import add_parser as add_bench_parser

@@ -122,7 +122,7 @@ class EngineConfig:
     max_waiting: int = 1024  # bounded waiting queue
     enable_prefix_caching: bool = True
     dtype: str = "auto"
-    quantize: str = "auto"  # auto: from the checkpoint (GGUF types); none, int8, int4
+    quantize: str = "auto"  # auto: from the checkpoint (GGUF types); none, int8, w8a8, int4
     head_quantize: str | None = None  # the output head's format; None: as quantize
     # how answers split into reasoning and content, and which marker closes the reasoning:
     # auto (from the chat template), think (<think>...</think>), plain (QwQ-32B-Preview's

@@ -128,7 +128,7 @@ def load_engine(model: str | os.PathLike | None = None, *, dtype: str | torch.dt
     if cfg.quantize == "auto":
         from qwq.model.quant import auto_quantization
         cfg = dataclasses.replace(cfg, quantize=auto_quantization(ckpt.gguf_types(),
-                                                                  torch_dtype))
+                                                            torch_dtype, dev))
     net = build_model(ckpt, torch_dtype, dev)
     engine = engine_for(net, tokenizer, cfg, ckpt.generation_config)
     return engine, tokenizer, resolved

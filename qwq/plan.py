@@ -9,7 +9,7 @@ from qwq.config import ModelConfig
 
 GIB = 1 << 30
 # bytes per weight of each format, scales included (int4: a bf16 scale and zero per 128)
-BYTES_PER_WEIGHT = {"none": 2.0, "int8": 1.0 + 2 / 4096, "int4": 0.5 + 4 / 128}
+BYTES_PER_WEIGHT = {"none": 2.0, "int8": 1.0 + 2 / 4096, "w8a8": 1.0 + 4 / 4096, "int4": 0.5 + 4 / 128}
 
 
 @dataclass

@@ -94,7 +94,7 @@ def build_rank(ckpt, opts: RankOptions, tp: TPGroup):
     cfg = opts.engine_config
     if cfg.quantize == "auto":
         cfg = dataclasses.replace(cfg, quantize=auto_quantization(ckpt.gguf_types(),
-                                                                  torch_dtype))
+                                                            torch_dtype, tp.device))
     net = build_shard_model(ckpt, torch_dtype, tp)
     blocks = torch.tensor([num_kv_blocks(net.config, cfg, torch_dtype, tp.device)])
     dist.all_reduce(blocks, op=dist.ReduceOp.MIN, group=tp.control)

@@ -75,6 +75,7 @@ class BackgroundServer:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from qwq.cli import engine_options
     from qwq.config import EngineConfig
     from qwq.models import load_engine
     from qwq.server.app import create_app
@@ -90,11 +91,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"loading {args.model or 'qwq-demo'} ...", file=sys.stderr, flush=True)
     engine, _, resolved = load_engine(
         args.model, dtype=args.dtype, device=args.device,
-        engine_config=EngineConfig(max_model_len=args.max_model_len,
-                                   max_waiting=args.max_waiting,
-                                   reasoning_parser=args.reasoning_parser,
-                                   speculative_ngram=getattr(args, "speculative_ngram", 0)),
-        tensor_parallel_size=getattr(args, "tensor_parallel_size", 1), exit_on_rank_failure=True)
+        engine_config=EngineConfig(max_waiting=args.max_waiting, **engine_options(args)),
+        tensor_parallel_size=args.tensor_parallel_size, exit_on_rank_failure=True)
     config = ServerConfig(model_name=resolved.name, api_keys=keys,
                           price_input=args.price_input, price_output=args.price_output,
                           default_system=resolved.default_system,
