@@ -18,8 +18,8 @@ def _linear(k=256, n=96, bias=True):
 
 def test_quantize_rows_one_scale_per_token():
     x = torch.randn(5, 64) * torch.tensor([0.01, 1, 10, 100, 1000]).unsqueeze(1)
-    q, s = quantize_rows(x.bfloat16())
-    assert q.dtype == torch.int8 and s.shape == (5, 1)
+    q, s, outliers = quantize_rows(x.bfloat16())
+    assert q.dtype == torch.int8 and s.shape == (5, 1) and not outliers.any()
     assert q.abs().amax(1).tolist() == [127] * 5  # every row uses its whole range
     assert torch.allclose(q.float() * s, x.bfloat16().float(), rtol=0, atol=float(s.max()) / 2)
 
@@ -28,13 +28,32 @@ def test_w8a8_is_integer_dot_products_rescaled():
     lin = _linear()
     x = torch.randn(7, 256).bfloat16()
     layer = Int8Linear(lin.weight.data, lin.bias.data, torch.bfloat16, int8_activations=True)
-    xq, xs = quantize_rows(x)
+    xq, xs, _ = quantize_rows(x)
     exact = (xq.long() @ layer.weight.long().t()).double() * xs.double() * layer.scale.double()
     want = (exact + lin.bias.data.bfloat16().double()).float()
     got = layer(x).float()
     assert torch.allclose(got, want, rtol=2e-2, atol=2e-2)
     ref = lin(x.float())
     assert (got - ref).abs().max() / ref.abs().max() < 0.03  # and close to the float layer
+
+
+def test_w8a8_outlier_tokens_keep_16_bit_activations():
+    """A token with one huge activation (an attention sink) loses the rest of its values to
+    per-token int8; those rows take the weight-only path instead."""
+    lin = _linear(k=1024, bias=False)
+    x = torch.randn(4, 1024) * 0.1
+    x[2, 7] = 200.0  # peak / rms ~ 32 (sqrt(1024) at most): above OUTLIER_RATIO
+    x = x.bfloat16()
+    _, _, outliers = quantize_rows(x)
+    assert outliers.tolist() == [False, False, True, False]
+    w8a8 = Int8Linear(lin.weight.data, None, torch.bfloat16, int8_activations=True)
+    weight_only = Int8Linear(lin.weight.data, None, torch.bfloat16)
+    got, want = w8a8(x), weight_only(x)
+    assert torch.equal(got[2], want[2])
+    ref = lin(x.float())
+    plain = (torch._int_mm(*quantize_rows(x)[:1], w8a8.weight.t()).float()
+             * quantize_rows(x)[1] * w8a8.scale)[2]
+    assert (got[2].float() - ref[2]).norm() < (plain - ref[2]).norm() / 1.5
 
 
 @pytest.mark.parametrize("mode", ["int8", "w8a8", "int4"])

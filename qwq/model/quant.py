@@ -3,8 +3,8 @@
 int8: one scale per output row, torch's _weight_int8pack_mm (activations stay 16-bit).
 w8a8: the same int8 weights; activations are rounded to int8 with one scale per token and the
 product runs on integer dot products (torch._int_mm: oneDNN, VNNI where the CPU has it). Prefill
-gets 3x faster and decode reads the same bytes; down_proj keeps 16-bit activations (see
-quantize_model). CPU only: CUDA's int8 matmul wants more than 16 rows, so there it is int8.
+gets 3x faster and decode reads the same bytes. down_proj, and single tokens with outliers,
+keep 16-bit activations (see quantize_model, OUTLIER_RATIO). CPU only: CUDA's int8 matmul wants more than 16 rows, so there it is int8.
 int4: asymmetric, a scale and zero per group of `group_size` inputs, torch's tinygemm int4
 kernel (_weight_int4pack_mm_for_cpu on CPU, _weight_int4pack_mm on CUDA).
 A decode step reads every weight once, so bytes per weight set the speed limit.
@@ -43,13 +43,23 @@ def auto_quantization(gguf_types: dict[str, str], dtype: torch.dtype,
 
 # rows (tokens) from which weight-only int8 converts the weight to run a 16-bit matmul
 PREFILL_ROWS = 32
+# A token whose largest activation exceeds this many times its rms keeps 16-bit activations
+# under w8a8. Attention-sink tokens (the first of a text, a few others) reach 20-70x; per-token
+# int8 rounds away everything else in them, and every later token attends to them. On the demo
+# model 0.2% of rows cross it; without the fallback a 64-token text loses 4.5% perplexity.
+OUTLIER_RATIO = 20.0
 
 
-def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 with one float32 scale per row (token): (int8 rows, (rows, 1) scales)."""
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Symmetric int8 with one float32 scale per row (token): (int8 rows, (rows, 1) scales,
+    (rows,) mask of outlier rows, see OUTLIER_RATIO)."""
     x = x.float()
-    scale = x.abs().amax(-1, keepdim=True).clamp_(min=1e-8).div_(127.0)
-    return x.div_(scale).round_().to(torch.int8), scale
+    peak = x.abs().amax(-1, keepdim=True)
+    # peak / rms > r  <=>  peak > r * ||x|| / sqrt(k)
+    outliers = (peak > torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+                .mul_(OUTLIER_RATIO / x.shape[-1] ** 0.5)).squeeze(-1)
+    scale = peak.clamp_(min=1e-8).div_(127.0)
+    return x.div_(scale).round_().to(torch.int8), scale, outliers
 
 
 class Int8Linear(nn.Module):
@@ -71,8 +81,12 @@ class Int8Linear(nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         if self.int8_activations:
-            xq, xs = quantize_rows(x2)
+            xq, xs, outliers = quantize_rows(x2)
             y = torch._int_mm(xq, self.weight.t()).float().mul_(xs).mul_(self.scale).to(x.dtype)
+            if outliers.any():
+                rows = outliers.nonzero().squeeze(1)
+                y[rows] = torch.ops.aten._weight_int8pack_mm(x2[rows], self.weight,
+                                                             self.scale.to(x.dtype))
         elif x2.shape[0] >= PREFILL_ROWS and not x2.is_cuda:
             # the int8pack kernel is slow on many rows; int8 values are exact in bf16, so a
             # 16-bit matmul on the converted weight, then the scale, gives the same product
