@@ -69,15 +69,25 @@ def today() -> str:
     return datetime.date.today().isoformat()
 
 
-def peak_rss_mib() -> float:
-    """This process's resident-set high-water mark (VmHWM), in MiB."""
+def _proc_status_mib(field: str) -> float | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return None
+
+
+def peak_rss_mib() -> float:
+    """This process's resident-set high-water mark (VmHWM), in MiB."""
+    peak = _proc_status_mib("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mib() -> float:
+    """This process's resident set now (VmRSS), in MiB; 0 where /proc is missing."""
+    return _proc_status_mib("VmRSS") or 0.0
 
 
 def reset_peak_rss() -> bool:
@@ -181,6 +191,7 @@ def qwq_serving_memory(model, quantize: str, seqs: int, tokens: int) -> dict:
     tok, _ = load_tokenizer(model)
     new = min(16, tokens // 2)
     block = 16
+    runtime = rss_mib()  # python, torch, the tokenizer: what a process holds before the model
     llm = qwq_llm(model, quantize, num_kv_blocks=seqs * -(-tokens // block),
                   block_size=block, max_num_seqs=seqs)
     net, kv = llm.engine.runner.model, llm.engine.runner.kv
@@ -200,6 +211,8 @@ def qwq_serving_memory(model, quantize: str, seqs: int, tokens: int) -> dict:
             "generated": sum(len(o.outputs[0].token_ids) for o in outs),
             "weights_mib": round(weights / 2**20, 1), "kv_cache_mib": round(kv_bytes / 2**20, 1),
             "peak_rss_mib": round(peak, 1), "rss_over_weights_kv": round(peak / base, 3),
+            "runtime_rss_mib": round(runtime, 1),
+            "model_rss_over_weights_kv": round((peak - runtime) / base, 3),
             "load_peak_rss_mib": round(load_peak, 1), "peak_excludes_loading": reset}
 
 
@@ -432,16 +445,19 @@ def table(result: dict) -> str:
     qwq = systems.get("qwq", {})
     rows = [(f"qwq bench  {result['date']}  {result['machine']}  threads {result['threads']}  "
              f"load {result['load_before']} -> {result['load_after']}"),
-            (f"{'system':13s} {'format':20s} {'pp tok/s':>9s} {'tg tok/s':>9s} "
-             f"{'tg/llama':>9s} {'ppl':>8s} {'ppl/llama':>9s} {'peak MiB':>9s}")]
+            (f"{'system':13s} {'format':20s} {'pp tok/s':>9s} {'pp/llama':>9s} "
+             f"{'tg tok/s':>9s} {'tg/llama':>9s} {'ppl':>8s} {'ppl/llama':>9s} "
+             f"{'peak MiB':>9s}")]
     for name, r in systems.items():
         if "error" in r:
             rows.append(f"{name:13s} error: {r['error']}")
             continue
         tg, btg = r.get("tg_tok_s"), base.get("tg_tok_s")
+        pp, bpp = r.get("pp_tok_s"), base.get("pp_tok_s")
         ppl, bppl = r.get("ppl"), base.get("ppl")
         rows.append(f"{name:13s} {str(r.get('format', ''))[:20]:20s} "
-                    f"{_fmt(r.get('pp_tok_s')):>9s} {_fmt(tg):>9s} "
+                    f"{_fmt(pp):>9s} {_fmt(pp / bpp if pp and bpp else None, 2):>9s} "
+                    f"{_fmt(tg):>9s} "
                     f"{_fmt(tg / btg if tg and btg else None, 2):>9s} {_fmt(ppl, 3):>8s} "
                     f"{_fmt(ppl / bppl if ppl and bppl else None, 3):>9s} "
                     f"{_fmt(r.get('peak_rss_mib'), 0):>9s}")
@@ -460,6 +476,9 @@ def table(result: dict) -> str:
                     f"({mem['weights_mib']:.0f} MiB) + KV cache ({mem['kv_cache_mib']:.0f} MiB)"
                     + ("; loading peaked at " + f"{mem['load_peak_rss_mib']:.0f} MiB"
                        if mem.get("peak_excludes_loading") else " (loading included)"))
+        if mem.get("runtime_rss_mib"):
+            rows.append(f"  less the runtime before the model ({mem['runtime_rss_mib']:.0f} MiB: "
+                        f"python, torch, tokenizer): {mem['model_rss_over_weights_kv']:.2f}x")
     elif mem:
         rows.append(f"qwq serving memory: error: {mem['error']}")
     return "\n".join(rows)

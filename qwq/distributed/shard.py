@@ -145,7 +145,7 @@ def build_shard_model(ckpt, dtype: torch.dtype, tp: TPGroup) -> TensorParallelQw
     """This rank's shard with its weights, or an error and nothing half-built."""
     with torch.device("meta"):
         model = TensorParallelQwen2(ckpt.config, tp)
-    model = model.to_empty(device=tp.device).to(dtype)
+    model = model.to(dtype).to_empty(device=tp.device)
     model.rotary = RotaryEmbedding(model.config).to(tp.device)  # its buffers were on meta
     model.load_weights(shard_tensors(ckpt, tp.rank, tp.size, dtype))
     return model.eval()

@@ -3,8 +3,8 @@
 int8: one scale per output row, torch's _weight_int8pack_mm (activations stay 16-bit).
 w8a8: the same int8 weights; activations are rounded to int8 with one scale per token and the
 product runs on integer dot products (torch._int_mm: oneDNN, VNNI where the CPU has it). Prefill
-gets 3x faster and decode reads the same bytes. down_proj, and single tokens with outliers,
-keep 16-bit activations (see quantize_model, OUTLIER_RATIO). CPU only: CUDA's int8 matmul wants more than 16 rows, so there it is int8.
+gets 3x faster and decode reads the same bytes. o_proj, down_proj and single tokens with
+outliers keep 16-bit activations (see quantize_model, OUTLIER_RATIO). CPU only: CUDA's int8 matmul wants more than 16 rows, so there it is int8.
 int4: asymmetric, a scale and zero per group of `group_size` inputs, torch's tinygemm int4
 kernel (_weight_int4pack_mm_for_cpu on CPU, _weight_int4pack_mm on CUDA).
 A decode step reads every weight once, so bytes per weight set the speed limit.
@@ -62,15 +62,27 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return x.div_(scale).round_().to(torch.int8), scale, outliers
 
 
+def quantize_weight_rows(weight: torch.Tensor, slab: int = 4096
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 with one float32 scale per output row, a slab of rows at a time (float32
+    temporaries of a 150K-row head would be 2 GB)."""
+    q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+    scale = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
+    for r in range(0, weight.shape[0], slab):
+        w = weight[r:r + slab].float()
+        s = w.abs().amax(dim=1).div_(127.0).clamp_(min=1e-8)
+        q[r:r + slab] = w.div_(s[:, None]).round_().clamp_(-127, 127)
+        scale[r:r + slab] = s
+    return q, scale
+
+
 class Int8Linear(nn.Module):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype,
                  int8_activations: bool = False):
         super().__init__()
         self.int8_activations = int8_activations and not weight.is_cuda
-        w = weight.float()
-        scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-8)
-        self.register_buffer("weight", torch.round(w / scale[:, None]).clamp(-127, 127)
-                             .to(torch.int8))
+        q, scale = quantize_weight_rows(weight)
+        self.register_buffer("weight", q)
         # int8 activations are rescaled in float32, weight-only int8 in the activation dtype
         self.register_buffer("scale", scale.to(torch.float32 if self.int8_activations
                                                else dtype))
@@ -164,12 +176,15 @@ def quantize_model(model: nn.Module, mode: str, head_mode: str | None = None) ->
     for layer in model.layers:
         attn, mlp = layer.self_attn, layer.mlp
         attn.qkv_proj = quantize_linear(attn.qkv_proj, mode, dtype)
-        attn.o_proj = quantize_linear(attn.o_proj, mode, dtype)
+        # Under w8a8 only q|k|v, gate|up and the head take int8 activations. down_proj's input
+        # (silu(gate) * up) carries outliers: on the demo model a quarter of its rows peak above
+        # 25x their rms, and per-token int8 loses them (+9% perplexity on short texts). And
+        # o_proj and down_proj are the row-parallel layers of tensor parallelism, where each
+        # rank sees a slice of a token: a per-token scale would depend on the split.
+        row_mode = "int8" if mode == "w8a8" else mode
+        attn.o_proj = quantize_linear(attn.o_proj, row_mode, dtype)
         mlp.gate_up_proj = quantize_linear(mlp.gate_up_proj, mode, dtype)
-        # down_proj's input (silu(gate) * up) carries outliers: on the demo model a quarter of
-        # its rows peak above 25x their rms, and per-token int8 loses them (+9% perplexity on
-        # short texts). It keeps 16-bit activations under w8a8.
-        mlp.down_proj = quantize_linear(mlp.down_proj, "int8" if mode == "w8a8" else mode, dtype)
+        mlp.down_proj = quantize_linear(mlp.down_proj, row_mode, dtype)
     if not model.config.tie_word_embeddings:
         model.lm_head = quantize_linear(model.lm_head, head_mode or mode, dtype)
     return model

@@ -53,8 +53,7 @@ class Checkpoint:
         if unknown:
             raise CheckpointError(f"{self.path}: no tensors named {unknown[:4]}")
         for name in _progress(wanted, f"loading {self.path.name}"):
-            tensor = self._backend.load(name)
-            yield name, tensor if dtype is None else tensor.to(dtype)
+            yield name, self._backend.load(name, dtype)
 
     def load_slice(self, name: str, dim: int, start: int, stop: int,
                    dtype: torch.dtype | None = None) -> torch.Tensor:

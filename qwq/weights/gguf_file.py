@@ -321,7 +321,8 @@ class GGUFBackend:
                                       f"{_show(t.name)} both map to {h}")
             if h is not None:
                 self.by_hf[h] = t
-        self._data: np.memmap | None = None
+        self._map: mmap.mmap | None = None
+        self._data: np.ndarray | None = None
 
     def names(self) -> list[str]:
         return list(self.by_hf)
@@ -331,7 +332,9 @@ class GGUFBackend:
             raise CheckpointError(f"{self.path}: no tensor named {name}")
         t = self.by_hf[name]
         if self._data is None:  # mapped once, read-only; pages load on first touch
-            self._data = np.memmap(self.path, dtype=np.uint8, mode="r")
+            with open(self.path, "rb") as f:
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._data = np.frombuffer(self._map, dtype=np.uint8)
         raw = self._data[t.offset:t.offset + t.nbytes]
         if t.qtype in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
             dt = np.float32 if t.qtype == GGMLQuantizationType.F32 else np.float16
@@ -339,18 +342,47 @@ class GGUFBackend:
         row_bytes = t.nbytes // int(np.prod(t.hf_shape[:-1], dtype=np.int64))
         return raw.reshape(-1, row_bytes), t.qtype.name, t.hf_shape
 
-    def load(self, name: str) -> torch.Tensor:
-        """Float32 HF-shaped tensor; quantized types go through gguf's dequantizers."""
+    def _drop_pages(self, name: str) -> None:
+        """Unmap the pages of a tensor already converted: mapped file pages count as this
+        process's resident memory until then (the whole file, by the end of a load)."""
+        t = self.by_hf[name]
+        start = t.offset // mmap.PAGESIZE * mmap.PAGESIZE
+        if self._map is not None and hasattr(self._map, "madvise"):
+            self._map.madvise(mmap.MADV_DONTNEED, start, t.offset + t.nbytes - start)
+
+    def load(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        out = self._load(name, dtype)
+        self._drop_pages(name)
+        return out
+
+    def load_slice(self, name: str, dim: int, start: int, stop: int) -> torch.Tensor:
+        out = self._load_slice(name, dim, start, stop)
+        self._drop_pages(name)
+        return out
+
+    def _load(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """HF-shaped tensor in `dtype` (None: float32); quantized types go through gguf's
+        dequantizers a slab of rows at a time, straight into the result, so loading a large
+        matrix (the 150K-row embedding) needs no float32 copy of it."""
         from gguf.quants import dequantize
         data, _, shape = self.raw(name)
         qtype = self.by_hf[name].qtype
-        if qtype == GGMLQuantizationType.F32:
-            out = np.array(data)  # a private copy: the map is read-only and shared
-        else:
-            out = dequantize(data, qtype)
-        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32).reshape(shape))
+        dtype = dtype or torch.float32
+        if qtype in (GGMLQuantizationType.F32, GGMLQuantizationType.F16) or len(shape) == 1:
+            # np.array: a private copy, the map is read-only and shared
+            out = np.array(data) if qtype == GGMLQuantizationType.F32 else dequantize(data, qtype)
+            return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)
+                                    .reshape(shape)).to(dtype)
+        rows, cols = shape
+        out = torch.empty(shape, dtype=dtype)
+        slab = max(1, (4 << 20) // cols)  # rows per ~4M values
+        for r in range(0, rows, slab):
+            part = dequantize(np.ascontiguousarray(data[r:r + slab]), qtype)
+            out[r:r + slab] = torch.from_numpy(np.asarray(part, dtype=np.float32)
+                                               .reshape(-1, cols))
+        return out
 
-    def load_slice(self, name: str, dim: int, start: int, stop: int) -> torch.Tensor:
+    def _load_slice(self, name: str, dim: int, start: int, stop: int) -> torch.Tensor:
         """Rows or columns [start, stop) as float32. Rows are whole blocks, so only their bytes
         are dequantized; columns too when the cut falls on block boundaries, else the rows are
         dequantized a chunk at a time and cut."""
@@ -358,7 +390,7 @@ class GGUFBackend:
         data, _, shape = self.raw(name)
         qtype = self.by_hf[name].qtype
         if len(shape) == 1:  # biases and norms: small
-            return self.load(name)[start:stop]
+            return self._load(name)[start:stop]
         if qtype in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
             part = data[start:stop] if dim == 0 else data[:, start:stop]
             return torch.from_numpy(np.array(part, dtype=np.float32))

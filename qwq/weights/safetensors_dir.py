@@ -200,8 +200,9 @@ class SafetensorsBackend:
             self._handles[entry.file] = safe_open(str(entry.file), framework="pt")
         return self._handles[entry.file]
 
-    def load(self, name: str) -> torch.Tensor:
-        return self._handle(name).get_tensor(name)
+    def load(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        tensor = self._handle(name).get_tensor(name)
+        return tensor if dtype is None else tensor.to(dtype)
 
     def load_slice(self, name: str, dim: int, start: int, stop: int) -> torch.Tensor:
         """Only the slice's bytes are read (safetensors' get_slice)."""
