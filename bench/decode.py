@@ -7,25 +7,18 @@
 A format is qwq's quantize= value, optionally "/head" for the output head's own format
 (int4/int8: int4 layers, int8 head). The machine is shared and noisy, so every system is
 loaded once and the runs interleave: round 1 of each system, then round 2, ...; each figure
-is the best round.
+is the best round. The measurements are qwq.benchmark's (what `qwq bench` runs); this script
+adds several formats and the interleaving.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
-from common import DATA, llama_cpp, machine, today
 
-PROMPT = ("You are a helpful assistant. Explain, step by step and in plain words, how a hash "
-          "table handles collisions, and give a short Python example of one.")
-
-
-def prompt_ids(tok, n: int) -> list[int]:
-    ids = tok.encode(PROMPT)
-    return ids[:n] if len(ids) >= n else (ids + tok.encode((DATA / "ppl.txt").read_text()))[:n]
+from qwq import benchmark as B
 
 
 def qwq_options(fmt: str) -> dict:
@@ -34,81 +27,29 @@ def qwq_options(fmt: str) -> dict:
     return {"quantize": body, **({"head_quantize": head} if head else {})}
 
 
-def qwq_timers(fmt: str, ids42, ids512, new: int) -> dict:
-    """Seconds per decoded token and seconds for one 512-token prefill, one call each."""
-    from qwq import LLM, SamplingParams
-    llm = LLM(None, enable_prefix_caching=False, kv_cache_memory=256 << 20, **qwq_options(fmt))
-    params = SamplingParams(temperature=0, max_tokens=new, min_tokens=new)
+def qwq_rates(fmt: str, ids42, ids512, new: int) -> dict:
+    """One round of each measurement (tok/s), the model loaded once."""
+    from qwq import SamplingParams
+    llm = B.qwq_llm(None, kv_cache_memory=256 << 20, **qwq_options(fmt))
     llm.generate([ids42], SamplingParams(temperature=0, max_tokens=8))  # warm up
-
-    def decode() -> float:
-        stamps = [time.perf_counter() for _ in llm.stream(ids42, params)]
-        return (stamps[-1] - stamps[0]) / (len(stamps) - 1)  # per token after the first
-
-    def prefill() -> float:
-        t = time.perf_counter()
-        llm.generate([ids512], SamplingParams(temperature=0, max_tokens=1))
-        return time.perf_counter() - t
-
-    return {"decode": decode, "prefill": prefill}
+    return {"decode_tok_s": lambda: B.qwq_decode(llm, ids42, new, runs=1),
+            "prefill_tok_s": lambda: B.qwq_prefill(llm, ids512, runs=1)}
 
 
-def llama_timers(path: str, ids42, ids512, new: int, threads: int) -> dict:
-    llm = llama_cpp(path, n_ctx=1024, threads=threads)
-
-    def decode() -> float:
-        llm.reset()
-        llm.eval(ids42)
-        t = time.perf_counter()
-        tok = ids42[-1]
-        for _ in range(new):
-            tok = llm.sample(temp=0.0) if hasattr(llm, "sample") else tok
-            llm.eval([tok])
-        return (time.perf_counter() - t) / new
-
-    def prefill() -> float:
-        llm.reset()
-        t = time.perf_counter()
-        llm.eval(ids512)
-        return time.perf_counter() - t
-
-    return {"decode": decode, "prefill": prefill}
+def llama_rates(path: str, ids42, ids512, new: int, threads: int) -> dict:
+    llm = B.llama_cpp(path, n_ctx=1024, threads=threads)
+    return {"decode_tok_s": lambda: B.llama_decode(llm, ids42, new, runs=1),
+            "prefill_tok_s": lambda: B.llama_prefill(llm, ids512, runs=1)}
 
 
-def interleaved(timers: dict[str, dict], rounds: int) -> dict[str, dict]:
+def interleaved(rates: dict[str, dict], rounds: int) -> dict[str, dict]:
     """Best of `rounds` for each system, the systems taking turns within each round."""
-    best: dict[str, dict] = {name: {} for name in timers}
+    best: dict[str, dict] = {name: {} for name in rates}
     for _ in range(rounds):
-        for name, fns in timers.items():
+        for name, fns in rates.items():
             for kind, fn in fns.items():
-                best[name][kind] = min(best[name].get(kind, float("inf")), fn())
-    return {name: {"decode_tok_s": 1 / b["decode"], "prefill_tok_s": 512 / b["prefill"]}
-            for name, b in best.items()}
-
-
-def transformers_rates(ids42, new: int) -> dict:
-    import transformers
-
-    from qwq.demo import demo_model_path
-    from qwq.weights import open_checkpoint
-    ckpt = open_checkpoint(demo_model_path())
-    hf = {k: v for k, v in ckpt.config.to_hf_dict().items()
-          if k not in ("architectures", "model_type")}
-    model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**hf)).to(torch.bfloat16)
-    model.load_state_dict(dict(ckpt.iter_tensors(dtype=torch.bfloat16)))
-    x = torch.tensor([ids42])
-
-    def decode() -> float:
-        with torch.no_grad():
-            t = time.perf_counter()
-            model.generate(x, max_new_tokens=new, min_new_tokens=new, do_sample=False)
-            total = time.perf_counter() - t
-            t = time.perf_counter()
-            model.generate(x, max_new_tokens=1, do_sample=False)
-            first = time.perf_counter() - t
-        return (total - first) / (new - 1)
-
-    return {"decode_tok_s": 1 / decode()}
+                best[name][kind] = max(best[name].get(kind, 0.0), fn())
+    return best
 
 
 def main() -> None:
@@ -123,15 +64,17 @@ def main() -> None:
     from qwq.demo import demo_model_path
     from qwq.models import load_tokenizer
     tok, _ = load_tokenizer(None)
-    ids42, ids512 = prompt_ids(tok, 42), prompt_ids(tok, 512)
-    timers = {"llama.cpp": llama_timers(str(demo_model_path()), ids42, ids512, args.new,
-                                        args.threads)}
+    ids42, ids512 = B.prompt_ids(tok, 42), B.prompt_ids(tok, 512)
+    rates = {"llama.cpp": llama_rates(str(demo_model_path()), ids42, ids512, args.new,
+                                      args.threads)}
     for fmt in args.formats.split(","):
-        timers[f"qwq {fmt}"] = qwq_timers(fmt, ids42, ids512, args.new)
-    res = {"date": today(), "machine": machine(), "threads": args.threads,
-           "rounds": args.rounds, **interleaved(timers, args.rounds)}
+        rates[f"qwq {fmt}"] = qwq_rates(fmt, ids42, ids512, args.new)
+    res = {"date": B.today(), "machine": B.machine(), "threads": args.threads,
+           "rounds": args.rounds, **interleaved(rates, args.rounds)}
     if not args.no_transformers:
-        res["transformers bf16"] = transformers_rates(ids42, args.new)
+        net = B.transformers_model()
+        res["transformers bf16"] = {"decode_tok_s": B.transformers_decode(net, [ids42],
+                                                                          args.new)}
     base = res["llama.cpp"]
     for key, r in res.items():
         if isinstance(r, dict):

@@ -38,3 +38,18 @@ def test_bad_model_is_a_clear_error(tmp_path):
 def test_bad_sampling_value_is_a_clear_error():
     r = qwq("generate", "hi", "--temperature", "-1")
     assert r.returncode == 2 and "temperature" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_quantize_flag_picks_the_weight_format():
+    """--quantize int8 runs weight-only int8 (prefill over 32 tokens on the bf16 matmul path);
+    the answer is still right."""
+    r = qwq("generate", "What is the capital of France? Answer in one word.", "--quantize",
+            "int8", "--temperature", "0", "--max-new-tokens", "16")
+    assert r.returncode == 0, r.stderr
+    assert "paris" in r.stdout.lower()
+
+
+def test_bad_quantize_is_a_clear_error():
+    r = qwq("generate", "hi", "--quantize", "int3")
+    assert r.returncode == 2 and "int3" in r.stderr and "Traceback" not in r.stderr

@@ -52,7 +52,7 @@ def load_tp_engine(model, *, dtype: str | torch.dtype = "auto", device: str | No
                    exit_on_rank_failure: bool = False):
     """(engine, tokenizer, resolved name) on rank 0, over N ranks; ranks other than 0 (under
     torchrun) follow rank 0's steps here and exit the process when it stops."""
-    from qwq.models import _tokenizer_of, engine_for, release_freed_memory, resolve
+    from qwq.models import _tokenizer_of, engine_for, resolve, weights_in_own_mappings
     from qwq.weights import open_checkpoint
     size = tensor_parallel_size
     resolved = resolve(model)
@@ -81,9 +81,9 @@ def load_tp_engine(model, *, dtype: str | torch.dtype = "auto", device: str | No
             raise e if isinstance(e, TensorParallelError) else tp.error_from(e) from e
     atexit.register(tp.close)
     tokenizer = _tokenizer_of(ckpt)
-    net, cfg = build_rank(ckpt, opts, tp)
-    engine = engine_for(net, tokenizer, cfg, ckpt.generation_config)
-    release_freed_memory()
+    with weights_in_own_mappings():
+        net, cfg = build_rank(ckpt, opts, tp)
+        engine = engine_for(net, tokenizer, cfg, ckpt.generation_config)
     return engine, tokenizer, resolved
 
 
@@ -109,13 +109,13 @@ def follow(tp: TPGroup, opts: RankOptions) -> None:
     from qwq.distributed.steps import serve_steps
     from qwq.engine.runner import ModelRunner
     from qwq.model.quant import quantize_model
-    from qwq.models import release_freed_memory
+    from qwq.models import weights_in_own_mappings
     from qwq.weights import open_checkpoint
-    net, cfg = build_rank(open_checkpoint(opts.path), opts, tp)
-    quantize_model(net, cfg.quantize, cfg.head_quantize)
-    dtype = net.embed_tokens.weight.dtype
-    runner = ModelRunner(net, cfg.num_kv_blocks, cfg.block_size, dtype, tp.device)
-    release_freed_memory()
+    with weights_in_own_mappings():
+        net, cfg = build_rank(open_checkpoint(opts.path), opts, tp)
+        quantize_model(net, cfg.quantize, cfg.head_quantize)
+        dtype = net.embed_tokens.weight.dtype
+        runner = ModelRunner(net, cfg.num_kv_blocks, cfg.block_size, dtype, tp.device)
     try:
         serve_steps(tp, net, runner.kv)
     except RuntimeError as e:  # rank 0 went away: say so in one line, not a traceback

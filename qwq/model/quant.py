@@ -69,7 +69,7 @@ def quantize_weight_rows(weight: torch.Tensor, slab: int = 4096
     q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
     scale = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
     for r in range(0, weight.shape[0], slab):
-        w = weight[r:r + slab].float()
+        w = weight[r:r + slab].to(torch.float32, copy=True)  # divided in place below
         s = w.abs().amax(dim=1).div_(127.0).clamp_(min=1e-8)
         q[r:r + slab] = w.div_(s[:, None]).round_().clamp_(-127, 127)
         scale[r:r + slab] = s
