@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,7 +162,7 @@ def weights_in_own_mappings():
     serving. Afterwards the threshold stays fixed at that 32 MB ceiling."""
     libc = _glibc()
     if libc is not None:
-        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+        libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
     try:
         yield
     finally:
@@ -198,10 +199,27 @@ def engine_for(net, tokenizer, cfg: EngineConfig, generation_config: dict | None
                      ControlFactory.for_tokenizer(tokenizer, cfg.reasoning_parser))
 
 
+# Tokenizers in use, by GGUF file state: a process that loads a model's tokenizer and
+# then the model (or two engines on one checkpoint) holds one copy (~70 MB for Qwen's vocab).
+_TOKENIZERS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
 def _tokenizer_of(ckpt):
     from qwq.tokenizer import Tokenizer
-    return Tokenizer.from_gguf(ckpt.gguf_metadata()) if ckpt.format == "gguf" \
-        else Tokenizer.from_dir(ckpt.path)
+    key = None
+    if ckpt.format == "gguf":  # one file: its state says whether the tokenizer is the same
+        try:
+            stat = ckpt.path.stat()
+            key = (str(ckpt.path.resolve()), stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            pass
+    tok = _TOKENIZERS.get(key) if key else None
+    if tok is None:
+        tok = Tokenizer.from_gguf(ckpt.gguf_metadata()) if ckpt.format == "gguf" \
+            else Tokenizer.from_dir(ckpt.path)
+        if key:
+            _TOKENIZERS[key] = tok
+    return tok
 
 
 def load_tokenizer(model: str | os.PathLike | None = None):

@@ -354,3 +354,12 @@ def test_from_dir_without_tokenizer_json(tmp_path):
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(CheckpointError):
         Tokenizer.from_dir(tmp_path)
+
+
+def test_one_tokenizer_per_gguf_while_in_use(demo_gguf):
+    """Loading a model after its tokenizer (the server, qwq bench) keeps one copy in memory."""
+    from qwq.models import load_tokenizer
+    a, _ = load_tokenizer(demo_gguf)
+    b, _ = load_tokenizer(None)  # the same file by another name
+    assert a is b
+    assert a.encode("hello world") == b.encode("hello world")
