@@ -302,10 +302,12 @@ def run_llama(plan: dict) -> dict:
 
 
 # -- transformers ---------------------------------------------------------------------------------
-def transformers_model(model=None):
-    """transformers' Qwen2ForCausalLM in bf16 holding the same weights, dequantized by qwq."""
+def transformers_model(model=None, dtype=None):
+    """transformers' Qwen2ForCausalLM (bf16 unless told) holding the same weights, dequantized
+    by qwq (bit-identical to transformers' own GGUF loader, which is much slower)."""
     import torch
     import transformers
+    dtype = dtype or torch.bfloat16
 
     from qwq.models import resolve
     from qwq.weights import open_checkpoint
@@ -314,9 +316,9 @@ def transformers_model(model=None):
           if k not in ("architectures", "model_type")}
     with torch.device("meta"):
         net = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**hf))
-    net.load_state_dict(dict(ckpt.iter_tensors(dtype=torch.bfloat16)), assign=True)
+    net.load_state_dict(dict(ckpt.iter_tensors(dtype=dtype)), assign=True)
     net.model.rotary_emb = type(net.model.rotary_emb)(net.config)
-    return net.to(torch.bfloat16).eval()
+    return net.to(dtype).eval()
 
 
 def transformers_decode(net, prompts: list[list[int]], new: int, runs: int = 1) -> float:

@@ -27,16 +27,9 @@ def reference(demo_gguf):
     """transformers' Qwen2ForCausalLM holding the demo weights (float32). The dequantized
     tensors are checked bit-identical to transformers' own GGUF loader in
     test_weights_gguf.py, so here we skip its slow loader."""
-    transformers = pytest.importorskip("transformers")
-    from qwq.weights import open_checkpoint
-    ckpt = open_checkpoint(demo_gguf)
-    hf = {k: v for k, v in ckpt.config.to_hf_dict().items()
-          if k not in ("architectures", "model_type")}
-    with torch.device("meta"):
-        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**hf))
-    model.load_state_dict(dict(ckpt.iter_tensors(dtype=torch.float32)), assign=True)
-    model.model.rotary_emb = type(model.model.rotary_emb)(model.config)
-    return model.eval()
+    pytest.importorskip("transformers")
+    from qwq.benchmark import transformers_model
+    return transformers_model(demo_gguf, dtype=torch.float32)
 
 
 def test_greedy_continuations_match_transformers(llm32, reference):

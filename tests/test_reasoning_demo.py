@@ -25,8 +25,12 @@ def test_greedy_loop_is_cut_early(llm):
 
 
 def test_thinking_budget_is_kept_and_an_answer_follows(llm):
-    params = SamplingParams(temperature=0, max_tokens=80, max_thinking_tokens=40,
+    """The budget is well under the 36-80 tokens the demo model spends on this question (its
+    greedy answer depends on the bf16 batch shapes, prefix-cache hits included), so the budget
+    always acts."""
+    params = SamplingParams(temperature=0, max_tokens=80, max_thinking_tokens=16,
                             loop_control="off")
     out = llm.chat([{"role": "user", "content": "Why is the sky blue?"}], params)[0].outputs[0]
     reasoning, content = split(out.text, "plain")
-    assert len(llm.tokenizer.encode(reasoning)) <= 41 and content
+    assert reasoning is not None, out.text
+    assert len(llm.tokenizer.encode(reasoning)) <= 17 and content

@@ -1,12 +1,10 @@
 """Reasoning controls through the real engine (tiny random Qwen2, real Qwen tokenizer)."""
 
 import pytest
-import torch
 
-from qwq.config import EngineConfig, ModelConfig
+from qwq.config import EngineConfig
 from qwq.llm import run_to_completion
-from qwq.model import Qwen2Model
-from qwq.models import engine_for, load_tokenizer
+from qwq.models import engine_for
 from qwq.reasoning.controls import ControlFactory
 from qwq.reasoning.language import HAN, token_scripts
 from qwq.reasoning.parser import split
@@ -14,20 +12,8 @@ from qwq.sampling_params import SamplingParams
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer(None)[0]
-
-
-@pytest.fixture(scope="module")
-def engine(tokenizer):
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=151936, hidden_size=64, intermediate_size=128,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=1024, torch_dtype="float32")
-    net = Qwen2Model(cfg).eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.normal_(0, 0.5)
+def engine(net, tokenizer):
+    """The conftest's tiny random net behind a QwQ-Preview-style (plain) reasoning factory."""
     eng = engine_for(net, tokenizer, EngineConfig(num_kv_blocks=512, block_size=4, quantize="none"))
     eng.control_factory = ControlFactory("plain", reasoning_model=True)
     return eng

@@ -1,10 +1,12 @@
-"""Weight-only quantized linear layers on kernels torch already ships.
+"""Quantized linear layers on kernels torch already ships.
 
 int8: one scale per output row, torch's _weight_int8pack_mm (activations stay 16-bit).
 w8a8: the same int8 weights; activations are rounded to int8 with one scale per token and the
-product runs on integer dot products (torch._int_mm: oneDNN, VNNI where the CPU has it). Prefill
-gets 3x faster and decode reads the same bytes. o_proj, down_proj and single tokens with
-outliers keep 16-bit activations (see quantize_model, OUTLIER_RATIO). CPU only: CUDA's int8 matmul wants more than 16 rows, so there it is int8.
+product runs on integer dot products (torch._int_mm: oneDNN, VNNI where the CPU has it):
+prefill of 512 tokens on the demo model 420-550 tok/s against int8's 376-435, decode slightly
+faster (the same bytes). o_proj, down_proj and single tokens with outliers keep 16-bit
+activations (see quantize_model, OUTLIER_RATIO). CPU only: CUDA's int8 matmul wants more than
+16 rows, so there it is int8.
 int4: asymmetric, a scale and zero per group of `group_size` inputs, torch's tinygemm int4
 kernel (_weight_int4pack_mm_for_cpu on CPU, _weight_int4pack_mm on CUDA).
 A decode step reads every weight once, so bytes per weight set the speed limit.
@@ -21,9 +23,9 @@ from qwq.errors import QwQError
 QUANT_MODES = ("none", "int8", "w8a8", "int4")
 
 # The fast format for each GGUF type. Re-quantizing 5-6 bit GGUF weights to int4 groups
-# costs the demo model 8-13% perplexity (bench/perplexity.py), int8 0.5%, w8a8 0.75%: quality
+# costs the demo model 8-13% perplexity (bench/perplexity.py), int8 0.6%, w8a8 0.65%: quality
 # first, so every quantized type maps to 8-bit weights (w8a8 on CPUs, whose integer dot
-# products make prefill 3x faster; int8 on GPUs); int4 stays one flag away.
+# products speed up prefill; int8 on GPUs); int4 stays one flag away.
 _GGUF_QUANTIZED = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q2_K", "Q3_K", "Q6_K",
                    "Q8_0", "Q8_K")
 
@@ -40,7 +42,6 @@ def auto_quantization(gguf_types: dict[str, str], dtype: torch.dtype,
     return max(set(modes), key=modes.count) if modes else "none"
 
 
-
 # rows (tokens) from which weight-only int8 converts the weight to run a 16-bit matmul
 PREFILL_ROWS = 32
 # A token whose largest activation exceeds this many times its rms keeps 16-bit activations
@@ -53,7 +54,7 @@ OUTLIER_RATIO = 20.0
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Symmetric int8 with one float32 scale per row (token): (int8 rows, (rows, 1) scales,
     (rows,) mask of outlier rows, see OUTLIER_RATIO)."""
-    x = x.float()
+    x = x.to(torch.float32, copy=True)  # divided in place below
     peak = x.abs().amax(-1, keepdim=True)
     # peak / rms > r  <=>  peak > r * ||x|| / sqrt(k)
     outliers = (peak > torch.linalg.vector_norm(x, dim=-1, keepdim=True)
@@ -94,7 +95,11 @@ class Int8Linear(nn.Module):
         x2 = x.reshape(-1, shape[-1])
         if self.int8_activations:
             xq, xs, outliers = quantize_rows(x2)
-            y = torch._int_mm(xq, self.weight.t()).float().mul_(xs).mul_(self.scale).to(x.dtype)
+            acc = torch._int_mm(xq, self.weight.t())
+            # int32 -> float32 in the same memory (an elementwise copy over identical strides):
+            # a prefill chunk's gate|up product is 20 MB, and one copy fewer is that much less
+            # heap held at the peak
+            y = acc.view(torch.float32).copy_(acc).mul_(xs).mul_(self.scale).to(x.dtype)
             if outliers.any():
                 rows = outliers.nonzero().squeeze(1)
                 y[rows] = torch.ops.aten._weight_int8pack_mm(x2[rows], self.weight,
