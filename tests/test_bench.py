@@ -25,9 +25,12 @@ def test_table_has_ratios_and_errors():
               "serving_memory": {"seqs": 16, "tokens_per_seq": 2048, "peak_rss_mib": 1200.0,
                                  "rss_over_weights_kv": 1.1, "weights_mib": 700.0,
                                  "kv_cache_mib": 384.0, "load_peak_rss_mib": 2000.0,
-                                 "peak_excludes_loading": True}}
+                                 "peak_excludes_loading": True, "runtime_rss_mib": 300.0,
+                                 "model_rss_over_weights_kv": 0.833}}
     text = table(result)
     assert "1.25" in text  # tg ratio to llama.cpp
+    assert "     2.00 " in text  # pp ratio to llama.cpp
+    assert "less the runtime before the model (300 MiB" in text and "0.83x" in text
     assert "3.20x its batch-1 decode" in text
     assert "transformers  error: exit 1" in text
     assert "1.10x weights" in text
@@ -67,3 +70,4 @@ def test_quick_bench_qwq_alone_table():
     assert lines[2].startswith("qwq ")
     assert any(ln.startswith("qwq batch   4:") for ln in lines)
     assert any("qwq serving 2 x 128 tokens: peak RSS" in ln for ln in lines)
+    assert any("less the runtime before the model" in ln for ln in lines)
