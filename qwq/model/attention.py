@@ -100,10 +100,14 @@ def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                  + torch.arange(block_size, device=q.device)).flatten()
         shared["slots"] = slots
     length = slots.shape[0] // B
-    keys = k_cache.index_select(0, slots).view(B, length, *k_cache.shape[1:]).permute(0, 2, 3, 1)
-    vals = v_cache.index_select(0, slots).view(B, length, *v_cache.shape[1:]).transpose(1, 2)
+    # float32 from the gather on: CPU bf16 matmuls on these small, strided shapes cost more
+    # than the conversion (96 against 158 us a layer at 100 tokens), and it is more exact
+    keys = (k_cache.index_select(0, slots).float().view(B, length, *k_cache.shape[1:])
+            .permute(0, 2, 3, 1))
+    vals = (v_cache.index_select(0, slots).float().view(B, length, *v_cache.shape[1:])
+            .transpose(1, 2))
     kvh = keys.shape[1]  # keys: (B, KVH, D, L), vals: (B, KVH, L, D)
-    scores = torch.matmul(q.view(B, kvh, H // kvh, D), keys).float() * scale  # (B, KVH, G, L)
+    scores = torch.matmul(q.float().view(B, kvh, H // kvh, D), keys).mul_(scale)  # (B,KVH,G,L)
     if B > 1 or length != meta.context_lens[0]:
         pad = shared.get("pad")
         if pad is None:
@@ -111,5 +115,4 @@ def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                    >= meta.context_lens_t.unsqueeze(1)).view(B, 1, 1, length)
             shared["pad"] = pad
         scores = scores.masked_fill(pad, float("-inf"))
-    probs = scores.softmax(-1).to(vals.dtype)
-    return torch.matmul(probs, vals).view(B, H, D)
+    return torch.matmul(scores.softmax(-1), vals).view(B, H, D).to(q.dtype)
