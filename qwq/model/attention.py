@@ -88,10 +88,6 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
     return out
 
 
-# decode attention gathers at most this many cache slots in float32 (see _decode)
-F32_DECODE_SLOTS = 8192
-
-
 def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
             meta: AttentionMetadata, block_size: int, scale: float) -> torch.Tensor:
     """One new token per sequence: batched over padded contexts, written out as matmuls
@@ -104,16 +100,15 @@ def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                  + torch.arange(block_size, device=q.device)).flatten()
         shared["slots"] = slots
     length = slots.shape[0] // B
-    # Small gathers go to float32: CPU bf16 matmuls on these strided shapes cost more than the
-    # conversion (96 against 158 us a layer at 100 tokens). Large ones (many sequences, long
-    # contexts) stay 16-bit, where the gain is gone and the copies would cost memory.
-    dt = torch.float32 if B * length <= F32_DECODE_SLOTS else k_cache.dtype
-    keys = (k_cache.index_select(0, slots).to(dt).view(B, length, *k_cache.shape[1:])
+    # float32 from the gather on: CPU bf16 matmuls on these strided shapes cost more than the
+    # conversion (96 against 158 us a layer at 100 tokens), and one dtype at every batch size
+    # keeps a sequence's numbers the same alone or batched
+    keys = (k_cache.index_select(0, slots).float().view(B, length, *k_cache.shape[1:])
             .permute(0, 2, 3, 1))
-    vals = (v_cache.index_select(0, slots).to(dt).view(B, length, *v_cache.shape[1:])
+    vals = (v_cache.index_select(0, slots).float().view(B, length, *v_cache.shape[1:])
             .transpose(1, 2))
     kvh = keys.shape[1]  # keys: (B, KVH, D, L), vals: (B, KVH, L, D)
-    scores = torch.matmul(q.to(dt).view(B, kvh, H // kvh, D), keys).float().mul_(scale)
+    scores = torch.matmul(q.float().view(B, kvh, H // kvh, D), keys).mul_(scale)
     if B > 1 or length != meta.context_lens[0]:
         pad = shared.get("pad")
         if pad is None:
@@ -121,4 +116,4 @@ def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                    >= meta.context_lens_t.unsqueeze(1)).view(B, 1, 1, length)
             shared["pad"] = pad
         scores = scores.masked_fill(pad, float("-inf"))
-    return torch.matmul(scores.softmax(-1).to(dt), vals).view(B, H, D).to(q.dtype)
+    return torch.matmul(scores.softmax(-1), vals).view(B, H, D).to(q.dtype)

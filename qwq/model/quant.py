@@ -3,8 +3,7 @@
 int8: one scale per output row, torch's _weight_int8pack_mm (activations stay 16-bit).
 w8a8: the same int8 weights; activations are rounded to int8 with one scale per token and the
 product runs on integer dot products (torch._int_mm: oneDNN, VNNI where the CPU has it):
-prefill of 512 tokens on the demo model 420-550 tok/s against int8's 376-435, decode slightly
-faster (the same bytes). o_proj, down_proj and single tokens with outliers keep 16-bit
+prefill 2-3x faster than int8's, decode slightly faster (the same bytes). o_proj, down_proj and single tokens with outliers keep 16-bit
 activations (see quantize_model, OUTLIER_RATIO). CPU only: CUDA's int8 matmul wants more than
 16 rows, so there it is int8.
 int4: asymmetric, a scale and zero per group of `group_size` inputs, torch's tinygemm int4
@@ -15,7 +14,6 @@ A decode step reads every weight once, so bytes per weight set the speed limit.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from qwq.errors import QwQError
@@ -42,8 +40,6 @@ def auto_quantization(gguf_types: dict[str, str], dtype: torch.dtype,
     return max(set(modes), key=modes.count) if modes else "none"
 
 
-# rows (tokens) from which weight-only int8 converts the weight to run a 16-bit matmul
-PREFILL_ROWS = 32
 # A token whose largest activation exceeds this many times its rms keeps 16-bit activations
 # under w8a8. Attention-sink tokens (the first of a text, a few others) reach 20-70x; per-token
 # int8 rounds away everything else in them, and every later token attends to them. On the demo
@@ -104,11 +100,10 @@ class Int8Linear(nn.Module):
                 rows = outliers.nonzero().squeeze(1)
                 y[rows] = torch.ops.aten._weight_int8pack_mm(x2[rows], self.weight,
                                                              self.scale.to(x.dtype))
-        elif x2.shape[0] >= PREFILL_ROWS and not x2.is_cuda:
-            # the int8pack kernel is slow on many rows; int8 values are exact in bf16, so a
-            # 16-bit matmul on the converted weight, then the scale, gives the same product
-            y = F.linear(x2, self.weight.to(x2.dtype)).mul_(self.scale)
         else:
+            # one kernel at every row count: a sequence's tokens then get the same numbers
+            # alone or in any batch (a bf16 matmul on the converted weight is 2.4x faster for
+            # prefill, but rounds twice, and greedy answers drifted with the batch)
             y = torch.ops.aten._weight_int8pack_mm(x2, self.weight, self.scale)
         y = y.view(*shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias
