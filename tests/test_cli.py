@@ -42,7 +42,7 @@ def test_bad_sampling_value_is_a_clear_error():
 
 @pytest.mark.slow
 def test_quantize_flag_picks_the_weight_format():
-    """--quantize int8 runs weight-only int8 (prefill over 32 tokens on the bf16 matmul path);
+    """--quantize int8 runs weight-only int8 (16-bit activations on torch's int8pack kernel);
     the answer is still right."""
     r = qwq("generate", "What is the capital of France? Answer in one word.", "--quantize",
             "int8", "--temperature", "0", "--max-new-tokens", "16")
