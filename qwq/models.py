@@ -161,18 +161,13 @@ def weights_in_own_mappings():
     heap: on the demo model that left 750 MB resident after loading and 120 MB more in
     serving. Afterwards the threshold stays fixed at that 32 MB ceiling."""
     libc = _glibc()
-    if libc is not None:
-        libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+    if libc is None:  # not glibc: nothing to tune
+        yield
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
     try:
         yield
     finally:
-        release_freed_memory(libc)
-
-
-def release_freed_memory(libc=None) -> None:
-    """Return freed heap pages to the OS (glibc; a no-op elsewhere)."""
-    libc = libc or _glibc()
-    if libc is not None:
         libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
         libc.malloc_trim(0)
 
