@@ -3,9 +3,9 @@
 int8: one scale per output row, torch's _weight_int8pack_mm (activations stay 16-bit).
 w8a8: the same int8 weights; activations are rounded to int8 with one scale per token and the
 product runs on integer dot products (torch._int_mm: oneDNN, VNNI where the CPU has it):
-prefill 2-3x faster than int8's, decode slightly faster (the same bytes). o_proj, down_proj and single tokens with outliers keep 16-bit
-activations (see quantize_model, OUTLIER_RATIO). CPU only: CUDA's int8 matmul wants more than
-16 rows, so there it is int8.
+prefill 2-3x faster than int8's, decode slightly faster (the same bytes). o_proj, down_proj and
+single tokens with outliers keep 16-bit activations (see quantize_model, OUTLIER_RATIO). CPU
+only: CUDA's int8 matmul wants more than 16 rows, so there it is int8.
 int4: asymmetric, a scale and zero per group of `group_size` inputs, torch's tinygemm int4
 kernel (_weight_int4pack_mm_for_cpu on CPU, _weight_int4pack_mm on CUDA).
 A decode step reads every weight once, so bytes per weight set the speed limit.

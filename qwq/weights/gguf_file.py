@@ -373,20 +373,12 @@ class GGUFBackend:
             out = np.array(data) if qtype == GGMLQuantizationType.F32 else dequantize(data, qtype)
             return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)
                                     .reshape(shape)).to(dtype)
-        rows, cols = shape
-        out = torch.empty(shape, dtype=dtype)
-        slab = max(1, (4 << 20) // cols)  # rows per ~4M values
-        for r in range(0, rows, slab):
-            part = dequantize(np.ascontiguousarray(data[r:r + slab]), qtype)
-            out[r:r + slab] = torch.from_numpy(np.asarray(part, dtype=np.float32)
-                                               .reshape(-1, cols))
-        return out
+        return _dequantize_slabs(data, qtype, shape[1], torch.empty(shape, dtype=dtype))
 
     def _load_slice(self, name: str, dim: int, start: int, stop: int) -> torch.Tensor:
         """Rows or columns [start, stop) as float32. Rows are whole blocks, so only their bytes
         are dequantized; columns too when the cut falls on block boundaries, else the rows are
-        dequantized a chunk at a time and cut."""
-        from gguf.quants import dequantize
+        dequantized a slab at a time and cut."""
         data, _, shape = self.raw(name)
         qtype = self.by_hf[name].qtype
         if len(shape) == 1:  # biases and norms: small
@@ -396,21 +388,28 @@ class GGUFBackend:
             return torch.from_numpy(np.array(part, dtype=np.float32))
         rows, cols = shape
         if dim == 0:
-            out = dequantize(np.ascontiguousarray(data[start:stop]), qtype)
-            return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)
-                                    .reshape(stop - start, cols))
+            out = torch.empty((stop - start, cols), dtype=torch.float32)
+            return _dequantize_slabs(data[start:stop], qtype, cols, out)
+        out = torch.empty((rows, stop - start), dtype=torch.float32)
         block, type_size = GGML_QUANT_SIZES[qtype]
         if start % block == 0 and stop % block == 0:
             part = data[:, start // block * type_size: stop // block * type_size]
-            out = dequantize(np.ascontiguousarray(part), qtype)
-            return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)
-                                    .reshape(rows, stop - start))
-        out = np.empty((rows, stop - start), dtype=np.float32)
-        chunk = max(1, (1 << 20) // cols)
-        for r in range(0, rows, chunk):
-            full = dequantize(np.ascontiguousarray(data[r:r + chunk]), qtype)
-            out[r:r + chunk] = full.reshape(-1, cols)[:, start:stop]
-        return torch.from_numpy(out)
+            return _dequantize_slabs(part, qtype, stop - start, out)
+        return _dequantize_slabs(data, qtype, cols, out, columns=slice(start, stop))
+
+
+def _dequantize_slabs(data: np.ndarray, qtype: GGMLQuantizationType, width: int,
+                      out: torch.Tensor, columns: slice = slice(None)) -> torch.Tensor:
+    """Dequantize rows of blocks (`width` values each) into `out`, keeping `columns`, a slab of
+    ~4M values at a time: gguf's dequantizers make several float32 temporaries of their input,
+    which for a whole 150K-row matrix would be gigabytes."""
+    from gguf.quants import dequantize
+    slab = max(1, (4 << 20) // width)
+    for r in range(0, data.shape[0], slab):
+        part = dequantize(np.ascontiguousarray(data[r:r + slab]), qtype)
+        out[r:r + slab] = torch.from_numpy(np.asarray(part, dtype=np.float32)
+                                           .reshape(-1, width)[:, columns])
+    return out
 
 
 def open_gguf(path: Path):
