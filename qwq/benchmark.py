@@ -491,7 +491,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="prefill, decode, batch throughput, memory, perplexity: "
                                      "qwq next to llama.cpp and transformers")
     p.add_argument("--model", "-m", default=None, help="a .gguf file (default: the demo model)")
-    p.add_argument("--quantize", default="auto", help="qwq's format: auto, int8, int4, none")
+    p.add_argument("--quantize", default="auto",
+                   help="qwq's format: auto, w8a8, int8, int4, none")
     p.add_argument("--systems", default=",".join(SYSTEMS),
                    help=f"comma-separated, of {', '.join(SYSTEMS)}")
     p.add_argument("--tests", default=",".join(TESTS), help=f"comma-separated, of "
