@@ -492,7 +492,7 @@ def add_parser(sub) -> None:
                                      "qwq next to llama.cpp and transformers")
     p.add_argument("--model", "-m", default=None, help="a .gguf file (default: the demo model)")
     p.add_argument("--quantize", default="auto",
-                   help="qwq's format: auto, w8a8, int8, int4, none")
+                   help="qwq's format: auto, q5_0, q8_0, w8a8, int8, int4, none")
     p.add_argument("--systems", default=",".join(SYSTEMS),
                    help=f"comma-separated, of {', '.join(SYSTEMS)}")
     p.add_argument("--tests", default=",".join(TESTS), help=f"comma-separated, of "

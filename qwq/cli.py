@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from qwq.errors import QwQError
+from qwq.model.quant import QUANT_MODES
 from qwq.reasoning.options import add_reasoning_args, reasoning_fields
 
 
@@ -18,9 +19,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--max-model-len", type=int, default=None, help="cap the context length")
     p.add_argument("--quantize", "-q", default="auto",
-                   choices=["auto", "none", "int8", "w8a8", "int4"],
-                   help="weight format: auto (from the checkpoint: GGUF -> w8a8 on CPU, int8 "
-                        "on GPU; float checkpoints stay float), int8 (weights only), w8a8 "
+                   choices=["auto", *QUANT_MODES],
+                   help="weight format: auto (from the checkpoint: 4-6 bit GGUF -> q5_0 on "
+                        "CPUs with AVX-512 VNNI, else w8a8 on CPU and int8 on GPU; float "
+                        "checkpoints stay float), q5_0 / q8_0 (GGUF's blocks of 32, int8 "
+                        "activation blocks; q5_0 keeps a q8_0 head), int8 (weights only), w8a8 "
                         "(int8 weights and per-token int8 activations), int4 (groups of 128)")
     p.add_argument("--reasoning-parser", default="auto",
                    choices=["auto", "think", "plain", "none"],
@@ -154,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a preset (qwq-32b-preview, qwq-demo) or a checkpoint")
     pl.add_argument("--gpus", type=int, default=1)
     pl.add_argument("--gpu-memory", default="80GB", help="per GPU, e.g. 80GB, 141GB, 24GB")
-    pl.add_argument("--quantize", default="none", choices=["none", "int8", "w8a8", "int4"])
+    pl.add_argument("--quantize", default="none", choices=list(QUANT_MODES))
     pl.add_argument("--context", type=int, default=None, help="tokens per sequence")
     pl.set_defaults(func=cmd_plan)
     from qwq.benchmark import add_parser as add_bench_parser

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from qwq.config import ModelConfig
 
 GIB = 1 << 30
-# bytes per weight of each format, scales included (int4: a bf16 scale and zero per 128)
-BYTES_PER_WEIGHT = {"none": 2.0, "int8": 1.0 + 2 / 4096, "w8a8": 1.0 + 4 / 4096, "int4": 0.5 + 4 / 128}
+# bytes per weight of each format, scales included (int4: a bf16 scale and zero per 128;
+# q5_0/q8_0: an fp16 scale per 32)
+BYTES_PER_WEIGHT = {"none": 2.0, "int8": 1.0 + 2 / 4096, "w8a8": 1.0 + 4 / 4096,
+                    "int4": 0.5 + 4 / 128, "q5_0": 5.5 / 8, "q8_0": 8.5 / 8}
 
 
 @dataclass

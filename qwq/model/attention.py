@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from qwq.kernels import kernels_available
+
 
 @dataclass
 class AttentionMetadata:
@@ -66,8 +68,22 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
     if meta.decode_only:
         return _decode(q, k_cache, v_cache, meta, block_size, scale)
     out = torch.empty_like(q)
-    start = 0
+    starts = [0]
+    for n in meta.query_lens:
+        starts.append(starts[-1] + n)
+    single = [i for i, n in enumerate(meta.query_lens) if n == 1] if _kernel(q) else []
+    if single:
+        # decodes batched with prefills take the decode kernel too: a token's numbers don't
+        # depend on what else is in the step
+        rows = torch.tensor([starts[i] for i in single], device=q.device)
+        seqs = torch.tensor(single, device=q.device)
+        out[rows] = torch.ops.qwq.decode_attention(
+            q[rows].contiguous(), k_cache, v_cache, meta.block_tables[seqs].contiguous(),
+            meta.context_lens_t[seqs].contiguous(), block_size, scale)
     for i, (n, ctx) in enumerate(zip(meta.query_lens, meta.context_lens)):
+        if n == 1 and single:
+            continue
+        start = starts[i]
         table = meta.block_tables[i: i + 1, : (ctx + block_size - 1) // block_size]
         # 4-D (batch of one): torch's CPU flash kernel takes only 4-D inputs; 3-D ones fall to
         # the math path, which materializes (H, n, ctx) scores (500 MB and 6x the time at 2K)
@@ -84,14 +100,20 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
             o = F.scaled_dot_product_attention(qi, keys, vals, attn_mask=mask, scale=scale,
                                                enable_gqa=True)
         out[start: start + n] = o[0].transpose(0, 1)
-        start += n
     return out
+
+
+def _kernel(q: torch.Tensor) -> bool:
+    return q.device.type == "cpu" and q.shape[-1] % 16 == 0 and kernels_available()
 
 
 def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
             meta: AttentionMetadata, block_size: int, scale: float) -> torch.Tensor:
     """One new token per sequence: batched over padded contexts, written out as matmuls
     because for a single query they beat the fused kernels' setup cost."""
+    if _kernel(q):  # one fused op (qwq/kernels/layers.cpp) instead of ~12 per layer
+        return torch.ops.qwq.decode_attention(q.contiguous(), k_cache, v_cache, meta.block_tables,
+                                              meta.context_lens_t, block_size, scale)
     B, H, D = q.shape
     shared = meta.shared
     slots = shared.get("slots")

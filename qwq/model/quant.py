@@ -8,6 +8,10 @@ single tokens with outliers keep 16-bit activations (see quantize_model, OUTLIER
 only: CUDA's int8 matmul wants more than 16 rows, so there it is int8.
 int4: asymmetric, a scale and zero per group of `group_size` inputs, torch's tinygemm int4
 kernel (_weight_int4pack_mm_for_cpu on CPU, _weight_int4pack_mm on CUDA).
+q5_0, q8_0: GGUF's Q5_0 and Q8_0 blocks (5.5 and 8.5 bits a weight) against int8 activation
+blocks, on qwq's own AVX-512 VNNI kernels (qwq/kernels); a GGUF's Q5_0 tensors run with their
+own bits. Under q5_0 the head is q8_0: GGUFs ship it as Q8_0, and the logits are what sampling
+sees.
 A decode step reads every weight once, so bytes per weight set the speed limit.
 """
 
@@ -17,15 +21,18 @@ import torch
 from torch import nn
 
 from qwq.errors import QwQError
+from qwq.kernels import blocks, kernels_available
 
-QUANT_MODES = ("none", "int8", "w8a8", "int4")
+QUANT_MODES = ("none", "int8", "w8a8", "int4", "q5_0", "q8_0")
 
-# The fast format for each GGUF type. Re-quantizing 5-6 bit GGUF weights to int4 groups
-# costs the demo model 8-13% perplexity (bench/perplexity.py), int8 0.6%, w8a8 0.65%: quality
-# first, so every quantized type maps to 8-bit weights (w8a8 on CPUs, whose integer dot
-# products speed up prefill; int8 on GPUs); int4 stays one flag away.
-_GGUF_QUANTIZED = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q2_K", "Q3_K", "Q6_K",
-                   "Q8_0", "Q8_K")
+# The fast format for each GGUF type. GGUFs of 4-6 bits run as q5_0 where its kernel builds
+# (x86 with AVX-512 VNNI): Q5_0 tensors keep their own values, and the demo model measures within
+# 1% of llama.cpp's perplexity on the same file (tests/test_quant.py). Elsewhere, and for 8-bit
+# GGUFs, 8-bit weights: w8a8 on CPUs (integer dot products speed up prefill), int8 on GPUs.
+# Re-quantizing 5-6 bit GGUF weights to int4 groups costs the demo model 8-13% perplexity, so
+# int4 stays one flag away.
+_GGUF_LOW_BIT = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q2_K", "Q3_K", "Q6_K")
+_GGUF_QUANTIZED = _GGUF_LOW_BIT + ("Q8_0", "Q8_K")
 
 
 def auto_quantization(gguf_types: dict[str, str], dtype: torch.dtype,
@@ -34,9 +41,12 @@ def auto_quantization(gguf_types: dict[str, str], dtype: torch.dtype,
     float checkpoints or float32 runs (the kernels take 16-bit activations)."""
     if not gguf_types or dtype == torch.float32:
         return "none"
-    eight_bit = "w8a8" if torch.device(device).type == "cpu" else "int8"
+    cpu = torch.device(device).type == "cpu"
+    eight_bit = "w8a8" if cpu else "int8"
+    low_bit = "q5_0" if cpu and kernels_available() else eight_bit
     layer_types = [t for n, t in gguf_types.items() if n.endswith("proj.weight")]
-    modes = [eight_bit if t in _GGUF_QUANTIZED else "none" for t in layer_types]
+    modes = [low_bit if t in _GGUF_LOW_BIT else eight_bit if t in _GGUF_QUANTIZED else "none"
+             for t in layer_types]
     return max(set(modes), key=modes.count) if modes else "none"
 
 
@@ -153,12 +163,41 @@ class Int4Linear(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
+class BlockLinear(nn.Module):
+    """q5_0 or q8_0 weights (qwq/kernels/blocks.py); the kernel where it is built, torch
+    elsewhere."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype,
+                 fmt: blocks.BlockFormat):
+        super().__init__()
+        self.fmt = fmt
+        self.register_buffer("packed", fmt.pack(weight))
+        self.bias = None if bias is None else nn.Parameter(bias.to(dtype), requires_grad=False)
+        self.out_features, self.in_features = weight.shape
+        self.kernel = getattr(torch.ops.qwq, f"{fmt.name}_linear") \
+            if not weight.is_cuda and kernels_available() else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).contiguous()
+        if self.kernel is not None:
+            y = self.kernel(x2, self.packed, self.bias, self.out_features)
+        else:
+            y = blocks.linear(self.fmt, x2, self.packed, self.bias, self.out_features)
+        return y.view(*shape[:-1], self.out_features)
+
+
 def quantize_linear(linear: nn.Linear, mode: str, dtype: torch.dtype) -> nn.Module:
     bias = None if linear.bias is None else linear.bias.data
+    if mode in blocks.FORMATS and linear.in_features % blocks.GROUP:
+        # a tensor-parallel shard (or an odd model) whose inputs don't fill whole groups
+        mode = "w8a8" if not linear.weight.is_cuda else "int8"
     if mode in ("int8", "w8a8"):
         return Int8Linear(linear.weight.data, bias, dtype, int8_activations=mode == "w8a8")
     if mode == "int4":
         return Int4Linear(linear.weight.data, bias, dtype)
+    if mode in blocks.FORMATS:
+        return BlockLinear(linear.weight.data, bias, dtype, blocks.FORMATS[mode])
     return linear
 
 
@@ -181,10 +220,13 @@ def quantize_model(model: nn.Module, mode: str, head_mode: str | None = None) ->
         # 25x their rms, and per-token int8 loses them (+9% perplexity on short texts). And
         # o_proj and down_proj are the row-parallel layers of tensor parallelism, where each
         # rank sees a slice of a token: a per-token scale would depend on the split.
+        # (q5_0 and q8_0 scale activations per block of 32, which neither concern reaches.)
         row_mode = "int8" if mode == "w8a8" else mode
         attn.o_proj = quantize_linear(attn.o_proj, row_mode, dtype)
         mlp.gate_up_proj = quantize_linear(mlp.gate_up_proj, mode, dtype)
         mlp.down_proj = quantize_linear(mlp.down_proj, row_mode, dtype)
     if not model.config.tie_word_embeddings:
+        if head_mode is None and mode == "q5_0":
+            head_mode = "q8_0"
         model.lm_head = quantize_linear(model.lm_head, head_mode or mode, dtype)
     return model

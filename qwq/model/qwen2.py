@@ -16,8 +16,14 @@ from torch import nn
 
 from qwq.config import ModelConfig
 from qwq.errors import CheckpointError
+from qwq.kernels import kernels_available
 from qwq.model.attention import AttentionMetadata, KVCache, paged_attention
 from qwq.model.rope import RotaryEmbedding, apply_rope_prepared, rope_factors
+
+
+def fused(x: torch.Tensor) -> bool:
+    """Whether qwq's fused CPU kernels (qwq/kernels/layers.cpp) take this activation."""
+    return x.device.type == "cpu" and x.shape[-1] % 16 == 0 and kernels_available()
 
 
 class RMSNorm(nn.Module):
@@ -27,10 +33,19 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fused(x) and x.dim() == 2:
+            return torch.ops.qwq.rms_norm(x.contiguous(), self.weight, self.eps)
         if x.dtype == torch.float32:
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         # as the reference: normalize in float32, round, then scale
         return self.weight * F.rms_norm(x.float(), self.weight.shape, None, self.eps).to(x.dtype)
+
+    def add(self, x: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x + delta, this norm of it): the residual add and the next norm in one pass."""
+        if fused(x) and x.dim() == 2:
+            return torch.ops.qwq.add_rms_norm(x, delta.contiguous(), self.weight, self.eps)
+        x = x + delta
+        return x, self(x)
 
 
 class Attention(nn.Module):
@@ -65,7 +80,10 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(self.inter, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.inter, dim=-1)
+        gate_up = self.gate_up_proj(x)
+        if fused(gate_up) and gate_up.dim() == 2:
+            return self.down_proj(torch.ops.qwq.silu_mul(gate_up))
+        gate, up = gate_up.split(self.inter, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
 
@@ -95,10 +113,15 @@ class Qwen2Model(nn.Module):
         """input_ids: (T,). Returns float32 logits (B, vocab) at meta.logits_indices."""
         x = self.embed_tokens(input_ids)
         cos, sin = rope_factors(*self.rotary.cos_sin(meta.positions), x.dtype)
+        h = self.layers[0].input_layernorm(x)
         for i, layer in enumerate(self.layers):
-            h = layer.input_layernorm(x)
-            x = x + layer.self_attn(h, cos, sin, meta, kv.k[i], kv.v[i], kv.block_size)
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            x, h = layer.post_attention_layernorm.add(
+                x, layer.self_attn(h, cos, sin, meta, kv.k[i], kv.v[i], kv.block_size))
+            delta = layer.mlp(h)
+            if i + 1 < len(self.layers):  # the add and the next layer's norm in one pass
+                x, h = self.layers[i + 1].input_layernorm.add(x, delta)
+            else:
+                x = x + delta
         x = self.norm(x[meta.logits_indices])
         return self.lm_head(x).float()
 

@@ -1,0 +1,58 @@
+"""CPU kernels torch does not ship, compiled once per machine on first use.
+
+For x86 CPUs with AVX-512 VNNI (torch.ops.qwq.*):
+  blocks.cpp: linear layers on GGUF-style weight blocks (q5_0, q8_0; formats in blocks.py)
+    against int8 activation blocks
+  layers.cpp: the decode step's per-token layers fused (paged decode attention, RMSNorm with
+    and without the residual add, silu * up)
+The build goes to torch's extension cache (~/.cache/torch_extensions); a machine without the
+instructions or a compiler simply does not get the kernel, and callers take their torch path.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import platform
+import shutil
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_SOURCES = [str(Path(__file__).with_name(f)) for f in ("blocks.cpp", "layers.cpp")]
+_FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mfma",
+          "-mf16c"]
+_CPU_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "fma", "f16c"}
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@functools.cache
+def kernels_available() -> bool:
+    """True once torch.ops.qwq's kernels are built and loaded for this CPU."""
+    if platform.machine() not in ("x86_64", "AMD64") or not _CPU_FLAGS <= _cpu_flags():
+        return False
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        log.warning("qwq: no C++ compiler; using torch kernels")
+        return False
+    try:
+        from torch.utils import cpp_extension
+
+        cpp_extension.load(name="qwq_kernels", sources=_SOURCES, extra_cflags=_FLAGS,
+                           extra_ldflags=["-fopenmp"],
+                           is_python_module=False, verbose=False)
+    except Exception as e:  # a failed build leaves the torch paths, it must not stop a load
+        log.warning("qwq: building qwq's kernels failed (%s); using torch kernels", e)
+        return False
+    return hasattr(torch.ops.qwq, "q8_0_linear") and hasattr(torch.ops.qwq, "silu_mul")

@@ -1,0 +1,236 @@
+// The per-token layers of a decode step, fused: each was 4-12 eager torch ops, and at batch 1
+// the ops' fixed costs, not their arithmetic, were a quarter of the step.
+//   decode_attention: one query per sequence over its paged K/V (scores, softmax, weighted sum)
+//   rms_norm, add_rms_norm: RMSNorm as the reference computes it (normalize in float32, round to
+//     the activation dtype, then scale), the second after adding the residual branch
+//   silu_mul: silu(gate) * up over the fused gate|up output
+// Rows (tokens, or a sequence's kv head) are independent and computed the same way at any
+// batch size.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <vector>
+
+#include "simd.h"
+
+namespace {
+
+using qwq::exp_nonpositive;
+using qwq::load16;
+using qwq::store16;
+
+template <typename T>
+void decode_attention_impl(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc,
+                           const at::Tensor& tables, const at::Tensor& lens, int64_t bs,
+                           double scale, at::Tensor& out) {
+  const int64_t B = q.size(0), H = q.size(1), D = q.size(2), KVH = kc.size(1);
+  const int64_t G = H / KVH, maxb = tables.size(1), slots = kc.size(0);
+  const T* qp = q.data_ptr<T>();
+  const T* kp = kc.data_ptr<T>();
+  const T* vp = vc.data_ptr<T>();
+  const int64_t* tp = tables.data_ptr<int64_t>();
+  const int64_t* lp = lens.data_ptr<int64_t>();
+  T* op = out.data_ptr<T>();
+  const float sc = static_cast<float>(scale);
+  at::parallel_for(0, B * KVH, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> qf(G * D), acc(G * D), s;
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / KVH, kh = i % KVH, L = lp[b];
+      TORCH_CHECK(L > 0 && L <= maxb * bs, "decode_attention: context length ", L, " of sequence ",
+                  b, " does not fit its block table");
+      s.assign(G * L, 0.f);
+      for (int64_t g = 0; g < G; ++g)
+        for (int64_t d = 0; d < D; d += 16)
+          _mm512_storeu_ps(&qf[g * D + d], _mm512_mul_ps(load16(qp + (b * H + kh * G + g) * D + d),
+                                                         _mm512_set1_ps(sc)));
+      // scores: q . k for every cached position
+      for (int64_t l = 0; l < L; ++l) {
+        const int64_t slot = tp[b * maxb + l / bs] * bs + l % bs;
+        TORCH_CHECK(slot >= 0 && slot < slots, "decode_attention: slot ", slot, " out of range");
+        const T* k = kp + (slot * KVH + kh) * D;
+        for (int64_t g = 0; g < G; ++g) {
+          __m512 a = _mm512_setzero_ps();
+          for (int64_t d = 0; d < D; d += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(&qf[g * D + d]), load16(k + d), a);
+          s[g * L + l] = _mm512_reduce_add_ps(a);
+        }
+      }
+      // softmax numerators (the division waits for the end)
+      std::vector<float> total(G);
+      for (int64_t g = 0; g < G; ++g) {
+        float* row = &s[g * L];
+        float mx = -INFINITY;
+        for (int64_t l = 0; l < L; ++l) mx = std::max(mx, row[l]);
+        __m512 sum = _mm512_setzero_ps();
+        int64_t l = 0;
+        for (; l + 16 <= L; l += 16) {
+          __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(row + l), _mm512_set1_ps(mx)));
+          _mm512_storeu_ps(row + l, e);
+          sum = _mm512_add_ps(sum, e);
+        }
+        if (l < L) {
+          const __mmask16 m = static_cast<__mmask16>((1u << (L - l)) - 1);
+          __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, row + l), _mm512_set1_ps(mx)));
+          e = _mm512_maskz_mov_ps(m, e);
+          _mm512_mask_storeu_ps(row + l, m, e);
+          sum = _mm512_add_ps(sum, e);
+        }
+        total[g] = _mm512_reduce_add_ps(sum);
+      }
+      // weighted sum of values
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t l = 0; l < L; ++l) {
+        const int64_t slot = tp[b * maxb + l / bs] * bs + l % bs;
+        const T* v = vp + (slot * KVH + kh) * D;
+        for (int64_t d = 0; d < D; d += 16) {
+          const __m512 vv = load16(v + d);
+          for (int64_t g = 0; g < G; ++g)
+            _mm512_storeu_ps(&acc[g * D + d], _mm512_fmadd_ps(_mm512_set1_ps(s[g * L + l]), vv,
+                                                              _mm512_loadu_ps(&acc[g * D + d])));
+        }
+      }
+      for (int64_t g = 0; g < G; ++g) {
+        const __m512 inv = _mm512_set1_ps(1.f / total[g]);
+        for (int64_t d = 0; d < D; d += 16)
+          store16(op + (b * H + kh * G + g) * D + d, _mm512_mul_ps(_mm512_loadu_ps(&acc[g * D + d]), inv));
+      }
+    }
+  });
+}
+
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                            const at::Tensor& block_tables, const at::Tensor& context_lens,
+                            int64_t block_size, double scale) {
+  TORCH_CHECK(q.dim() == 3 && k_cache.dim() == 3 && v_cache.sizes() == k_cache.sizes(),
+              "decode_attention: q (B, H, D), caches (slots, kv_heads, D)");
+  TORCH_CHECK(q.size(2) % 16 == 0 && k_cache.size(2) == q.size(2) && q.size(1) % k_cache.size(1) == 0,
+              "decode_attention: head_dim must be a multiple of 16 and heads a multiple of kv_heads");
+  TORCH_CHECK(q.scalar_type() == k_cache.scalar_type() && v_cache.scalar_type() == q.scalar_type(),
+              "decode_attention: q and the caches must share a dtype");
+  TORCH_CHECK(q.is_contiguous() && k_cache.is_contiguous() && v_cache.is_contiguous(),
+              "decode_attention: contiguous tensors");
+  TORCH_CHECK(block_tables.scalar_type() == at::kLong && context_lens.scalar_type() == at::kLong &&
+                  block_tables.dim() == 2 && block_tables.size(0) == q.size(0) &&
+                  context_lens.numel() == q.size(0) && block_tables.is_contiguous() && context_lens.is_contiguous(),
+              "decode_attention: int64 block_tables (B, max_blocks) and context_lens (B,)");
+  at::Tensor out = at::empty_like(q);
+  switch (q.scalar_type()) {
+    case at::kFloat: decode_attention_impl<float>(q, k_cache, v_cache, block_tables, context_lens, block_size, scale, out); break;
+    case at::kBFloat16: decode_attention_impl<c10::BFloat16>(q, k_cache, v_cache, block_tables, context_lens, block_size, scale, out); break;
+    case at::kHalf: decode_attention_impl<c10::Half>(q, k_cache, v_cache, block_tables, context_lens, block_size, scale, out); break;
+    default: TORCH_CHECK(false, "decode_attention: float32, bfloat16 or float16");
+  }
+  return out;
+}
+
+// y = w * round(x / rms(x)); with a residual: x += delta first (rounded, as the eager add), and
+// the new x is returned too.
+template <typename T>
+void rms_norm_impl(const T* x, const T* delta, T* sum_out, const T* w, T* y, int64_t rows,
+                   int64_t D, double eps) {
+  at::parallel_for(0, rows, 64, [&](int64_t r0, int64_t r1) {
+    std::vector<T> tmp(D);
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* xr = x + r * D;
+      if (delta) {  // the residual add, rounded to T as torch's add rounds it
+        for (int64_t d = 0; d < D; d += 16)
+          store16(sum_out + r * D + d, _mm512_add_ps(load16(xr + d), load16(delta + r * D + d)));
+        xr = sum_out + r * D;
+      }
+      __m512 ss = _mm512_setzero_ps();
+      for (int64_t d = 0; d < D; d += 16) {
+        const __m512 v = load16(xr + d);
+        ss = _mm512_fmadd_ps(v, v, ss);
+      }
+      const float inv = 1.f / std::sqrt(_mm512_reduce_add_ps(ss) / static_cast<float>(D) + static_cast<float>(eps));
+      for (int64_t d = 0; d < D; d += 16)
+        store16(tmp.data() + d, _mm512_mul_ps(load16(xr + d), _mm512_set1_ps(inv)));
+      for (int64_t d = 0; d < D; d += 16)
+        store16(y + r * D + d, _mm512_mul_ps(load16(tmp.data() + d), load16(w + d)));
+    }
+  });
+}
+
+void check_norm(const at::Tensor& x, const at::Tensor& w) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && w.dim() == 1 && w.size(0) == x.size(1) &&
+                  w.scalar_type() == x.scalar_type() && x.size(1) % 16 == 0 && w.is_contiguous(),
+              "rms_norm: x (rows, D) contiguous, D a multiple of 16, weight (D,) in x's dtype");
+}
+
+#define QWQ_FLOAT_TYPES(dtype, NAME, ...)                                   \
+  switch (dtype) {                                                          \
+    case at::kFloat: { using scalar = float; __VA_ARGS__; break; }          \
+    case at::kBFloat16: { using scalar = c10::BFloat16; __VA_ARGS__; break; } \
+    case at::kHalf: { using scalar = c10::Half; __VA_ARGS__; break; }       \
+    default: TORCH_CHECK(false, NAME ": float32, bfloat16 or float16");     \
+  }
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
+  check_norm(x, w);
+  at::Tensor y = at::empty_like(x);
+  QWQ_FLOAT_TYPES(x.scalar_type(), "rms_norm",
+      rms_norm_impl<scalar>(x.data_ptr<scalar>(), nullptr, nullptr, w.data_ptr<scalar>(),
+                            y.data_ptr<scalar>(), x.size(0), x.size(1), eps));
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::Tensor& delta,
+                                                const at::Tensor& w, double eps) {
+  check_norm(x, w);
+  TORCH_CHECK(delta.sizes() == x.sizes() && delta.scalar_type() == x.scalar_type() && delta.is_contiguous(),
+              "add_rms_norm: delta must match x");
+  at::Tensor sum = at::empty_like(x), y = at::empty_like(x);
+  QWQ_FLOAT_TYPES(x.scalar_type(), "add_rms_norm",
+      rms_norm_impl<scalar>(x.data_ptr<scalar>(), delta.data_ptr<scalar>(), sum.data_ptr<scalar>(),
+                            w.data_ptr<scalar>(), y.data_ptr<scalar>(), x.size(0), x.size(1), eps));
+  return {sum, y};
+}
+
+// silu(gate) * up, each product rounded once (x / (1 + e^-x) in float32)
+template <typename T>
+void silu_mul_impl(const T* gu, T* y, int64_t rows, int64_t I) {
+  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* g = gu + r * 2 * I;
+      const T* u = g + I;
+      for (int64_t i = 0; i < I; i += 16) {
+        const __m512 x = load16(g + i);
+        // e^-|x| keeps exp's argument non-positive; for x < 0, silu = x e^x / (1 + e^x)
+        const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(x)));
+        const __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+        const __m512 num = _mm512_mask_mul_ps(x, neg, x, e);
+        const __m512 silu = _mm512_div_ps(num, _mm512_add_ps(_mm512_set1_ps(1.f), e));
+        store16(y + r * I + i, _mm512_mul_ps(silu, load16(u + i)));
+      }
+    }
+  });
+}
+
+at::Tensor silu_mul(const at::Tensor& gate_up) {
+  TORCH_CHECK(gate_up.dim() == 2 && gate_up.is_contiguous() && gate_up.size(1) % 32 == 0,
+              "silu_mul: gate_up (rows, 2I) contiguous, I a multiple of 16");
+  const int64_t I = gate_up.size(1) / 2;
+  at::Tensor y = at::empty({gate_up.size(0), I}, gate_up.options());
+  QWQ_FLOAT_TYPES(gate_up.scalar_type(), "silu_mul",
+      silu_mul_impl<scalar>(gate_up.data_ptr<scalar>(), y.data_ptr<scalar>(), gate_up.size(0), I));
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(qwq, m) {
+  m.def("decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, "
+        "Tensor context_lens, int block_size, float scale) -> Tensor");
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  m.def("add_rms_norm(Tensor x, Tensor delta, Tensor weight, float eps) -> (Tensor, Tensor)");
+  m.def("silu_mul(Tensor gate_up) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(qwq, CPU, m) {
+  m.impl("decode_attention", &decode_attention);
+  m.impl("rms_norm", &rms_norm);
+  m.impl("add_rms_norm", &add_rms_norm);
+  m.impl("silu_mul", &silu_mul);
+}
