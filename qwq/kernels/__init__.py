@@ -15,6 +15,7 @@ import functools
 import logging
 import platform
 import shutil
+import subprocess
 from pathlib import Path
 
 import torch
@@ -52,7 +53,8 @@ def kernels_available() -> bool:
         cpp_extension.load(name="qwq_kernels", sources=_SOURCES, extra_cflags=_FLAGS,
                            extra_ldflags=["-fopenmp"],
                            is_python_module=False, verbose=False)
-    except Exception as e:  # a failed build leaves the torch paths, it must not stop a load
+    except (RuntimeError, OSError, ImportError, subprocess.SubprocessError) as e:
+        # a failed build leaves the torch paths; it must not stop a load
         log.warning("qwq: building qwq's kernels failed (%s); using torch kernels", e)
         return False
     return hasattr(torch.ops.qwq, "q8_0_linear") and hasattr(torch.ops.qwq, "silu_mul")
