@@ -3,7 +3,6 @@ network, load weights, size the KV cache."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import weakref
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from qwq import heap
 from qwq.config import EngineConfig, ModelConfig
 from qwq.demo import DEMO_NAME, demo_model_path
 from qwq.errors import CheckpointError, QwQError
@@ -132,44 +132,10 @@ def load_engine(model: str | os.PathLike | None = None, *, dtype: str | torch.dt
         from qwq.model.quant import auto_quantization
         cfg = dataclasses.replace(cfg, quantize=auto_quantization(ckpt.gguf_types(),
                                                                   torch_dtype, dev))
-    with weights_in_own_mappings():
+    with heap.weights_in_own_mappings():
         net = build_model(ckpt, torch_dtype, dev)
         engine = engine_for(net, tokenizer, cfg, ckpt.generation_config)
     return engine, tokenizer, resolved
-
-
-_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
-
-
-def _glibc():
-    import ctypes
-    import ctypes.util
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
-    return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
-
-
-@contextlib.contextmanager
-def weights_in_own_mappings():
-    """While loading, blocks of 1 MB and up get their own mappings, so the weights kept do not
-    pin heap pages around the temporaries freed (16-bit copies of quantized layers,
-    dequantized slabs); afterwards those pages go back to the OS. Left alone, glibc raises its
-    mmap threshold to 32 MB after the first large free and serves everything smaller from the
-    heap: on the demo model that left 750 MB resident after loading and 120 MB more in
-    serving. Afterwards the threshold stays fixed at that 32 MB ceiling."""
-    libc = _glibc()
-    if libc is None:  # not glibc: nothing to tune
-        yield
-        return
-    libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
-    try:
-        yield
-    finally:
-        libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
-        libc.malloc_trim(0)
 
 
 def engine_for(net, tokenizer, cfg: EngineConfig, generation_config: dict | None = None):

@@ -52,7 +52,8 @@ def load_tp_engine(model, *, dtype: str | torch.dtype = "auto", device: str | No
                    exit_on_rank_failure: bool = False):
     """(engine, tokenizer, resolved name) on rank 0, over N ranks; ranks other than 0 (under
     torchrun) follow rank 0's steps here and exit the process when it stops."""
-    from qwq.models import _tokenizer_of, engine_for, resolve, weights_in_own_mappings
+    from qwq.heap import weights_in_own_mappings
+    from qwq.models import _tokenizer_of, engine_for, resolve
     from qwq.weights import open_checkpoint
     size = tensor_parallel_size
     resolved = resolve(model)
@@ -109,7 +110,7 @@ def follow(tp: TPGroup, opts: RankOptions) -> None:
     from qwq.distributed.steps import serve_steps
     from qwq.engine.runner import ModelRunner
     from qwq.model.quant import quantize_model
-    from qwq.models import weights_in_own_mappings
+    from qwq.heap import weights_in_own_mappings
     from qwq.weights import open_checkpoint
     with weights_in_own_mappings():
         net, cfg = build_rank(open_checkpoint(opts.path), opts, tp)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from qwq import heap
 from qwq.engine.sampler import DraftRows, Sample, sample, sample_drafted
 from qwq.engine.scheduler import SchedulerOutput
 from qwq.engine.sequence import Sequence
@@ -71,6 +72,8 @@ class ModelRunner:
         drafted sequence, the rows its draft is verified against)."""
         input_ids, meta, sampled = self.prepare(batch)
         logits = self.model(input_ids, meta, self.kv)
+        if input_ids.numel() >= 64 and input_ids.device.type == "cpu":
+            heap.trim()  # a prefill's freed activations back to the OS (see qwq.heap)
         n_scored = sum(count for _, _, count in self.scored)
         if n_scored:
             self._score_prompts(logits[:n_scored])
