@@ -186,9 +186,8 @@ def qwq_ppl(llm, chunks: list[list[int]]) -> float:
 def qwq_serving_memory(model, quantize: str, seqs: int, tokens: int) -> dict:
     """Serve `seqs` distinct sequences of `tokens` tokens each (prompt plus 16 generated) with a
     KV pool sized for exactly that; peak RSS against weights + KV cache."""
-    from qwq import SamplingParams
+    from qwq import SamplingParams, heap
     from qwq.models import load_tokenizer
-    from qwq import heap
     tok, _ = load_tokenizer(model)
     new = min(16, tokens // 2)
     block = 16
