@@ -68,20 +68,15 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
     if meta.decode_only:
         return _decode(q, k_cache, v_cache, meta, block_size, scale)
     out = torch.empty_like(q)
-    starts = [0]
-    for n in meta.query_lens:
-        starts.append(starts[-1] + n)
-    single = [i for i, n in enumerate(meta.query_lens) if n == 1] if _kernel(q) else []
-    if single:
+    starts, single = _single_token_rows(meta, q)
+    if single is not None:
         # decodes batched with prefills take the decode kernel too: a token's numbers don't
         # depend on what else is in the step
-        rows = torch.tensor([starts[i] for i in single], device=q.device)
-        seqs = torch.tensor(single, device=q.device)
-        out[rows] = torch.ops.qwq.decode_attention(
-            q[rows].contiguous(), k_cache, v_cache, meta.block_tables[seqs].contiguous(),
-            meta.context_lens_t[seqs].contiguous(), block_size, scale)
+        rows, tables, lens = single
+        out[rows] = torch.ops.qwq.decode_attention(q[rows].contiguous(), k_cache, v_cache,
+                                                   tables, lens, block_size, scale)
     for i, (n, ctx) in enumerate(zip(meta.query_lens, meta.context_lens)):
-        if n == 1 and single:
+        if n == 1 and single is not None:
             continue
         start = starts[i]
         table = meta.block_tables[i: i + 1, : (ctx + block_size - 1) // block_size]
@@ -101,6 +96,25 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
                                                enable_gqa=True)
         out[start: start + n] = o[0].transpose(0, 1)
     return out
+
+
+def _single_token_rows(meta: AttentionMetadata, q: torch.Tensor):
+    """Once per step, shared by the layers: each sequence's first row in the flat batch, and
+    (rows, block tables, context lengths) of the one-token sequences when the decode kernel
+    takes them (else None)."""
+    cached = meta.shared.get("single")
+    if cached is None:
+        starts = [0]
+        for n in meta.query_lens:
+            starts.append(starts[-1] + n)
+        ids = [i for i, n in enumerate(meta.query_lens) if n == 1] if _kernel(q) else []
+        single = None
+        if ids:
+            seqs = torch.tensor(ids, device=q.device)
+            single = (torch.tensor([starts[i] for i in ids], device=q.device),
+                      meta.block_tables[seqs].contiguous(), meta.context_lens_t[seqs].contiguous())
+        cached = meta.shared["single"] = (starts, single)
+    return cached
 
 
 def _kernel(q: torch.Tensor) -> bool:
