@@ -6,12 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from qwq.config import ModelConfig
+from qwq.kernels.blocks import FORMATS
 
 GIB = 1 << 30
 # bytes per weight of each format, scales included (int4: a bf16 scale and zero per 128;
 # q5_0/q8_0: an fp16 scale per 32)
 BYTES_PER_WEIGHT = {"none": 2.0, "int8": 1.0 + 2 / 4096, "w8a8": 1.0 + 4 / 4096,
-                    "int4": 0.5 + 4 / 128, "q5_0": 5.5 / 8, "q8_0": 8.5 / 8}
+                    "int4": 0.5 + 4 / 128, **{f.name: f.bits / 8 for f in FORMATS.values()}}
 
 
 @dataclass

@@ -23,8 +23,8 @@ import torch
 log = logging.getLogger(__name__)
 
 _SOURCES = [str(Path(__file__).with_name(f)) for f in ("blocks.cpp", "layers.cpp")]
-_FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mfma",
-          "-mf16c"]
+_FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
+          "-mavx512vnni", "-mfma", "-mf16c"]
 _CPU_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "fma", "f16c"}
 
 
@@ -58,3 +58,8 @@ def kernels_available() -> bool:
         log.warning("qwq: building qwq's kernels failed (%s); using torch kernels", e)
         return False
     return hasattr(torch.ops.qwq, "q8_0_linear") and hasattr(torch.ops.qwq, "silu_mul")
+
+
+def fused_layers_take(x: torch.Tensor) -> bool:
+    """Whether layers.cpp's kernels take this activation (CPU, last dim a multiple of 16)."""
+    return x.device.type == "cpu" and x.shape[-1] % 16 == 0 and kernels_available()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from qwq.kernels import kernels_available
+from qwq.kernels import fused_layers_take
 
 
 @dataclass
@@ -107,7 +107,7 @@ def _single_token_rows(meta: AttentionMetadata, q: torch.Tensor):
         starts = [0]
         for n in meta.query_lens:
             starts.append(starts[-1] + n)
-        ids = [i for i, n in enumerate(meta.query_lens) if n == 1] if _kernel(q) else []
+        ids = [i for i, n in enumerate(meta.query_lens) if n == 1] if fused_layers_take(q) else []
         single = None
         if ids:
             seqs = torch.tensor(ids, device=q.device)
@@ -117,15 +117,11 @@ def _single_token_rows(meta: AttentionMetadata, q: torch.Tensor):
     return cached
 
 
-def _kernel(q: torch.Tensor) -> bool:
-    return q.device.type == "cpu" and q.shape[-1] % 16 == 0 and kernels_available()
-
-
 def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
             meta: AttentionMetadata, block_size: int, scale: float) -> torch.Tensor:
     """One new token per sequence: batched over padded contexts, written out as matmuls
     because for a single query they beat the fused kernels' setup cost."""
-    if _kernel(q):  # one fused op (qwq/kernels/layers.cpp) instead of ~12 per layer
+    if fused_layers_take(q):  # one fused op (qwq/kernels/layers.cpp) instead of ~12 per layer
         return torch.ops.qwq.decode_attention(q.contiguous(), k_cache, v_cache, meta.block_tables,
                                               meta.context_lens_t, block_size, scale)
     B, H, D = q.shape

@@ -16,14 +16,14 @@ from torch import nn
 
 from qwq.config import ModelConfig
 from qwq.errors import CheckpointError
-from qwq.kernels import kernels_available
+from qwq.kernels import fused_layers_take
 from qwq.model.attention import AttentionMetadata, KVCache, paged_attention
 from qwq.model.rope import RotaryEmbedding, apply_rope_prepared, rope_factors
 
 
 def fused(x: torch.Tensor) -> bool:
-    """Whether qwq's fused CPU kernels (qwq/kernels/layers.cpp) take this activation."""
-    return x.device.type == "cpu" and x.shape[-1] % 16 == 0 and kernels_available()
+    """Whether qwq's fused CPU kernels take this (tokens, features) activation."""
+    return x.dim() == 2 and fused_layers_take(x)
 
 
 class RMSNorm(nn.Module):
@@ -33,7 +33,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fused(x) and x.dim() == 2:
+        if fused(x):
             return torch.ops.qwq.rms_norm(x.contiguous(), self.weight, self.eps)
         if x.dtype == torch.float32:
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
@@ -42,7 +42,7 @@ class RMSNorm(nn.Module):
 
     def add(self, x: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(x + delta, this norm of it): the residual add and the next norm in one pass."""
-        if fused(x) and x.dim() == 2:
+        if fused(x):
             return torch.ops.qwq.add_rms_norm(x, delta.contiguous(), self.weight, self.eps)
         x = x + delta
         return x, self(x)
@@ -81,7 +81,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up_proj(x)
-        if fused(gate_up) and gate_up.dim() == 2:
+        if fused(gate_up):
             return self.down_proj(torch.ops.qwq.silu_mul(gate_up))
         gate, up = gate_up.split(self.inter, dim=-1)
         return self.down_proj(F.silu(gate) * up)
