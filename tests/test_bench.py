@@ -18,7 +18,8 @@ def test_table_has_ratios_and_errors():
     result = {"date": "2026-11-29", "machine": "m", "threads": 2, "load_before": "0",
               "load_after": "0", "systems": {
                   "qwq": {"format": "int8", "pp_tok_s": 200.0, "tg_tok_s": 50.0, "ppl": 7.5,
-                          "peak_rss_mib": 900, "batch_tok_s": {"16": 160.0}},
+                          "peak_rss_mib": 900, "batch_tok_s": {"16": 160.0},
+                          "batch_with_prefill_tok_s": {"16": 120.0}},
                   "llama.cpp": {"format": "GGUF", "pp_tok_s": 100.0, "tg_tok_s": 40.0,
                                 "ppl": 7.4, "peak_rss_mib": 600},
                   "transformers": {"error": "exit 1: no module"}},
@@ -31,7 +32,8 @@ def test_table_has_ratios_and_errors():
     assert "1.25" in text  # tg ratio to llama.cpp
     assert "     2.00 " in text  # pp ratio to llama.cpp
     assert "less the runtime before the model (300 MiB" in text and "0.83x" in text
-    assert "3.20x its batch-1 decode" in text
+    assert ("160.0 tok/s aggregate decode = 3.20x its batch-1 decode; 120.0 tok/s counting the "
+            "prefills") in text
     assert "transformers  error: exit 1" in text
     assert "1.10x weights" in text
 

@@ -2,6 +2,7 @@
 stops, prefix caching, preemption, aborts, errors."""
 
 import pytest
+import torch
 
 from qwq.config import EngineConfig
 from qwq.errors import QueueFullError, RequestError
@@ -146,6 +147,20 @@ def test_nan_logits_fail_one_request_alone(net, tokenizer):
     assert outs[0].outputs[0].finish_reason == "length"
     assert outs[2].outputs[0].finish_reason == "length"
     assert engine.blocks.num_free + len(engine.blocks.cached) >= engine.blocks.num_blocks - 1
+
+
+def test_greedy_batch_fails_only_the_nan_row():
+    """The plain greedy path (no per-row processing) picks every row with one argmax and
+    still finds a NaN anywhere in a row."""
+    from qwq.engine.sampler import sample
+    from qwq.engine.sequence import Sequence
+    logits = torch.randn(3, 1000)
+    logits[1, 999] = float("nan")
+    seqs = [Sequence(i, f"r{i}", 0, [1, 2], SamplingParams(temperature=0, max_tokens=4))
+            for i in range(3)]
+    out = sample(logits, seqs, (0,), {})
+    assert [s.token for s in out] == [int(logits[0].argmax()), -1, int(logits[2].argmax())]
+    assert out[1].error and "NaN" in out[1].error and out[0].error is None is out[2].error
 
 
 def test_bad_requests_have_clear_errors(net, tokenizer):

@@ -27,17 +27,26 @@ def test_the_kernels_build_on_this_cpu():
 
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
-def test_packing_reproduces_its_own_values(fmt):
+@pytest.mark.parametrize("k", [384, 896])  # spans of 2 + 1 groups; 4 + 2 + 1
+def test_packing_reproduces_its_own_values(fmt, k):
     """Dequantized and packed again, blocks come back bit for bit (how a GGUF's Q5_0 tensors
     keep their values), and the values are within a step of the weights (Q5_0's range is
     [-16, 15] steps, so the far end of a block clamps by up to one)."""
-    w = torch.randn(37, 384) * 0.05  # rows not a multiple of 4: the last tile is padded
+    w = torch.randn(37, k) * 0.05  # rows not a multiple of 4: the last tile is padded
     packed = fmt.pack(w)
-    assert packed.shape == (10, 3 * 4 * fmt.group_bytes)
-    deq = fmt.dequantize(packed, 37, 384)
+    assert packed.shape == (10, k // 128 * 4 * fmt.group_bytes)
+    deq = fmt.dequantize(packed, 37, k)
     assert torch.equal(fmt.pack(deq), packed)
-    step = w.view(37, 12, 32).abs().amax(-1, keepdim=True) / (16 if fmt.name == "q5_0" else 127)
-    assert ((deq - w).view(37, 12, 32).abs() <= step * 1.01).all()
+    step = w.view(37, -1, 32).abs().amax(-1, keepdim=True) / (16 if fmt.name == "q5_0" else 127)
+    assert ((deq - w).view(37, -1, 32).abs() <= step * 1.01).all()
+
+
+def test_lane_order_is_a_permutation_by_spans():
+    assert blocks.spans(38) == [4] * 9 + [2] and blocks.spans(7) == [4, 2, 1]
+    order = blocks.lane_order(896)
+    assert torch.equal(order.sort().values, torch.arange(896))
+    # lane j of a 4-group span's first vector is block j's first word
+    assert order[:64].view(16, 4)[:, 0].tolist() == [32 * j for j in range(16)]
 
 
 @pytest.mark.parametrize("name", ["blk.0.attn_q.weight", "output.weight"])
@@ -58,7 +67,8 @@ def test_gguf_blocks_run_with_their_own_values(demo_gguf, name):
 @kernel
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("m,n,k", [(1, 96, 128), (3, 201, 896), (70, 130, 640)])
+@pytest.mark.parametrize("m,n,k", [(1, 96, 128), (3, 201, 896), (11, 64, 256), (70, 130, 640),
+                                   (27, 33, 4864)])
 def test_kernel_matches_torch(fmt, dtype, m, n, k):
     torch.manual_seed(m * n)
     w = torch.randn(n, k) * 0.05
@@ -76,8 +86,9 @@ def test_kernel_matches_torch(fmt, dtype, m, n, k):
 @kernel
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
 def test_a_token_gets_the_same_bits_in_any_batch(fmt):
-    """Rows, tokens and threads are tiled differently for 1, 3 or 70 tokens; each output is
-    still the same instruction sequence, so greedy text does not depend on the batch."""
+    """Rows, tokens and threads are tiled differently for 1, 3, 9, 17 or 70 tokens (register
+    tiles of 4 rows x up to 4 tokens, 2 x 8 and 1 x 16); each output is still the same
+    instruction sequence, so greedy text does not depend on the batch."""
     torch.manual_seed(1)
     n, k = 203, 896
     packed = fmt.pack(torch.randn(n, k) * 0.05)
@@ -86,7 +97,8 @@ def test_a_token_gets_the_same_bits_in_any_batch(fmt):
     full = _op(fmt)(x, packed, bias, n)
     for i in (0, 5, 69):
         assert torch.equal(_op(fmt)(x[i:i + 1], packed, bias, n)[0], full[i])
-    assert torch.equal(_op(fmt)(x[4:7], packed, bias, n), full[4:7])
+    for a, b in ((4, 7), (1, 10), (30, 47)):
+        assert torch.equal(_op(fmt)(x[a:b], packed, bias, n), full[a:b])
     torch.set_num_threads(1)
     try:
         assert torch.equal(_op(fmt)(x, packed, bias, n), full)

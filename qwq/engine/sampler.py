@@ -109,18 +109,22 @@ def _with_logprobs(s: Sample, raw: torch.Tensor, p: SamplingParams) -> Sample:
 
 def needs_row_processing(seq: Sequence) -> bool:
     p = seq.params
-    return bool(seq.logits_processors) or not (p.greedy and p.logprobs is None and not p.logit_bias and not p.min_tokens
-                and p.repetition_penalty in (None, 1.0) and not p.presence_penalty
-                and not p.frequency_penalty and not p.extra.get("logits_processors"))
+    bans = p.min_tokens and (p.stop_token_ids or not p.ignore_eos)  # min_tokens with nothing
+    return bool(seq.logits_processors) or not (                   # to ban changes nothing
+        p.greedy and p.logprobs is None and not p.logit_bias and not bans
+        and p.repetition_penalty in (None, 1.0) and not p.presence_penalty
+        and not p.frequency_penalty and not p.extra.get("logits_processors"))
 
 
 def sample(logits: torch.Tensor, seqs: list[Sequence], eos_ids: tuple[int, ...],
            generators: dict[int, torch.Generator]) -> list[Sample]:
     """One token for each row of logits (B, vocab)."""
     if not any(needs_row_processing(s) for s in seqs):
-        # plain greedy batch: one argmax, one host sync
-        tokens = logits.argmax(-1).tolist()
-        bad = torch.isnan(logits).any(-1).tolist()
+        # plain greedy batch: one argmax, one host sync. argmax takes a NaN over any number,
+        # so a row holds a NaN exactly when its pick is one.
+        picks = logits.argmax(-1)
+        tokens = picks.tolist()
+        bad = logits.gather(-1, picks[:, None]).isnan().squeeze(-1).tolist()
         return [Sample(t) if not b else Sample(-1, error="the model produced NaN logits for "
                                                           "this request")
                 for t, b in zip(tokens, bad)]

@@ -6,21 +6,26 @@
 // A decode step reads every weight once, so bits per weight are the speed. Per-block activation
 // scales keep outliers (down_proj's input, attention sinks) to their own block.
 //
-// Weights are stored by tiles of 4 rows x 128 inputs (a group: four blocks of 32 per row), so
-// one thread's share of a matrix is a single forward stream. A tile holds each of its 4 rows'
-// group in turn, GB bytes each (K % 128 == 0, rows padded to a multiple of 4):
-//   q5_0, GB = 88:  64 bytes of nibbles (byte i: value i low, value 64 + i high), the fifth bits
-//                   (16 bytes, two little-endian uint64, bit p for value p), 4 fp16 scales;
-//                   a stored u in [0, 31] means (u - 16) * scale
-//   q8_0, GB = 136: 128 values u in [1, 255], meaning (u - 128) * scale; 4 fp16 scales
-// Values within a group are interleaved: 32-bit word 4t + b of the group is word t of block b.
-// Then lane j of a vpdpbusd over either half of the group sums block j % 4 only, and one 4-scale
-// vector broadcast to all four 128-bit lanes scales both halves: two integer dot products, one
-// conversion and one fma per 128 weights. vpdpbusd multiplies unsigned by signed bytes, so each
-// block's accumulator starts at -offset * sum(activations), exact in integers.
+// Weights are stored by tiles of 4 rows, so one thread's share of a matrix is a single forward
+// stream (K % 128 == 0, rows padded to a multiple of 4). A row's inputs run in spans of S groups
+// of 128 (four blocks of 32 each): S = 4 while at least 4 groups remain, then S = 2 if 2 or 3
+// do, then S = 1. A tile holds each span for its 4 rows in turn, S * GB bytes a row:
+//   q5_0, GB = 88:  per 128 values, 64 bytes of nibbles (byte i: value i low, value 64 + i
+//                   high) and the fifth bits (16 bytes, two little-endian uint64, bit p for
+//                   value p); then the span's 4S fp16 scales. A stored u in [0, 31] means
+//                   (u - 16) * scale.
+//   q8_0, GB = 136: 128S values u in [1, 255], meaning (u - 128) * scale; 4S fp16 scales.
+// Values are in lane order: the span is 2S vectors of 64 bytes, and 32-bit lane j of vector i
+// holds block j % 4S's word i * 4/S + j / 4S. A vpdpbusd then adds block j % 4S's products in
+// lane j only, and one vector of scales covers the whole span: 2S integer dot products, then
+// one conversion, one multiply of weight by activation scales and one fma per 128S weights.
+// (With S = 4 no lane repeats a block; a span of 512 inputs costs 8 dot products and 3 float
+// operations, where 128-input groups cost 8 and 12.) vpdpbusd multiplies unsigned by signed
+// bytes, so each block's accumulator starts at -offset * sum(activations), exact in integers.
 //
 // Every output is computed by the same instruction sequence whatever the number of tokens, the
-// thread count or the tile: a sequence's numbers do not depend on what it is batched with.
+// thread count or which rows and tokens share a register tile: a sequence's numbers do not
+// depend on what it is batched with.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -40,77 +45,122 @@ using qwq::load16;
 
 constexpr int64_t kTile = 64;  // tokens whose activations stay in L2 while rows stream past
 
-inline __m512 broadcast4(__m128 x) { return _mm512_broadcast_f32x4(x); }
+// A span of a row: S groups from input `in`; its 4 rows start `tile_off` bytes into a tile; its
+// activation starts and scales are vector `index` of a token's.
+struct Span {
+  int S;
+  int64_t in, tile_off, index;
+};
+
+std::vector<Span> spans_of(int64_t K, int64_t group_bytes) {
+  std::vector<Span> spans;
+  for (int64_t g = 0, off = 0, G = K / 128; g < G;) {
+    const int S = G - g >= 4 ? 4 : G - g >= 2 ? 2 : 1;
+    spans.push_back({S, g * 128, off, static_cast<int64_t>(spans.size())});
+    off += 4 * S * group_bytes;
+    g += S;
+  }
+  return spans;
+}
 
 inline __m128 fp16x4(const uint8_t* p) {
   return _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
 }
 
-// One token's activations, quantized: int8 values (interleaved), per group the accumulators'
-// start (block b's -offset * sum(values) in lane b), and the four block scales broadcast to 16
-// lanes.
+// A span's 4S fp16 scales, lane j taking block j % 4S's.
+template <int S>
+inline __m512 span_scales(const uint8_t* p) {
+  if constexpr (S == 4) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  } else if constexpr (S == 2) {
+    return _mm512_broadcast_f32x8(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  } else {
+    return _mm512_broadcast_f32x4(fp16x4(p));
+  }
+}
+
+// M tokens' activations, quantized: int8 values in lane order, and per span the accumulators'
+// start (block b's -offset * sum(values) in lane b) and the block scales by lane. Tokens are
+// the inner dimension, so a register tile's tokens sit side by side and one pointer (plus a
+// constant per token) reaches them all: 64-byte vector v of token m is at q + (v * M + m) * 64,
+// span s's start and scales at start / d16 + (s * M + m) * 16.
 struct Acts {
   int8_t* q;
   int32_t* start;
   float* d16;
+  int64_t M;
 };
 
 template <typename T>
-void quantize_token(const T* x, int64_t K, int32_t offset, Acts a) {
-  alignas(64) int8_t blk[128];
-  // output word 4t + b takes block b's word t
-  const __m512i idx0 = _mm512_setr_epi32(0, 8, 16, 24, 1, 9, 17, 25, 2, 10, 18, 26, 3, 11, 19, 27);
-  const __m512i idx1 = _mm512_setr_epi32(4, 12, 20, 28, 5, 13, 21, 29, 6, 14, 22, 30, 7, 15, 23, 31);
-  for (int64_t g = 0; g < K / 128; ++g) {
-    alignas(16) float d[4];
-    alignas(64) int32_t start[16] = {0};
-    for (int b = 0; b < 4; ++b) {
-      const T* p = x + g * 128 + b * 32;
+void quantize_token(const T* x, const std::vector<Span>& spans, int32_t offset, const Acts& a,
+                    int64_t m) {
+  alignas(64) int8_t natural[512];
+  alignas(64) int32_t start[16];
+  alignas(64) float d16[16];
+  float d[16];
+  int32_t sum[16];
+  for (const Span& sp : spans) {
+    const int nb = 4 * sp.S;
+    for (int b = 0; b < nb; ++b) {
+      const T* p = x + sp.in + b * 32;
       __m512 v0 = load16(p), v1 = load16(p + 16);
       float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
       float inv = amax > 0.f ? 127.f / amax : 0.f;
       __m512 s = _mm512_set1_ps(inv);
       __m512i i0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, s));
       __m512i i1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, s));
-      _mm_store_si128(reinterpret_cast<__m128i*>(blk + b * 32), _mm512_cvtsepi32_epi8(i0));
-      _mm_store_si128(reinterpret_cast<__m128i*>(blk + b * 32 + 16), _mm512_cvtsepi32_epi8(i1));
+      _mm_store_si128(reinterpret_cast<__m128i*>(natural + b * 32), _mm512_cvtsepi32_epi8(i0));
+      _mm_store_si128(reinterpret_cast<__m128i*>(natural + b * 32 + 16), _mm512_cvtsepi32_epi8(i1));
       d[b] = amax / 127.f;
-      start[b] = -offset * _mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
+      sum[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
     }
-    __m512i lo = _mm512_load_si512(blk), hi = _mm512_load_si512(blk + 64);
-    _mm512_storeu_si512(a.q + g * 128, _mm512_permutex2var_epi32(lo, idx0, hi));
-    _mm512_storeu_si512(a.q + g * 128 + 64, _mm512_permutex2var_epi32(lo, idx1, hi));
-    _mm512_storeu_si512(a.start + g * 16, _mm512_load_si512(start));
-    _mm512_storeu_ps(a.d16 + g * 16, broadcast4(_mm_load_ps(d)));
+    const int32_t* words = reinterpret_cast<const int32_t*>(natural);
+    for (int i = 0; i < 2 * sp.S; ++i) {
+      int32_t* q = reinterpret_cast<int32_t*>(a.q + ((sp.in / 64 + i) * a.M + m) * 64);
+      for (int j = 0; j < 16; ++j) q[j] = words[8 * (j % nb) + i * (4 / sp.S) + j / nb];
+    }
+    for (int j = 0; j < 16; ++j) {
+      start[j] = j < nb ? -offset * sum[j] : 0;
+      d16[j] = d[j % nb];
+    }
+    _mm512_storeu_si512(a.start + (sp.index * a.M + m) * 16, _mm512_load_si512(start));
+    _mm512_storeu_ps(a.d16 + (sp.index * a.M + m) * 16, _mm512_load_ps(d16));
   }
 }
 
-// A q5_0 group: its two 64-byte halves of unsigned values, and its four scales.
+// q5_0: a span's 2S vectors of unsigned values, and its scales.
 struct Q5 {
   static constexpr int32_t kOffset = 16;
   static constexpr int64_t kGroupBytes = 88;
-  static inline void weights(const uint8_t* p, __m512i& w0, __m512i& w1) {
+  template <int S>
+  static inline void weights(const uint8_t* p, __m512i* w) {
     const __m512i low4 = _mm512_set1_epi8(0x0F), sixteen = _mm512_set1_epi8(16);
-    __m512i v = _mm512_loadu_si512(p);
-    uint64_t hi[2];
-    std::memcpy(hi, p + 64, 16);
-    w0 = _mm512_and_si512(v, low4);
-    w1 = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
-    w0 = _mm512_mask_add_epi8(w0, hi[0], w0, sixteen);
-    w1 = _mm512_mask_add_epi8(w1, hi[1], w1, sixteen);
+#pragma GCC unroll 4
+    for (int c = 0; c < S; ++c) {
+      const uint8_t* g = p + 80 * c;
+      __m512i v = _mm512_loadu_si512(g);
+      uint64_t hi[2];
+      std::memcpy(hi, g + 64, 16);
+      w[2 * c] = _mm512_mask_add_epi8(_mm512_and_si512(v, low4), hi[0], _mm512_and_si512(v, low4), sixteen);
+      __m512i h = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+      w[2 * c + 1] = _mm512_mask_add_epi8(h, hi[1], h, sixteen);
+    }
   }
-  static inline __m128 scale4(const uint8_t* p) { return fp16x4(p + 80); }
+  template <int S>
+  static inline __m512 scales(const uint8_t* p) { return span_scales<S>(p + 80 * S); }
 };
 
-// A q8_0 group.
+// q8_0.
 struct Q8 {
   static constexpr int32_t kOffset = 128;
   static constexpr int64_t kGroupBytes = 136;
-  static inline void weights(const uint8_t* p, __m512i& w0, __m512i& w1) {
-    w0 = _mm512_loadu_si512(p);
-    w1 = _mm512_loadu_si512(p + 64);
+  template <int S>
+  static inline void weights(const uint8_t* p, __m512i* w) {
+#pragma GCC unroll 8
+    for (int i = 0; i < 2 * S; ++i) w[i] = _mm512_loadu_si512(p + 64 * i);
   }
-  static inline __m128 scale4(const uint8_t* p) { return fp16x4(p + 128); }
+  template <int S>
+  static inline __m512 scales(const uint8_t* p) { return span_scales<S>(p + 128 * S); }
 };
 
 // Sums of 16 vectors in one: lane 4r + t holds the sum of v[4t + r]. Every sum adds lane i to
@@ -130,29 +180,66 @@ inline __m512 reduce16(const __m512 v[16]) {
   return _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], 0x88), _mm512_shuffle_ps(w[0], w[1], 0xDD));
 }
 
-// One tile row of 4 weight rows against NT tokens (1-4), all groups: out[4r + t] = row r .
-// token t. Each group is unpacked once for all NT tokens; activations come from L1/L2.
-template <typename F, int NT>
-inline void tile(const uint8_t* quad, int64_t K, const Acts* acts, float out[16]) {
+// Where reduce16 puts vector i's sum.
+constexpr int lane_of(int i) { return 4 * (i % 4) + i / 4; }
+
+// Tokens m + t0 .. m + t0 + NC - 1 of one row's unpacked span: NC dot products in flight at
+// once, since each is a chain of 2S dependent vpdpbusd (integer sums: exact in any order).
+template <int S, int NR, int NC>
+inline void span_tokens(const __m512i* w, __m512 dw, const Acts& a, const Span& sp, int r,
+                        int64_t m, int t0, __m512* acc) {
+  const int8_t* q = a.q + ((sp.in / 64) * a.M + m + t0) * 64;
+  const int32_t* start = a.start + (sp.index * a.M + m + t0) * 16;
+  const float* d16 = a.d16 + (sp.index * a.M + m + t0) * 16;
+  __m512i s[NC];
+#pragma GCC unroll 4
+  for (int t = 0; t < NC; ++t) s[t] = _mm512_loadu_si512(start + 16 * t);
+#pragma GCC unroll 8
+  for (int i = 0; i < 2 * S; ++i, q += a.M * 64)
+#pragma GCC unroll 4
+    for (int t = 0; t < NC; ++t) s[t] = _mm512_dpbusd_epi32(s[t], w[i], _mm512_loadu_si512(q + 64 * t));
+#pragma GCC unroll 4
+  for (int t = 0; t < NC; ++t) {
+    const __m512 scale = _mm512_mul_ps(dw, _mm512_loadu_ps(d16 + 16 * t));
+    __m512& x = acc[NR * (t0 + t) + r];
+    x = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[t]), scale, x);
+  }
+}
+
+// NR rows (of a tile's 4, from the row at p) x NT tokens from m over one span: acc[NR * t + r]
+// += row r . token m + t. Each row's span is unpacked once, into registers, for all NT tokens.
+template <typename F, int S, int NR, int NT>
+inline void span_product(const uint8_t* p, const Acts& a, int64_t m, const Span& sp,
+                         __m512* acc) {
+  constexpr int64_t row_bytes = S * F::kGroupBytes;
+#pragma GCC unroll 4
+  for (int r = 0; r < NR; ++r) {
+    __m512i w[2 * S];
+    F::template weights<S>(p + r * row_bytes, w);
+    const __m512 dw = F::template scales<S>(p + r * row_bytes);
+#pragma GCC unroll 4
+    for (int t0 = 0; t0 + 4 <= NT; t0 += 4) span_tokens<S, NR, 4>(w, dw, a, sp, r, m, t0, acc);
+    if constexpr (NT % 4 != 0) span_tokens<S, NR, NT % 4>(w, dw, a, sp, r, m, NT / 4 * 4, acc);
+  }
+}
+
+// Rows r0 .. r0 + NR - 1 of the tile at quad against NT tokens, all spans: sums[lane_of(NR * t
+// + r)] = row r0 + r . token t.
+template <typename F, int NR, int NT>
+void tile(const uint8_t* quad, int r0, const std::vector<Span>& spans, const Acts& a,
+          int64_t m, float sums[16]) {
+  static_assert(NR * NT <= 16, "a register tile is at most 16 accumulators");
   __m512 acc[16];
   for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
-  for (int64_t g = 0; g < K / 128; ++g) {
-    const uint8_t* base = quad + g * 4 * F::kGroupBytes;
-    for (int r = 0; r < 4; ++r) {
-      __m512i w0, w1;
-      F::weights(base + r * F::kGroupBytes, w0, w1);
-      const __m512 dw = broadcast4(F::scale4(base + r * F::kGroupBytes));
-      for (int t = 0; t < NT; ++t) {
-        const Acts& a = acts[t];
-        __m512i s = _mm512_loadu_si512(a.start + g * 16);
-        s = _mm512_dpbusd_epi32(s, w0, _mm512_loadu_si512(a.q + g * 128));
-        s = _mm512_dpbusd_epi32(s, w1, _mm512_loadu_si512(a.q + g * 128 + 64));
-        const __m512 scale = _mm512_mul_ps(dw, _mm512_loadu_ps(a.d16 + g * 16));
-        acc[4 * t + r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc[4 * t + r]);
-      }
+  for (const Span& sp : spans) {
+    const uint8_t* p = quad + sp.tile_off + r0 * sp.S * F::kGroupBytes;
+    switch (sp.S) {
+      case 4: span_product<F, 4, NR, NT>(p, a, m, sp, acc); break;
+      case 2: span_product<F, 2, NR, NT>(p, a, m, sp, acc); break;
+      default: span_product<F, 1, NR, NT>(p, a, m, sp, acc); break;
     }
   }
-  _mm512_storeu_ps(out, reduce16(acc));
+  _mm512_storeu_ps(sums, reduce16(acc));
 }
 
 template <typename F, typename T>
@@ -164,37 +251,64 @@ void linear_impl(const at::Tensor& x, const at::Tensor& w, const c10::optional<a
   T* op = out.data_ptr<T>();
   const T* bp = bias.has_value() ? bias->data_ptr<T>() : nullptr;
   const int64_t quad_bytes = w.size(1);
+  const std::vector<Span> spans = spans_of(K, F::kGroupBytes);
+  const int64_t ns = static_cast<int64_t>(spans.size());
 
   std::vector<int8_t> aq(M * K);
-  std::vector<int32_t> astart(M * K / 8);
-  std::vector<float> ad16(M * K / 8);
-  std::vector<Acts> acts(M);
-  for (int64_t m = 0; m < M; ++m)
-    acts[m] = Acts{aq.data() + m * K, astart.data() + m * K / 8, ad16.data() + m * K / 8};
+  std::vector<int32_t> astart(M * ns * 16);
+  std::vector<float> ad16(M * ns * 16);
+  const Acts acts{aq.data(), astart.data(), ad16.data(), M};
   at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m) quantize_token(xp + m * K, K, F::kOffset, acts[m]);
+    for (int64_t m = m0; m < m1; ++m) quantize_token(xp + m * K, spans, F::kOffset, acts, m);
   });
 
-  // Threads split the tile rows. Each walks its share once per kTile tokens, whose activations
-  // stay in its L2 while the weights stream past.
+  // Threads split the tiles. Each walks its share once per kTile tokens, whose activations stay
+  // in its L2 while the weights stream past. Within a tile, register tiles are 1 row x 16
+  // tokens while 16 tokens remain (a row is unpacked once for 16 tokens), then 2 x 8, then
+  // 4 x up to 4.
   at::parallel_for(0, w.size(0), 8, [&](int64_t q0, int64_t q1) {
-    float sums[16];
+    alignas(64) float sums[16];
     for (int64_t t0 = 0; t0 < M; t0 += kTile) {
       const int64_t t1 = std::min(M, t0 + kTile);
       for (int64_t q = q0; q < q1; ++q) {
         const uint8_t* quad = wp + q * quad_bytes;
-        for (int64_t m = t0; m < t1; m += 4) {
-          const int nt = static_cast<int>(std::min<int64_t>(4, t1 - m));
-          switch (nt) {
-            case 1: tile<F, 1>(quad, K, &acts[m], sums); break;
-            case 2: tile<F, 2>(quad, K, &acts[m], sums); break;
-            case 3: tile<F, 3>(quad, K, &acts[m], sums); break;
-            default: tile<F, 4>(quad, K, &acts[m], sums); break;
-          }
-          for (int r = 0; r < 4 && 4 * q + r < N; ++r) {
-            const int64_t n = 4 * q + r;
+        // The register tiles below read a tile row by row, which the hardware prefetcher does
+        // not follow from memory: fetch the next tile while this one computes.
+        if (q + 1 < q1)
+          for (int64_t b = 0; b < quad_bytes; b += 64)
+            _mm_prefetch(reinterpret_cast<const char*>(quad + quad_bytes + b), _MM_HINT_T0);
+        auto emit = [&](int r0, int nr, int64_t m, int nt) {
+          for (int r = 0; r < nr && 4 * q + r0 + r < N; ++r) {
+            const int64_t n = 4 * q + r0 + r;
             const float b = bp ? static_cast<float>(bp[n]) : 0.f;
-            for (int t = 0; t < nt; ++t) op[(m + t) * N + n] = static_cast<T>(sums[4 * r + t] + b);
+            for (int t = 0; t < nt; ++t)
+              op[(m + t) * N + n] = static_cast<T>(sums[lane_of(nr * t + r)] + b);
+          }
+        };
+        for (int64_t m = t0; m < t1;) {
+          const int64_t rem = t1 - m;
+          if (rem >= 16) {
+            for (int r0 = 0; r0 < 4; ++r0) {
+              tile<F, 1, 16>(quad, r0, spans, acts, m, sums);
+              emit(r0, 1, m, 16);
+            }
+            m += 16;
+          } else if (rem >= 8) {
+            for (int r0 = 0; r0 < 4; r0 += 2) {
+              tile<F, 2, 8>(quad, r0, spans, acts, m, sums);
+              emit(r0, 2, m, 8);
+            }
+            m += 8;
+          } else {
+            const int nt = static_cast<int>(std::min<int64_t>(4, rem));
+            switch (nt) {
+              case 1: tile<F, 4, 1>(quad, 0, spans, acts, m, sums); break;
+              case 2: tile<F, 4, 2>(quad, 0, spans, acts, m, sums); break;
+              case 3: tile<F, 4, 3>(quad, 0, spans, acts, m, sums); break;
+              default: tile<F, 4, 4>(quad, 0, spans, acts, m, sums); break;
+            }
+            emit(0, 4, m, nt);
+            m += nt;
           }
         }
       }

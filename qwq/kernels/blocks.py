@@ -7,11 +7,13 @@ weight). Packing follows llama.cpp's rounding (scale = the block's largest-magni
 GGUF's bits run as they were shipped.
 q8_0: GGUF Q8_0, 8-bit weights in blocks of 32 with one fp16 scale (8.5 bits).
 Both take activations rounded to int8 per block of 32 (GGUF's Q8_0). See blocks.cpp for the
-layout: values are stored unsigned (u = value + offset) and interleaved within 128-input groups.
+layout: values are stored unsigned (u = value + offset) and interleaved within spans of up to
+512 inputs.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -20,15 +22,26 @@ GROUP = 128  # inputs per group: four blocks of 32
 _BIT = torch.arange(8, dtype=torch.uint8)
 
 
-def _interleave(v: torch.Tensor) -> torch.Tensor:
-    """(..., groups, 4 blocks, 32) -> (..., groups, 128): word 4t + b is block b's word t."""
-    s = v.shape
-    return v.reshape(*s[:-2], 4, 8, 4).transpose(-3, -2).reshape(*s[:-2], GROUP)
+def spans(groups: int) -> list[int]:
+    """Groups per span along a row: 4 while at least 4 remain, then 2, then 1 (blocks.cpp)."""
+    out = []
+    while groups:
+        out.append(4 if groups >= 4 else 2 if groups >= 2 else 1)
+        groups -= out[-1]
+    return out
 
 
-def _deinterleave(v: torch.Tensor) -> torch.Tensor:
-    s = v.shape
-    return v.reshape(*s[:-1], 8, 4, 4).transpose(-3, -2).reshape(*s[:-1], 4, 32)
+@functools.cache
+def lane_order(k: int) -> torch.Tensor:
+    """Position p of a row in lane order -> its input index: in a span of S groups, 32-bit lane
+    j of vector i holds block j % 4S's word i * 4/S + j / 4S."""
+    parts, start = [], 0
+    for s in spans(k // GROUP):
+        i, j, byte = torch.arange(2 * s)[:, None, None], torch.arange(16)[:, None], torch.arange(4)
+        word = i * (4 // s) + j // (4 * s)
+        parts.append((start + 32 * (j % (4 * s)) + 4 * word + byte).flatten())
+        start += s * GROUP
+    return torch.cat(parts)
 
 
 def _q5_round(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,34 +85,47 @@ class BlockFormat:
 
     def pack(self, weight: torch.Tensor, slab: int = 4096) -> torch.Tensor:
         """(out, in) float weights -> (ceil(out / 4), in / 128 * 4 * group_bytes) uint8: tiles
-        of 4 rows x 128 inputs, row by row within a tile (see blocks.cpp)."""
+        of 4 rows, each span's 4 rows in turn (see blocks.cpp)."""
         n, k = weight.shape
         if k % GROUP:
             raise ValueError(f"{self.name} needs in_features divisible by {GROUP}, got {k}")
         groups = k // GROUP
+        order = lane_order(k).to(weight.device)
         out = torch.zeros(-(-n // 4), groups * 4 * self.group_bytes, dtype=torch.uint8,
                           device=weight.device)
         for r in range(0, n, slab):  # slab % 4 == 0
             w = weight[r:r + slab].to(torch.float32, copy=True).view(-1, k // 32, 32)
             rows = w.shape[0]
             u, d = self._round(w)
-            u = _interleave(u.view(rows, groups, 4, 32))
-            scales = d.view(rows, groups, 4).to(torch.float16).view(torch.uint8)
-            g = torch.cat([self._to_bytes(u), scales], -1)
-            g = torch.cat([g, g.new_zeros(-rows % 4, groups, self.group_bytes)])
-            out[r // 4:r // 4 + g.shape[0] // 4] = g.view(-1, 4, groups, self.group_bytes) \
-                .transpose(1, 2).reshape(-1, out.shape[1])
+            values = self._to_bytes(u.view(rows, k)[:, order].view(rows, groups, GROUP))
+            scales = d.view(rows, k // 32).to(torch.float16).view(torch.uint8)
+            pad = -rows % 4
+            g0, col = 0, 0
+            for s in spans(groups):
+                piece = torch.cat([values[:, g0:g0 + s].flatten(1),
+                                   scales[:, 8 * g0:8 * (g0 + s)]], 1)
+                piece = torch.cat([piece, piece.new_zeros(pad, piece.shape[1])])
+                width = 4 * piece.shape[1]
+                out[r // 4:r // 4 + piece.shape[0] // 4, col:col + width] = piece.view(-1, width)
+                g0, col = g0 + s, col + width
         return out
 
     def dequantize(self, packed: torch.Tensor, out_features: int, in_features: int
                    ) -> torch.Tensor:
         """Packed tiles -> (out, in) float32."""
-        groups = in_features // GROUP
-        g = packed.view(-1, groups, 4, self.group_bytes).transpose(1, 2) \
-            .reshape(-1, groups, self.group_bytes)[:out_features]
-        values = _deinterleave(self._from_bytes(g)).float().sub_(self.offset)
-        scales = g[..., -8:].contiguous().view(torch.float16).float()
-        return values.mul_(scales[..., None]).view(out_features, in_features)
+        vb = self.group_bytes - 8  # a group's values; its 4 scales are 8 bytes
+        values, scales, g0, col = [], [], 0, 0
+        for s in spans(in_features // GROUP):
+            width = 4 * s * self.group_bytes
+            piece = packed[:, col:col + width].reshape(-1, s * self.group_bytes)[:out_features]
+            values.append(self._from_bytes(piece[:, :s * vb].reshape(-1, s, vb)).flatten(1))
+            scales.append(piece[:, s * vb:].contiguous().view(torch.float16).float())
+            g0, col = g0 + s, col + width
+        lane = torch.cat(values, 1)
+        natural = torch.empty_like(lane)
+        natural[:, lane_order(in_features).to(lane.device)] = lane
+        w = natural.float().sub_(self.offset).view(out_features, -1, 32)
+        return w.mul_(torch.cat(scales, 1)[..., None]).view(out_features, in_features)
 
 
 Q5_0 = BlockFormat("q5_0", 88, 16, _q5_round, _q5_bytes, _q5_values)
