@@ -186,9 +186,10 @@ inline __m512 reduce16(const __m512 v[16]) {
 // Where reduce16 puts vector i's sum.
 constexpr int lane_of(int i) { return 4 * (i % 4) + i / 4; }
 
-// Tokens m + t0 .. m + t0 + NC - 1 of one row's unpacked span: NC dot products in flight at
+// Tokens m + t0 .. m + t0 + NC - 1 of row r's unpacked span: NC dot products in flight at
 // once, since each is a chain of 2S dependent vpdpbusd (integer sums: exact in any order).
-template <int S, int NR, int NC>
+// acc[4 * t + r] += row r . token m + t.
+template <int S, int NC>
 inline void span_tokens(const __m512i* w, __m512 dw, const Acts& a, const Span& sp, int r,
                         int64_t m, int t0, __m512* acc) {
   const int8_t* q = a.q + ((sp.in / 64) * a.M + m + t0) * 64;
@@ -204,32 +205,31 @@ inline void span_tokens(const __m512i* w, __m512 dw, const Acts& a, const Span& 
 #pragma GCC unroll 4
   for (int t = 0; t < NC; ++t) {
     const __m512 scale = _mm512_mul_ps(dw, _mm512_loadu_ps(d16 + 16 * t));
-    __m512& x = acc[NR * (t0 + t) + r];
+    __m512& x = acc[4 * (t0 + t) + r];
     x = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[t]), scale, x);
   }
 }
 
-// NR rows (of a tile's 4, from the row at p) x NT tokens from m over one span: acc[NR * t + r]
-// += row r . token m + t. Each row's span is unpacked once, into registers, for all NT tokens.
-template <typename F, int S, int NR, int NT>
+// A tile's 4 rows (from p) x NT tokens (1-4) from m over one span, for decode and small
+// batches: acc[4 * t + r] += row r . token m + t. Rows are read in order, each unpacked once
+// into registers for all NT tokens.
+template <typename F, int S, int NT>
 inline void span_product(const uint8_t* p, const Acts& a, int64_t m, const Span& sp,
                          __m512* acc) {
   constexpr int64_t row_bytes = S * F::kGroupBytes;
 #pragma GCC unroll 4
-  for (int r = 0; r < NR; ++r) {
+  for (int r = 0; r < 4; ++r) {
     __m512i w[2 * S];
     F::template weights<S>(p + r * row_bytes, w);
     const __m512 dw = F::template scales<S>(p + r * row_bytes);
-#pragma GCC unroll 4
-    for (int t0 = 0; t0 + 4 <= NT; t0 += 4) span_tokens<S, NR, 4>(w, dw, a, sp, r, m, t0, acc);
-    if constexpr (NT % 4 != 0) span_tokens<S, NR, NT % 4>(w, dw, a, sp, r, m, NT / 4 * 4, acc);
+    span_tokens<S, NT>(w, dw, a, sp, r, m, 0, acc);
   }
 }
 
 // Two rows (r0, r0 + 1) against NT tokens (a multiple of 4) over one span, for batches: both
 // rows' span unpacked into registers, then 4 tokens at a time, each activation vector loaded
 // once for both rows (8 dot-product chains in flight). acc[r][t] += row r0 + r . token m + t,
-// the same operations as span_tokens.
+// the same operations, in the same order, as span_tokens.
 template <typename F, int S, int NT>
 inline void span_pair(const uint8_t* p, const Acts& a, int64_t m, const Span& sp,
                       __m512 (*acc)[16]) {
@@ -288,20 +288,20 @@ void tile_pair(const uint8_t* quad, int r0, const std::vector<Span>& spans, cons
   _mm512_storeu_ps(sums[1], reduce16(acc[1]));
 }
 
-// Rows r0 .. r0 + NR - 1 of the tile at quad against NT tokens, all spans: sums[lane_of(NR * t
-// + r)] = row r0 + r . token t.
-template <typename F, int NR, int NT>
-void tile(const uint8_t* quad, int r0, const std::vector<Span>& spans, const Acts& a,
-          int64_t m, float sums[16]) {
-  static_assert(NR * NT <= 16, "a register tile is at most 16 accumulators");
+// The tile at quad's 4 rows against NT tokens (1-4), all spans: sums[lane_of(4 * t + r)] =
+// row r . token m + t.
+template <typename F, int NT>
+void tile_four(const uint8_t* quad, const std::vector<Span>& spans, const Acts& a, int64_t m,
+               float sums[16]) {
+  static_assert(NT >= 1 && NT <= 4, "1 to 4 tokens");
   __m512 acc[16];
   for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
   for (const Span& sp : spans) {
-    const uint8_t* p = quad + sp.tile_off + r0 * sp.S * F::kGroupBytes;
+    const uint8_t* p = quad + sp.tile_off;
     switch (sp.S) {
-      case 4: span_product<F, 4, NR, NT>(p, a, m, sp, acc); break;
-      case 2: span_product<F, 2, NR, NT>(p, a, m, sp, acc); break;
-      default: span_product<F, 1, NR, NT>(p, a, m, sp, acc); break;
+      case 4: span_product<F, 4, NT>(p, a, m, sp, acc); break;
+      case 2: span_product<F, 2, NT>(p, a, m, sp, acc); break;
+      default: span_product<F, 1, NT>(p, a, m, sp, acc); break;
     }
   }
   _mm512_storeu_ps(sums, reduce16(acc));
@@ -330,12 +330,10 @@ void linear_impl(const at::Tensor& x, const at::Tensor& w, const c10::optional<a
   });
 
   // Threads split the tiles. Each walks its share once per kTile tokens, whose activations stay
-  // in its L2 while the weights stream past. Within a tile, register tiles are 1 row x 16
-  // tokens while 16 tokens remain (a row is unpacked once for 16 tokens), then 2 x 8, then
-  // 4 x up to 4.
+  // in its L2 while the weights stream past. Within a tile, 8 or 16 tokens at a time go
+  // through two rows at a time (tile_pair), fewer through all four rows (tile_four).
   at::parallel_for(0, w.size(0), 8, [&](int64_t q0, int64_t q1) {
-    alignas(64) float sums[16];
-    alignas(64) float pair[2][16];
+    alignas(64) float sums[2][16];
     for (int64_t t0 = 0; t0 < M; t0 += kTile) {
       const int64_t t1 = std::min(M, t0 + kTile);
       for (int64_t q = q0; q < q1; ++q) {
@@ -348,12 +346,14 @@ void linear_impl(const at::Tensor& x, const at::Tensor& w, const c10::optional<a
         if (t1 - t0 >= 8 && q + 2 < q1)
           for (int64_t b = 0; b < quad_bytes; b += 64)
             _mm_prefetch(reinterpret_cast<const char*>(quad + 2 * quad_bytes + b), _MM_HINT_T1);
-        auto emit = [&](int r0, int nr, int64_t m, int nt) {
+        // rows r0 .. r0 + nr - 1 of this tile for tokens m .. m + nt - 1, whose sums are at
+        // s[lane_of(nr * t + r)]
+        auto emit = [&](const float* s, int r0, int nr, int64_t m, int nt) {
           for (int r = 0; r < nr && 4 * q + r0 + r < N; ++r) {
             const int64_t n = 4 * q + r0 + r;
             const float b = bp ? static_cast<float>(bp[n]) : 0.f;
             for (int t = 0; t < nt; ++t)
-              op[(m + t) * N + n] = static_cast<T>(sums[lane_of(nr * t + r)] + b);
+              op[(m + t) * N + n] = static_cast<T>(s[lane_of(nr * t + r)] + b);
           }
         };
         for (int64_t m = t0; m < t1;) {
@@ -361,23 +361,21 @@ void linear_impl(const at::Tensor& x, const at::Tensor& w, const c10::optional<a
           if (rem >= 8) {
             const int nt = rem >= 16 ? 16 : 8;
             for (int r0 = 0; r0 < 4; r0 += 2) {
-              if (nt == 16) tile_pair<F, 16>(quad, r0, spans, acts, m, pair);
-              else tile_pair<F, 8>(quad, r0, spans, acts, m, pair);
-              for (int r = 0; r < 2; ++r) {
-                std::memcpy(sums, pair[r], sizeof(sums));
-                emit(r0 + r, 1, m, nt);
-              }
+              if (nt == 16) tile_pair<F, 16>(quad, r0, spans, acts, m, sums);
+              else tile_pair<F, 8>(quad, r0, spans, acts, m, sums);
+              emit(sums[0], r0, 1, m, nt);
+              emit(sums[1], r0 + 1, 1, m, nt);
             }
             m += nt;
           } else {
             const int nt = static_cast<int>(std::min<int64_t>(4, rem));
             switch (nt) {
-              case 1: tile<F, 4, 1>(quad, 0, spans, acts, m, sums); break;
-              case 2: tile<F, 4, 2>(quad, 0, spans, acts, m, sums); break;
-              case 3: tile<F, 4, 3>(quad, 0, spans, acts, m, sums); break;
-              default: tile<F, 4, 4>(quad, 0, spans, acts, m, sums); break;
+              case 1: tile_four<F, 1>(quad, spans, acts, m, sums[0]); break;
+              case 2: tile_four<F, 2>(quad, spans, acts, m, sums[0]); break;
+              case 3: tile_four<F, 3>(quad, spans, acts, m, sums[0]); break;
+              default: tile_four<F, 4>(quad, spans, acts, m, sums[0]); break;
             }
-            emit(0, 4, m, nt);
+            emit(sums[0], 0, 4, m, nt);
             m += nt;
           }
         }
