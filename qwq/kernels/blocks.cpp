@@ -23,6 +23,10 @@
 // operations, where 128-input groups cost 8 and 12.) vpdpbusd multiplies unsigned by signed
 // bytes, so each block's accumulator starts at -offset * sum(activations), exact in integers.
 //
+// Activations are stored token-minor, so the tokens of a register tile sit 64 bytes apart. Up to
+// 4 tokens run against a tile's 4 rows (tile_four: decode, reading the tile in order); 8 or 16
+// tokens run two rows at a time, each activation vector loaded once for both rows (tile_pair).
+//
 // Every output is computed by the same instruction sequence whatever the number of tokens, the
 // thread count or which rows and tokens share a register tile: a sequence's numbers do not
 // depend on what it is batched with.
