@@ -20,14 +20,17 @@ def llm():
 
 def test_greedy_loop_is_cut_early(llm):
     """The greedy answer falls into repeating a sentence group; generation stops as the loop
-    is confirmed (three periods), not at max_tokens. Where the loop starts depends on the weight
-    format's rounding (token 26 to 88 across formats), so the check is on the loop itself."""
+    is confirmed, not at max_tokens: at the third copy of a short cycle, at the second of one
+    of 48 tokens or more (TokenLoopDetector's rule). Where the loop starts and how long its
+    cycle is depend on the weight format's rounding (it started at token 26 to 88 across
+    formats; session 5's kernels give a 59-token cycle), so the check is on the loop itself."""
     out = llm.chat(LOOPING, SamplingParams(temperature=0, max_tokens=400,
                                            loop_control="stop"))[0].outputs[0]
     assert out.finish_reason == "loop", out.text
     loop = out.stop_reason
-    assert loop["repeats"] >= 3 and loop["end"] == len(out.token_ids) < 400
-    assert loop["end"] - loop["start"] <= 3.5 * loop["period"]  # cut at its third repeat
+    copies = 2 if loop["period"] >= 48 else 3
+    assert loop["repeats"] >= copies and loop["end"] == len(out.token_ids) < 400
+    assert loop["end"] - loop["start"] <= (copies + 0.5) * loop["period"]  # cut when confirmed
 
 
 def test_thinking_budget_is_kept_and_an_answer_follows(llm):
