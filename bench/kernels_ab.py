@@ -10,6 +10,7 @@ layer, so weights stream from memory as in a real step), and the best of 8 round
 compared. On a shared machine whose speed swings with its neighbours, runs taken one after the
 other cannot be compared; alternating calls in one process can. Both builds get the same packed
 weights (blocks.py's layout): an older layout's numbers come out wrong, but its timings hold.
+Both compile against the working tree's simd.h; builds go to temporary folders, left in /tmp.
 """
 
 from __future__ import annotations
@@ -57,8 +58,9 @@ def main() -> None:
     for m in tokens:
         x = {k: torch.randn(m, k).bfloat16() for k in (896, 4864)}
         best = {(t, name): float("inf") for t in ops for name, *_ in SHAPES}
-        for _ in range(8):
-            for tag, op in ops.items():
+        for round_ in range(8):
+            order = list(ops.items()) if round_ % 2 == 0 else list(ops.items())[::-1]
+            for tag, op in order:  # A first in even rounds, B first in odd ones
                 for name, n, k, fmt in SHAPES:
                     fn = getattr(op, f"{fmt.name}_linear")
                     t0 = time.perf_counter()

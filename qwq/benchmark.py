@@ -184,7 +184,10 @@ def qwq_batch(llm, prompts: list[list[int]], new: int) -> tuple[float, float]:
             started_at, started_with = time.perf_counter(), sum(made.values())
     end = time.perf_counter()
     total = sum(made.values())
-    decode = (total - started_with) / (end - started_at) if end > started_at else float("nan")
+    if started_at is None or total == started_with or end <= started_at:
+        decode = float("nan")  # some sequence never got a token, or all finished in one step
+    else:
+        decode = (total - started_with) / (end - started_at)
     return decode, total / (end - t0)
 
 

@@ -86,8 +86,8 @@ def test_kernel_matches_torch(fmt, dtype, m, n, k):
 @kernel
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
 def test_a_token_gets_the_same_bits_in_any_batch(fmt):
-    """Rows, tokens and threads are tiled differently for 1, 3, 9, 17 or 70 tokens (register
-    tiles of 4 rows x up to 4 tokens, 2 x 8 and 1 x 16); each output is still the same
+    """Rows, tokens and threads are tiled differently for 1, 3, 9, 17 or 70 tokens (4 rows x 1-4
+    tokens in tile_four, 2 rows x 8 or 16 tokens in tile_pair); each output is still the same
     instruction sequence, so greedy text does not depend on the batch."""
     torch.manual_seed(1)
     n, k = 203, 896

@@ -120,11 +120,11 @@ def sample(logits: torch.Tensor, seqs: list[Sequence], eos_ids: tuple[int, ...],
            generators: dict[int, torch.Generator]) -> list[Sample]:
     """One token for each row of logits (B, vocab)."""
     if not any(needs_row_processing(s) for s in seqs):
-        # plain greedy batch: one argmax, one host sync. argmax takes a NaN over any number,
-        # so a row holds a NaN exactly when its pick is one.
+        # plain greedy batch: one argmax and one copy to the host. argmax takes a NaN over
+        # any number, so a row holds a NaN exactly when its pick is one.
         picks = logits.argmax(-1)
-        tokens = picks.tolist()
-        bad = logits.gather(-1, picks[:, None]).isnan().squeeze(-1).tolist()
+        nan = logits.gather(-1, picks[:, None]).isnan().squeeze(-1)
+        tokens, bad = torch.stack([picks, nan.long()]).tolist()
         return [Sample(t) if not b else Sample(-1, error="the model produced NaN logits for "
                                                           "this request")
                 for t, b in zip(tokens, bad)]

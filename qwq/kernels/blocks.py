@@ -73,7 +73,8 @@ def _q5_values(data: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class BlockFormat:
     name: str
-    group_bytes: int  # one row's 128 inputs: values, then 4 fp16 scales
+    group_bytes: int  # bytes per row per 128 inputs; a span of S groups holds its values,
+    # then its 4S fp16 scales
     offset: int  # stored u means (u - offset) * scale
     _round: object
     _to_bytes: object
