@@ -93,6 +93,10 @@ struct Acts {
   int32_t* start;
   float* d16;
   int64_t M;
+  // token m's first vector of span sp (its vector i is i * M * 64 bytes on), start and scales
+  int8_t* q_at(const Span& sp, int64_t m) const { return q + ((sp.in / 64) * M + m) * 64; }
+  int32_t* start_at(const Span& sp, int64_t m) const { return start + (sp.index * M + m) * 16; }
+  float* d16_at(const Span& sp, int64_t m) const { return d16 + (sp.index * M + m) * 16; }
 };
 
 template <typename T>
@@ -128,10 +132,9 @@ void quantize_token(const T* x, const std::vector<Span>& spans, int32_t offset, 
     __m512i idx = _mm512_load_si512(word0);
     const __m512i step = _mm512_set1_epi32(4 / sp.S);
     for (int i = 0; i < 2 * sp.S; ++i, idx = _mm512_add_epi32(idx, step))
-      _mm512_storeu_si512(a.q + ((sp.in / 64 + i) * a.M + m) * 64,
-                          _mm512_i32gather_epi32(idx, natural, 4));
-    _mm512_storeu_si512(a.start + (sp.index * a.M + m) * 16, _mm512_load_si512(start));
-    _mm512_storeu_ps(a.d16 + (sp.index * a.M + m) * 16, _mm512_load_ps(d16));
+      _mm512_storeu_si512(a.q_at(sp, m) + i * a.M * 64, _mm512_i32gather_epi32(idx, natural, 4));
+    _mm512_storeu_si512(a.start_at(sp, m), _mm512_load_si512(start));
+    _mm512_storeu_ps(a.d16_at(sp, m), _mm512_load_ps(d16));
   }
 }
 
@@ -196,9 +199,9 @@ constexpr int lane_of(int i) { return 4 * (i % 4) + i / 4; }
 template <int S, int NC>
 inline void span_tokens(const __m512i* w, __m512 dw, const Acts& a, const Span& sp, int r,
                         int64_t m, int t0, __m512* acc) {
-  const int8_t* q = a.q + ((sp.in / 64) * a.M + m + t0) * 64;
-  const int32_t* start = a.start + (sp.index * a.M + m + t0) * 16;
-  const float* d16 = a.d16 + (sp.index * a.M + m + t0) * 16;
+  const int8_t* q = a.q_at(sp, m + t0);
+  const int32_t* start = a.start_at(sp, m + t0);
+  const float* d16 = a.d16_at(sp, m + t0);
   __m512i s[NC];
 #pragma GCC unroll 4
   for (int t = 0; t < NC; ++t) s[t] = _mm512_loadu_si512(start + 16 * t);
@@ -244,9 +247,9 @@ inline void span_pair(const uint8_t* p, const Acts& a, int64_t m, const Span& sp
   const __m512 dw0 = F::template scales<S>(p), dw1 = F::template scales<S>(p + row_bytes);
 #pragma GCC unroll 1
   for (int t0 = 0; t0 < NT; t0 += 4) {
-    const int8_t* q = a.q + ((sp.in / 64) * a.M + m + t0) * 64;
-    const int32_t* start = a.start + (sp.index * a.M + m + t0) * 16;
-    const float* d16 = a.d16 + (sp.index * a.M + m + t0) * 16;
+    const int8_t* q = a.q_at(sp, m + t0);
+    const int32_t* start = a.start_at(sp, m + t0);
+    const float* d16 = a.d16_at(sp, m + t0);
     __m512i s0[4], s1[4];
 #pragma GCC unroll 4
     for (int t = 0; t < 4; ++t) s0[t] = s1[t] = _mm512_loadu_si512(start + 16 * t);

@@ -115,13 +115,13 @@ class BlockFormat:
                    ) -> torch.Tensor:
         """Packed tiles -> (out, in) float32."""
         vb = self.group_bytes - 8  # a group's values; its 4 scales are 8 bytes
-        values, scales, g0, col = [], [], 0, 0
+        values, scales, col = [], [], 0
         for s in spans(in_features // GROUP):
             width = 4 * s * self.group_bytes
             piece = packed[:, col:col + width].reshape(-1, s * self.group_bytes)[:out_features]
             values.append(self._from_bytes(piece[:, :s * vb].reshape(-1, s, vb)).flatten(1))
             scales.append(piece[:, s * vb:].contiguous().view(torch.float16).float())
-            g0, col = g0 + s, col + width
+            col += width
         lane = torch.cat(values, 1)
         natural = torch.empty_like(lane)
         natural[:, lane_order(in_features).to(lane.device)] = lane
