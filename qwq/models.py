@@ -79,12 +79,10 @@ def pick_dtype(dtype: str | torch.dtype | None, config: ModelConfig,
 def build_model(ckpt, dtype: torch.dtype, device: torch.device):
     """The network with the checkpoint's weights, or an error and nothing half-built."""
     from qwq.model import Qwen2Model
-    from qwq.model.rope import RotaryEmbedding
     with torch.device("meta"):
         model = Qwen2Model(ckpt.config)
     # dtype first, on meta: allocating float32 and then converting held both copies
     model = model.to(dtype).to_empty(device=device)
-    model.rotary = RotaryEmbedding(ckpt.config).to(device)  # its buffers were on meta
     model.load_weights(ckpt.iter_tensors(dtype=dtype))
     return model.eval()
 

@@ -25,7 +25,6 @@ from torch import nn
 from qwq.config import ModelConfig
 from qwq.distributed.group import TensorParallelError, TPGroup
 from qwq.model import Qwen2Model
-from qwq.model.rope import RotaryEmbedding
 
 
 def check_tp_size(cfg: ModelConfig, size: int) -> None:
@@ -146,6 +145,5 @@ def build_shard_model(ckpt, dtype: torch.dtype, tp: TPGroup) -> TensorParallelQw
     with torch.device("meta"):
         model = TensorParallelQwen2(ckpt.config, tp)
     model = model.to(dtype).to_empty(device=tp.device)
-    model.rotary = RotaryEmbedding(model.config).to(tp.device)  # its buffers were on meta
     model.load_weights(shard_tensors(ckpt, tp.rank, tp.size, dtype))
     return model.eval()

@@ -96,11 +96,20 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(cfg)
 
 
+def _embedding(vocab: int, hidden: int) -> nn.Embedding:
+    # nn.Embedding's normal_ init on the meta device goes through torch._refs, which imports
+    # torch._dynamo (and triton): ~140 MiB resident for a process that never compiles
+    weight = torch.empty(vocab, hidden)
+    if weight.device.type != "meta":
+        nn.init.normal_(weight)
+    return nn.Embedding(vocab, hidden, _weight=weight)
+
+
 class Qwen2Model(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = _embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)

@@ -28,9 +28,9 @@ def _yarn_inv_freq(dim: int, base: float, rs: dict) -> tuple[torch.Tensor, float
     high = min(math.ceil(correction_dim(beta_slow)), dim - 1)
     if rs.get("truncate", True) is False:
         low, high = max(correction_dim(beta_fast), 0), min(correction_dim(beta_slow), dim - 1)
-    pos_freqs = base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    pos_freqs = base ** (torch.arange(0, dim, 2, dtype=torch.float64, device="cpu") / dim)
     extrapolate, interpolate = 1.0 / pos_freqs, 1.0 / (factor * pos_freqs)
-    ramp = (torch.arange(dim // 2, dtype=torch.float64) - low) / max(high - low, 1e-3)
+    ramp = (torch.arange(dim // 2, dtype=torch.float64, device="cpu") - low) / max(high - low, 1e-3)
     keep = 1.0 - ramp.clamp(0, 1)  # 1 where the original (extrapolated) frequency is kept
     inv_freq = interpolate * (1 - keep) + extrapolate * keep
     return inv_freq.float(), float(mscale)
@@ -45,12 +45,16 @@ class RotaryEmbedding(torch.nn.Module):
         if kind == "yarn":
             inv_freq, self.scale = _yarn_inv_freq(dim, base, rs)
         elif kind in ("default", None):
-            inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)).float()
+            exponents = torch.arange(0, dim, 2, dtype=torch.float64, device="cpu") / dim
+            inv_freq = 1.0 / (base ** exponents).float()
             self.scale = 1.0
         else:
             from qwq.errors import CheckpointError
             raise CheckpointError(f"rope_scaling type {kind!r} is not supported (default, yarn)")
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        # a plain float32 CPU attribute, not a buffer: it is computed from the config, so it
+        # survives a model built on meta and moved with to_empty, and dtype casts don't round it
+        # (and a factory op on meta would import torch._dynamo, ~140 MiB resident)
+        self.inv_freq = inv_freq
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _table(self, upto: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
