@@ -32,7 +32,7 @@ def qwq_rates(fmt: str, ids42, ids512, new: int) -> dict:
     from qwq import SamplingParams
     llm = B.qwq_llm(None, kv_cache_memory=256 << 20, **qwq_options(fmt))
     llm.generate([ids42], SamplingParams(temperature=0, max_tokens=8))  # warm up
-    return {"decode_tok_s": lambda: B.qwq_decode(llm, ids42, new, runs=1),
+    return {"decode_tok_s": lambda: B.qwq_decode(llm.engine, ids42, new, runs=1),
             "prefill_tok_s": lambda: B.qwq_prefill(llm, ids512, runs=1)}
 
 

@@ -141,12 +141,23 @@ def qwq_llm(model=None, quantize: str = "auto", **options):
     return LLM(model, quantize=quantize, enable_prefix_caching=False, **options)
 
 
-def qwq_decode(llm, ids: list[int], new: int, runs: int = 2) -> float:
+def greedy(new: int):
+    """Exactly `new` greedy tokens, each from its own forward: no loop nudges (they insert text
+    without a decode step), as llama.cpp and transformers generate."""
     from qwq import SamplingParams
-    params = SamplingParams(temperature=0, max_tokens=new, min_tokens=new, ignore_eos=True)
+    return SamplingParams(temperature=0, max_tokens=new, min_tokens=new, ignore_eos=True,
+                          loop_control="off")
+
+
+def qwq_decode(engine, ids: list[int], new: int, runs: int = 2) -> float:
+    """Batch-1 decode tok/s through the engine, the first token (the prefill) not counted."""
+    params = greedy(new)
 
     def once() -> float:
-        stamps = [time.perf_counter() for _ in llm.stream(ids, params)]
+        rid = engine.add_request(ids, params)
+        stamps: list[float] = []
+        while engine.is_active(rid):
+            stamps += [time.perf_counter() for out in engine.step() if out.request_id == rid]
         return (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1)  # per token after the first
 
     return 1 / best_of(runs, once)
@@ -168,9 +179,8 @@ def qwq_batch(llm, prompts: list[list[int]], new: int) -> tuple[float, float]:
     once every sequence has its first token (generated tok/s, as llama-batched-bench's S_TG
     and transformers_decode here count it), and generated tok/s of the whole wall time, the
     prefills included."""
-    from qwq import SamplingParams
     engine = llm.engine
-    params = SamplingParams(temperature=0, max_tokens=new, min_tokens=new, ignore_eos=True)
+    params = greedy(new)
     t0 = time.perf_counter()
     ids = [engine.add_request(p, params) for p in prompts]
     made = dict.fromkeys(ids, 0)
@@ -205,7 +215,7 @@ def qwq_ppl(llm, chunks: list[list[int]]) -> float:
 def qwq_serving_memory(model, quantize: str, seqs: int, tokens: int) -> dict:
     """Serve `seqs` distinct sequences of `tokens` tokens each (prompt plus 16 generated) with a
     KV pool sized for exactly that; peak RSS against weights + KV cache."""
-    from qwq import SamplingParams, heap
+    from qwq import heap
     from qwq.models import load_tokenizer
     tok, _ = load_tokenizer(model)
     new = min(16, tokens // 2)
@@ -224,8 +234,7 @@ def qwq_serving_memory(model, quantize: str, seqs: int, tokens: int) -> dict:
     load_peak = peak_rss_mib()
     reset = reset_peak_rss()
     t = time.perf_counter()
-    outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=new, min_tokens=new,
-                                                ignore_eos=True))
+    outs = llm.generate(prompts, greedy(new))
     dt = time.perf_counter() - t
     peak = peak_rss_mib()
     base = (weights + kv_bytes) / 2**20
@@ -250,7 +259,7 @@ def run_qwq(plan: dict) -> dict:
         if "pp" in tests:
             res["pp_tok_s"] = qwq_prefill(llm, prompt_ids(tok, plan["pp"]), plan["runs"])
         if "tg" in tests:
-            res["tg_tok_s"] = qwq_decode(llm, prompt_ids(tok, 42), plan["tg"], plan["runs"])
+            res["tg_tok_s"] = qwq_decode(llm.engine, prompt_ids(tok, 42), plan["tg"], plan["runs"])
         if "batch" in tests:
             rates = {str(n): qwq_batch(llm, [prompt_ids(tok, 42, salt=i + 1) for i in range(n)],
                                        plan["batch_tokens"])
@@ -325,6 +334,12 @@ def run_llama(plan: dict) -> dict:
 
 
 # -- transformers ---------------------------------------------------------------------------------
+def _sync(device) -> None:
+    import torch
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def transformers_model(model=None, dtype=None):
     """transformers' Qwen2ForCausalLM (bf16 unless told) holding the same weights, dequantized
     by qwq (bit-identical to transformers' own GGUF loader, which is much slower)."""
@@ -347,15 +362,17 @@ def transformers_model(model=None, dtype=None):
 def transformers_decode(net, prompts: list[list[int]], new: int, runs: int = 1) -> float:
     """Generated tok/s for a batch of equal-length prompts, the first token's cost removed."""
     import torch
-    x = torch.tensor(prompts)
+    x = torch.tensor(prompts, device=net.device)
 
     def once() -> float:
         with torch.no_grad():
             t = time.perf_counter()
             net.generate(x, max_new_tokens=new, min_new_tokens=new, do_sample=False)
+            _sync(x.device)
             total = time.perf_counter() - t
             t = time.perf_counter()
             net.generate(x, max_new_tokens=1, do_sample=False)
+            _sync(x.device)
             first = time.perf_counter() - t
         return (total - first) / (new - 1)
 

@@ -73,3 +73,40 @@ def test_quick_bench_qwq_alone_table():
     assert any(ln.startswith("qwq batch   4:") for ln in lines)
     assert any("qwq serving 2 x 128 tokens: peak RSS" in ln for ln in lines)
     assert any("less the runtime before the model" in ln for ln in lines)
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_runs_every_step_on_cpu(tmp_path):
+    """bench/gpu.py, issue 5's one-call GPU check, run on a small config on CPU. In float32 the
+    greedy tokens of qwq and of transformers (whose parameters are views of qwq's fused
+    tensors) agree, which checks the views; the limit counts the bytes a step reads."""
+    out = tmp_path / "gpu.json"
+    run = subprocess.run([sys.executable, "bench/gpu.py", "--device", "cpu", "--config", "tiny",
+                          "--dtype", "float32", "--copy-mib", "16", "--prompt", "16",
+                          "--new", "16", "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["greedy_tokens_agree"] == 16
+    assert res["qwq_tok_s"] > 0 and res["transformers_tok_s"] > 0
+    assert 0 < res["read_per_token_gb"] < res["weights_gb"]
+    assert res["limit_tok_s"] > res["limit_all_weights_tok_s"] > 0
+    assert res["qwq_fraction_of_limit"] == round(res["qwq_tok_s"] / res["limit_tok_s"], 3)
+
+
+def test_gpu_check_tokenizer_travels_as_files(tmp_path, tokenizer):
+    """The device machine has no demo model: the exported tokenizer files rebuild the same
+    tokenizer (ids, stop ids, chat template)."""
+    from qwq.tokenizer import Tokenizer
+    run = subprocess.run([sys.executable, "bench/gpu.py", "--export-tokenizer",
+                          str(tmp_path / "tok")], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    again = Tokenizer.from_dir(tmp_path / "tok")
+    text = "Hello <|im_start|>user\n世界 42<|im_end|>"
+    assert again.encode(text, allow_special=True) == tokenizer.encode(text, allow_special=True)
+    assert again.eos_token_ids == tokenizer.eos_token_ids
+    msgs = [{"role": "user", "content": "2+2?"}]
+    assert again.encode_chat(msgs) == tokenizer.encode_chat(msgs)

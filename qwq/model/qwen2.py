@@ -121,7 +121,8 @@ class Qwen2Model(nn.Module):
                 kv: KVCache) -> torch.Tensor:
         """input_ids: (T,). Returns float32 logits (B, vocab) at meta.logits_indices."""
         x = self.embed_tokens(input_ids)
-        cos, sin = rope_factors(*self.rotary.cos_sin(meta.positions), x.dtype)
+        cos, sin = rope_factors(*self.rotary.cos_sin(meta.positions, max(meta.context_lens)),
+                                x.dtype)
         h = self.layers[0].input_layernorm(x)
         for i, layer in enumerate(self.layers):
             x, h = layer.post_attention_layernorm.add(

@@ -66,9 +66,14 @@ class RotaryEmbedding(torch.nn.Module):
             self._cache = (emb.cos() * self.scale, emb.sin() * self.scale)
         return self._cache
 
-    def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin of shape (T, head_dim) in float32 for the given absolute positions."""
-        cos, sin = self._table(int(positions.max()) + 1, positions.device)
+    def cos_sin(self, positions: torch.Tensor, upto: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of shape (T, head_dim) in float32 for the given absolute positions, all
+        below `upto` (given by a caller that knows it, else read from positions: on a GPU
+        that read waits for the device)."""
+        if upto is None:
+            upto = int(positions.max()) + 1
+        cos, sin = self._table(upto, positions.device)
         return cos[positions], sin[positions]
 
 
