@@ -6,7 +6,8 @@ decoding at batch 1 on CUDA, against the HBM-bandwidth limit and against transfo
 - Limit: the bytes a decode step must read (every weight but the embedding table, of which it
   reads one row per token) over that bandwidth; the same over all weight bytes is printed too.
 - qwq: the one engine (qwq.engine), quantize none, greedy, 128 new tokens after 128 prompt
-  tokens, the first token not counted; a profiler pass says how much of a step the GPU is busy.
+  tokens, the first token not counted; eager and with CUDA graphs (the default on CUDA); a
+  profiler pass says how much of a step the GPU is busy.
 - transformers: Qwen2ForCausalLM whose parameters are views of qwq's (fused q|k|v and gate|up
   split by rows), so both read the same memory; `generate`, greedy, same prompt and count.
 
@@ -167,17 +168,25 @@ def run(args: argparse.Namespace) -> dict:
                limit_tok_s=round(bw / read, 1), limit_all_weights_tok_s=round(bw / every, 1))
 
     blocks = -(-(args.prompt + args.new + 16) // 16)
-    engine = engine_for(net, tok, EngineConfig(quantize="none", num_kv_blocks=2 * blocks,
-                                               max_num_seqs=1, enable_prefix_caching=False))
     ids = [(i * 7919) % 150000 + 100 for i in range(args.prompt)]
-    ours = run_to_completion(engine, [ids], [greedy(args.new)])[0].outputs[0].token_ids  # also a warm-up
-    res["qwq_tok_s"] = round(qwq_decode(engine, ids, args.new, runs=2), 1)
+    tokens = {}
+    for mode in ("eager", "graphs"):  # CUDA graphs are the default on CUDA; no-op elsewhere
+        engine = engine_for(net, tok, EngineConfig(
+            quantize="none", num_kv_blocks=2 * blocks, max_num_seqs=1,
+            enable_prefix_caching=False, cuda_graphs=mode == "graphs"))
+        # the first run warms up (and captures the graphs)
+        tokens[mode] = run_to_completion(engine, [ids], [greedy(args.new)])[0].outputs[0].token_ids
+        res[f"qwq_{mode}_tok_s"] = round(qwq_decode(engine, ids, args.new, runs=2), 1)
+        busy = gpu_busy_fraction(engine, ids, 32)
+        res[f"qwq_{mode}_gpu_busy_fraction"] = None if busy is None else round(busy, 3)
+        del engine
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    ours = tokens["graphs"]
+    res["graphs_eager_tokens_agree"] = next(
+        (i for i, (a, b) in enumerate(zip(ours, tokens["eager"])) if a != b), len(ours))
+    res["qwq_tok_s"] = res["qwq_graphs_tok_s"]  # the default on CUDA
     res["qwq_fraction_of_limit"] = round(res["qwq_tok_s"] / res["limit_tok_s"], 3)
-    busy = gpu_busy_fraction(engine, ids, 32)
-    res["qwq_gpu_busy_fraction"] = None if busy is None else round(busy, 3)
-    del engine
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
     if not args.no_transformers:
         hf = transformers_on(net)

@@ -33,6 +33,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speculative-ngram", type=int, default=0, metavar="K",
                    help="prompt-lookup speculative decoding: draft up to K tokens a step from "
                         "earlier text (0: off; greedy output is unchanged)")
+    p.add_argument("--enforce-eager", action="store_true",
+                   help="on CUDA, launch decode steps kernel by kernel instead of replaying "
+                        "CUDA graphs")
     p.add_argument("--tensor-parallel-size", "--tp", type=int, default=1, metavar="N",
                    help="split the model over N ranks (GPUs, or CPU processes with gloo); "
                         "under torchrun, N must equal WORLD_SIZE")
@@ -66,7 +69,7 @@ def engine_options(args: argparse.Namespace) -> dict:
     """The EngineConfig fields that add_model_args sets (generate, chat, serve, eval)."""
     return {"max_model_len": args.max_model_len, "quantize": args.quantize,
             "speculative_ngram": args.speculative_ngram,
-            "reasoning_parser": args.reasoning_parser}
+            "reasoning_parser": args.reasoning_parser, "cuda_graphs": not args.enforce_eager}
 
 
 def load_llm(args: argparse.Namespace):

@@ -131,6 +131,8 @@ class EngineConfig:
     # **Final Answer**), none (not a reasoning model)
     reasoning_parser: str = "auto"
     device: str = "cpu"
+    # on CUDA, decode steps replay CUDA graphs (qwq.engine.graphs); False runs them eagerly
+    cuda_graphs: bool = True
     # prompt-lookup speculative decoding: draft tokens per step (0: off), n-gram sizes matched
     speculative_ngram: int = 0
     prompt_lookup_min: int = 2

@@ -136,9 +136,11 @@ def load_engine(model: str | os.PathLike | None = None, *, dtype: str | torch.dt
     return engine, tokenizer, resolved
 
 
-def engine_for(net, tokenizer, cfg: EngineConfig, generation_config: dict | None = None):
+def engine_for(net, tokenizer, cfg: EngineConfig, generation_config: dict | None = None, *,
+               decode_graphs: bool | None = None):
     """An engine over an already-built network (used by load_engine and by tests that run
-    small random models)."""
+    small random models). decode_graphs: None for CUDA graphs on CUDA as cfg.cuda_graphs says;
+    True off CUDA runs their padded steps eagerly (tests)."""
     from qwq.engine.engine import LLMEngine
     from qwq.engine.runner import ModelRunner
     from qwq.model.quant import quantize_model
@@ -149,11 +151,14 @@ def engine_for(net, tokenizer, cfg: EngineConfig, generation_config: dict | None
     quantize_model(net, "none" if cfg.quantize == "auto" else cfg.quantize, cfg.head_quantize)
     if cfg.max_num_batched_tokens is None:
         cfg = dataclasses.replace(cfg, max_num_batched_tokens=512 if dev.type == "cpu" else 2048)
-    runner = ModelRunner(net, num_kv_blocks(net.config, cfg, dtype, dev), cfg.block_size,
-                         dtype, dev)
-    from qwq.reasoning.controls import ControlFactory
     ctx = net.config.context_length
-    return LLMEngine(runner, tokenizer, cfg, min(cfg.max_model_len or ctx, ctx),
+    max_len = min(cfg.max_model_len or ctx, ctx)
+    runner = ModelRunner(net, num_kv_blocks(net.config, cfg, dtype, dev), cfg.block_size,
+                         dtype, dev, decode_graphs=(cfg.cuda_graphs and dev.type == "cuda"
+                                                  if decode_graphs is None else decode_graphs),
+                         max_batch=cfg.max_num_seqs, max_model_len=max_len)
+    from qwq.reasoning.controls import ControlFactory
+    return LLMEngine(runner, tokenizer, cfg, max_len,
                      generation_config,
                      ControlFactory.for_tokenizer(tokenizer, cfg.reasoning_parser))
 

@@ -208,3 +208,52 @@ def test_prompt_logprobs_equal_a_full_forward(net, tokenizer):
         got, want = out.prompt_logprobs[i][prompt[i]], ref.prompt_logprobs[i][prompt[i]]
         assert abs(got - want) < 1e-4
         assert len(out.prompt_logprobs[i]) >= 2
+
+
+def test_padded_decode_steps_give_the_plain_tokens(net, tokenizer):
+    """Decode steps through qwq.engine.graphs' padded buffers (what a CUDA graph replays; run
+    eagerly here) give the plain path's tokens while the batch shrinks as sequences finish and
+    block tables cross power-of-two widths; padded rows write only the one extra block."""
+    params = [SamplingParams(temperature=0, max_tokens=4 + 3 * i, ignore_eos=True)
+              for i in range(len(PROMPTS))]
+    plain = make(net, tokenizer)
+    want = [o.outputs[0].token_ids for o in run_to_completion(plain, PROMPTS, params)]
+    engine = engine_for(net, tokenizer, EngineConfig(num_kv_blocks=256, block_size=4),
+                        decode_graphs=True)
+    graphs = engine.runner.graphs
+    shapes = []
+    run = graphs.run
+    graphs.run = lambda ids, meta: (shapes.append(graphs._shape(len(meta.query_lens),
+                                                               meta.block_tables.shape[1])),
+                                    run(ids, meta))[1]
+    got = [o.outputs[0].token_ids for o in run_to_completion(engine, PROMPTS, params)]
+    assert got == want
+    assert {s for s, _ in shapes} >= {8, 4, 2, 1} and len({w for _, w in shapes}) >= 2
+    assert engine.runner.kv.num_blocks == engine.blocks.num_blocks + 1 == 257
+    assert engine.runner.graphs.scratch == 256
+
+
+def test_padded_rows_write_only_the_scratch_block(net, tokenizer):
+    """As the batch shrinks, rows a bigger step left in the padded buffers must be pointed back
+    at the scratch block before the step runs: left as they were, they would write K/V into
+    slots of blocks that may since belong to another sequence. Checked at every step."""
+    engine = engine_for(net, tokenizer, EngineConfig(num_kv_blocks=256, block_size=4),
+                        decode_graphs=True)
+    graphs, seen = engine.runner.graphs, []
+    run = graphs.run
+
+    def checked(ids, meta):
+        out = run(ids, meta)
+        batch = len(meta.query_lens)
+        size, _ = graphs._shape(batch, meta.block_tables.shape[1])
+        seen.append((batch, size))
+        assert (graphs.slots[batch:size] // 4 == graphs.scratch).all()
+        assert (graphs.tables[batch:size] == graphs.scratch).all()
+        assert (graphs.slots[:batch] == meta.slot_mapping).all()
+        return out
+
+    graphs.run = checked
+    run_to_completion(engine, PROMPTS, [SamplingParams(temperature=0, max_tokens=3 + 2 * i,
+                                                       ignore_eos=True)
+                                        for i in range(len(PROMPTS))])
+    assert any(batch < size for batch, size in seen)

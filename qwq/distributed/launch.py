@@ -84,7 +84,8 @@ def load_tp_engine(model, *, dtype: str | torch.dtype = "auto", device: str | No
     tokenizer = _tokenizer_of(ckpt)
     with weights_in_own_mappings():
         net, cfg = build_rank(ckpt, opts, tp)
-        engine = engine_for(net, tokenizer, cfg, ckpt.generation_config)
+        # every rank runs each step eagerly: the other ranks mirror rank 0's steps op by op
+        engine = engine_for(net, tokenizer, cfg, ckpt.generation_config, decode_graphs=False)
     return engine, tokenizer, resolved
 
 

@@ -65,9 +65,9 @@ class LLMEngine:
         self.runner = runner
         self.tokenizer = tokenizer
         self.config = config
-        self.blocks = BlockManager(runner.kv.num_blocks, runner.block_size,
+        self.blocks = BlockManager(runner.num_blocks, runner.block_size,
                                    config.enable_prefix_caching)
-        self.max_model_len = min(max_model_len, runner.kv.num_blocks * runner.block_size)
+        self.max_model_len = min(max_model_len, runner.num_blocks * runner.block_size)
         self.scheduler = Scheduler(config, self.blocks, self.max_model_len)
         self.generation_config = dict(generation_config or {})
         self.defaults = {**NEUTRAL_DEFAULTS, **defaults_from_generation_config(

@@ -14,13 +14,26 @@ from qwq.model import AttentionMetadata, KVCache, Qwen2Model
 
 class ModelRunner:
     def __init__(self, model: Qwen2Model, num_blocks: int, block_size: int,
-                 kv_dtype: torch.dtype, device: torch.device | str = "cpu"):
+                 kv_dtype: torch.dtype, device: torch.device | str = "cpu", *,
+                 decode_graphs: bool = False, max_batch: int = 64, max_model_len: int = 0):
+        """decode_graphs: replay decode steps from CUDA graphs (qwq.engine.graphs) of up to
+        max_batch sequences and max_model_len tokens; off CUDA the same padded buffers run
+        eagerly (what the tests compare with the plain path)."""
         cfg = model.config
         self.model = model
         self.device = torch.device(device)
         self.block_size = block_size
-        self.kv = KVCache(cfg.num_hidden_layers, num_blocks, block_size, cfg.num_key_value_heads,
-                          cfg.head_dim, kv_dtype, self.device)
+        self.num_blocks = num_blocks  # what the scheduler hands out
+        # decode graphs pad their batches with rows that write into one more block
+        self.kv = KVCache(cfg.num_hidden_layers, num_blocks + decode_graphs, block_size,
+                          cfg.num_key_value_heads, cfg.head_dim, kv_dtype, self.device)
+        self.graphs = None
+        if decode_graphs:
+            from qwq.engine.graphs import DecodeGraphs
+            max_blocks = min(num_blocks, -(-(max_model_len or num_blocks * block_size)
+                                           // block_size))
+            self.graphs = DecodeGraphs(model, self.kv, block_size, num_blocks, max_batch,
+                                       max_blocks, replay=self.device.type == "cuda")
         self.generators: dict[int, torch.Generator] = {}
 
     def prepare(self, batch: SchedulerOutput) -> tuple[torch.Tensor, AttentionMetadata,
@@ -71,7 +84,10 @@ class ModelRunner:
         """Run one step; returns a sample for each sequence whose chunk reached its end (for a
         drafted sequence, the rows its draft is verified against)."""
         input_ids, meta, sampled = self.prepare(batch)
-        logits = self.model(input_ids, meta, self.kv)
+        if self.graphs is not None and self.graphs.takes(meta):
+            logits = self.graphs.run(input_ids, meta)
+        else:
+            logits = self.model(input_ids, meta, self.kv)
         if input_ids.numel() >= 64 and input_ids.device.type == "cpu":
             heap.trim()  # a prefill's freed activations back to the OS (see qwq.heap)
         n_scored = sum(count for _, _, count in self.scored)

@@ -26,6 +26,8 @@ class AttentionMetadata:
     block_tables: torch.Tensor  # (B, max_blocks) block ids, padded with 0
     context_lens_t: torch.Tensor  # (B,) context_lens as a tensor
     logits_indices: torch.Tensor  # (B,) index in T of each sequence's last token
+    # rows and block tables padded to a captured shape (qwq.engine.graphs): mask at any length
+    padded: bool = False
     # per-step values every layer shares, built by the first layer that needs them
     # (gather slots, decode padding mask) instead of once per layer
     shared: dict = field(default_factory=dict, repr=False, compare=False)
@@ -122,7 +124,8 @@ def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     """One new token per sequence: batched over padded contexts, written out as matmuls
     because for a single query they beat the fused kernels' setup cost."""
     if fused_layers_take(q):  # one fused op (qwq/kernels/layers.cpp) instead of ~12 per layer
-        return torch.ops.qwq.decode_attention(q.contiguous(), k_cache, v_cache, meta.block_tables,
+        return torch.ops.qwq.decode_attention(q.contiguous(), k_cache, v_cache,
+                                              meta.block_tables.contiguous(),
                                               meta.context_lens_t, block_size, scale)
     B, H, D = q.shape
     shared = meta.shared
@@ -141,7 +144,7 @@ def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
             .transpose(1, 2))
     kvh = keys.shape[1]  # keys: (B, KVH, D, L), vals: (B, KVH, L, D)
     scores = torch.matmul(q.float().view(B, kvh, H // kvh, D), keys).mul_(scale)
-    if B > 1 or length != meta.context_lens[0]:
+    if B > 1 or length != meta.context_lens[0] or meta.padded:
         pad = shared.get("pad")
         if pad is None:
             pad = (torch.arange(length, device=q.device).unsqueeze(0)
