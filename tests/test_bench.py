@@ -85,11 +85,11 @@ def test_gpu_check_runs_every_step_on_cpu(tmp_path):
     out = tmp_path / "gpu.json"
     run = subprocess.run([sys.executable, "bench/gpu.py", "--device", "cpu", "--config", "tiny",
                           "--dtype", "float32", "--copy-mib", "16", "--prompt", "16",
-                          "--new", "16", "--out", str(out)],
+                          "--new", "16", "--out", str(out)], check=False,
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     res = json.loads(out.read_text())
-    assert res["greedy_tokens_agree"] == 16
+    assert res["greedy_tokens_agree"] == 16 and res["graphs_eager_tokens_agree"] == 16
     assert res["qwq_tok_s"] > 0 and res["transformers_tok_s"] > 0
     assert 0 < res["read_per_token_gb"] < res["weights_gb"]
     assert res["limit_tok_s"] > res["limit_all_weights_tok_s"] > 0
@@ -101,8 +101,8 @@ def test_gpu_check_tokenizer_travels_as_files(tmp_path, tokenizer):
     tokenizer (ids, stop ids, chat template)."""
     from qwq.tokenizer import Tokenizer
     run = subprocess.run([sys.executable, "bench/gpu.py", "--export-tokenizer",
-                          str(tmp_path / "tok")], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
+                          str(tmp_path / "tok")], check=False, cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     again = Tokenizer.from_dir(tmp_path / "tok")
     text = "Hello <|im_start|>user\n世界 42<|im_end|>"

@@ -99,7 +99,7 @@ def test_serving_never_imports_the_compiler():
             "out = llm.generate(['Say hi.'], SamplingParams(temperature=0, max_tokens=4)); "
             "assert out[0].outputs[0].token_ids; "
             "print(sorted(m for m in ('torch._dynamo', 'triton') if m in sys.modules))")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=600)
+    run = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True,
+                         text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip().splitlines()[-1] == "[]"
