@@ -210,10 +210,17 @@ def test_prompt_logprobs_equal_a_full_forward(net, tokenizer):
         assert len(out.prompt_logprobs[i]) >= 2
 
 
-def test_padded_decode_steps_give_the_plain_tokens(net, tokenizer):
+@pytest.mark.parametrize("fused", [True, False], ids=["cpu-kernels", "torch-ops"])
+def test_padded_decode_steps_give_the_plain_tokens(net, tokenizer, fused, monkeypatch):
     """Decode steps through qwq.engine.graphs' padded buffers (what a CUDA graph replays; run
     eagerly here) give the plain path's tokens while the batch shrinks as sequences finish and
-    block tables cross power-of-two widths; padded rows write only the one extra block."""
+    block tables cross power-of-two widths; padded rows write only the one extra block. With
+    the torch ops (fused=False) attention takes the masked-matmul path a GPU captures."""
+    if not fused:
+        import qwq.model.attention
+        import qwq.model.qwen2
+        for module in (qwq.model.attention, qwq.model.qwen2):
+            monkeypatch.setattr(module, "fused_layers_take", lambda x: False)
     params = [SamplingParams(temperature=0, max_tokens=4 + 3 * i, ignore_eos=True)
               for i in range(len(PROMPTS))]
     plain = make(net, tokenizer)
@@ -257,3 +264,23 @@ def test_padded_rows_write_only_the_scratch_block(net, tokenizer):
                                                        ignore_eos=True)
                                         for i in range(len(PROMPTS))])
     assert any(batch < size for batch, size in seen)
+
+
+def test_steps_with_scored_prompt_rows_skip_the_graphs(net, tokenizer):
+    """A one-token prompt chunk with prompt_logprobs makes a decode-only step whose logits rows
+    are not its sequences in order (scored rows come first): it must not take the graph path,
+    or the decoding sequence would sample from the other's row."""
+    def go(graphs):
+        engine = engine_for(net, tokenizer, EngineConfig(
+            num_kv_blocks=256, block_size=4, max_num_batched_tokens=2,
+            enable_prefix_caching=False), decode_graphs=graphs)
+        decoding = engine.add_request([100, 200], SamplingParams(temperature=0, max_tokens=12,
+                                                                 ignore_eos=True))
+        outs = {o.request_id: o for o in engine.step()}
+        scored = engine.add_request(list(range(300, 310)), SamplingParams(
+            temperature=0, max_tokens=2, ignore_eos=True, prompt_logprobs=0))
+        while engine.has_unfinished():
+            outs.update((o.request_id, o) for o in engine.step())
+        return outs[decoding].outputs[0].token_ids, outs[scored].prompt_logprobs
+
+    assert go(True) == go(False)

@@ -6,8 +6,14 @@ step once and replays it with one launch. Replays read fixed buffers, so a step 
 captured shape: the batch to the next of 1, 2, 4, 8, 16, 32, ... sequences, the block tables to
 the next power of two of blocks. Padded rows decode a dummy token into a block that no sequence
 owns (the runner allocates one past the scheduler's blocks); padded table entries point there
-too, and attention masks every key past a row's context length, so the real rows' numbers are
-the eager step's.
+too, and attention masks every key past a row's context length. The real rows' results are the
+eager step's in exact arithmetic; padding changes matmul shapes, so floats may differ in the
+last bits.
+
+A shape is captured the first time a step needs it. Shapes whose attention would gather more
+than MAX_GATHERED_KEYS keys (sequences x padded context) run eagerly: the graphs' memory pool
+keeps the peak temporaries of the biggest step it captured, outside the memory eager steps use.
+A capture that fails (out of memory, say) leaves that shape eager; serving goes on.
 
 Off CUDA the same buffers and padding run eagerly (`replay=False`): that is how the tests check
 the padding, the scratch block and the mask against the plain path on CPU.
@@ -15,9 +21,17 @@ the padding, the scratch block and the mask against the plain path on CPU.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from qwq.model import AttentionMetadata, KVCache
+
+log = logging.getLogger("qwq.engine")
+
+# sequences x padded context of the biggest captured step: its float32 K/V gather (for
+# QwQ-32B, 4 KiB per key for K and again for V, per layer in turn) stays reserved in the pool
+MAX_GATHERED_KEYS = 1 << 18
 
 
 def _batch_sizes(max_batch: int) -> list[int]:
@@ -45,12 +59,20 @@ class DecodeGraphs:
         self.lens = torch.zeros(n, dtype=torch.long, device=dev)
         self.rows = torch.arange(n, device=dev)
         self._clear(0, n)
-        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        # every graph writes its logits here, outside the pool: one buffer, not one per shape
+        self.logits = torch.empty(n, model.config.vocab_size, dtype=torch.float32, device=dev)
+        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self.eager: set[tuple[int, int]] = set()  # shapes too big to capture, or that failed
         self.pool = None
-        # the rotary table at its full length now: a graph keeps the address it read
+        # one capture stream on this device: torch.cuda.graph's default is shared by the process
+        self.stream = torch.cuda.Stream(device=dev) if replay else None
+        # the rotary table at its full length now, and held: a graph keeps the address it read,
+        # even if a later engine on this model rebuilds the table
         model.rotary.cos_sin(self.positions[:1], max_blocks * block_size)
+        self._rope_table = model.rotary._cache
 
     def takes(self, meta: AttentionMetadata) -> bool:
+        """A decode-only step whose logits rows are its sequences in order."""
         return (meta.decode_only and len(meta.query_lens) <= self.sizes[-1]
                 and meta.block_tables.shape[1] <= self.max_blocks
                 and meta.logits_indices.shape[0] == len(meta.query_lens))
@@ -77,12 +99,13 @@ class DecodeGraphs:
             block_tables=self.tables[:size, :width], context_lens_t=self.lens[:size],
             logits_indices=self.rows[:size], padded=True)
 
-    def run(self, input_ids: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        """The step's logits (one row per sequence), from a replay of its shape's graph."""
+    def run(self, input_ids: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor | None:
+        """The step's logits (one row per sequence) from a replay of its shape's graph, or
+        None where this shape runs eagerly (the caller runs the model)."""
         batch, width = len(meta.query_lens), meta.block_tables.shape[1]
-        size, w = self._shape(batch, width)
-        if self.replay and (size, w) not in self.graphs:
-            self._capture(size, w)
+        shape = size, w = self._shape(batch, width)
+        if self.replay and shape not in self.graphs and not self._capture(shape):
+            return None
         self.ids[:batch].copy_(input_ids)
         self.positions[:batch].copy_(meta.positions)
         self.slots[:batch].copy_(meta.slot_mapping)
@@ -92,29 +115,41 @@ class DecodeGraphs:
         self._clear(batch, size)  # rows a bigger step left behind would write into their slots
         if not self.replay:
             return self.model(self.ids[:size], self._meta(size, w), self.kv)[:batch]
-        graph, logits = self.graphs[(size, w)]
-        graph.replay()
-        return logits[:batch]
+        self.graphs[shape].replay()
+        return self.logits[:batch]
 
-    def _capture(self, size: int, width: int) -> None:
-        with torch.cuda.device(self.ids.device):
-            self._capture_on_device(size, width)
+    def _capture(self, shape: tuple[int, int]) -> bool:
+        size, width = shape
+        if shape in self.eager or size * width * self.block_size > MAX_GATHERED_KEYS:
+            self.eager.add(shape)
+            return False
+        previous = torch.cuda.current_stream(self.ids.device)
+        try:
+            with torch.cuda.device(self.ids.device):
+                self._record(size, width)
+            return True
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
+            torch.cuda.set_stream(previous)  # a failed capture_end leaves the capture stream
+            self.graphs.pop(shape, None)
+            self.eager.add(shape)
+            log.warning("qwq: capturing the decode graph for %d sequences x %d blocks failed "
+                        "(%s); that shape runs eagerly", size, width, e)
+            return False
 
-    def _capture_on_device(self, size: int, width: int) -> None:
+    def _record(self, size: int, width: int) -> None:
         # every row at the scratch block: the warm-up and the capture write K/V at their slots
         self._clear(0, self.sizes[-1])
-        meta = self._meta(size, width)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # lazy initialisations (cuBLAS handles) outside capture
-            self.model(self.ids[:size], meta, self.kv)
-        torch.cuda.current_stream().wait_stream(side)
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):  # lazy initialisations (cuBLAS) outside capture
+            self.model(self.ids[:size], self._meta(size, width), self.kv)
+        torch.cuda.current_stream().wait_stream(self.stream)
         graph = torch.cuda.CUDAGraph()
         meta = self._meta(size, width)  # per-step values the layers share are built anew
-        # one memory pool for every shape: steps never overlap, and the logits of one are
+        # one memory pool for every shape: steps never overlap, and each step's logits are
         # read before the next replays
-        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-            logits = self.model(self.ids[:size], meta, self.kv)
+        with torch.cuda.graph(graph, pool=self.pool, stream=self.stream,
+                              capture_error_mode="thread_local"):
+            self.logits[:size].copy_(self.model(self.ids[:size], meta, self.kv))
         if self.pool is None:
             self.pool = graph.pool()
-        self.graphs[(size, width)] = (graph, logits)
+        self.graphs[(size, width)] = graph

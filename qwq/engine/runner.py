@@ -84,9 +84,11 @@ class ModelRunner:
         """Run one step; returns a sample for each sequence whose chunk reached its end (for a
         drafted sequence, the rows its draft is verified against)."""
         input_ids, meta, sampled = self.prepare(batch)
-        if self.graphs is not None and self.graphs.takes(meta):
+        logits = None
+        # scored prompt rows come first in the logits; a graph returns the sequences in order
+        if self.graphs is not None and not self.scored and self.graphs.takes(meta):
             logits = self.graphs.run(input_ids, meta)
-        else:
+        if logits is None:
             logits = self.model(input_ids, meta, self.kv)
         if input_ids.numel() >= 64 and input_ids.device.type == "cpu":
             heap.trim()  # a prefill's freed activations back to the OS (see qwq.heap)
