@@ -128,7 +128,7 @@ def load_engine(model: str | os.PathLike | None = None, *, dtype: str | torch.dt
     torch_dtype = pick_dtype(dtype, ckpt.config, dev)
     if cfg.quantize == "auto":
         from qwq.model.quant import auto_quantization
-        cfg = dataclasses.replace(cfg, quantize=auto_quantization(ckpt.gguf_types(),
+        cfg = dataclasses.replace(cfg, quantize=auto_quantization(ckpt.weight_types(),
                                                                   torch_dtype, dev))
     with heap.weights_in_own_mappings():
         net = build_model(ckpt, torch_dtype, dev)

@@ -97,7 +97,7 @@ def build_rank(ckpt, opts: RankOptions, tp: TPGroup):
     torch_dtype = pick_dtype(opts.dtype, ckpt.config, tp.device)
     cfg = opts.engine_config
     if cfg.quantize == "auto":
-        cfg = dataclasses.replace(cfg, quantize=auto_quantization(ckpt.gguf_types(),
+        cfg = dataclasses.replace(cfg, quantize=auto_quantization(ckpt.weight_types(),
                                                             torch_dtype, tp.device))
     net = build_shard_model(ckpt, torch_dtype, tp)
     blocks = torch.tensor([num_kv_blocks(net.config, cfg, torch_dtype, tp.device)])

@@ -31,20 +31,23 @@ QUANT_MODES = ("none", "int8", "w8a8", "int4", "q5_0", "q8_0")
 # GGUFs, 8-bit weights: w8a8 on CPUs (integer dot products speed up prefill), int8 on GPUs.
 # Re-quantizing 5-6 bit GGUF weights to int4 groups costs the demo model 8-13% perplexity, so
 # int4 stays one flag away.
-_GGUF_LOW_BIT = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q2_K", "Q3_K", "Q6_K")
+# AWQ4: a 4-bit AWQ directory's linears (qwq.weights.awq), taken like a 4-bit GGUF
+_GGUF_LOW_BIT = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q2_K", "Q3_K", "Q6_K",
+                 "AWQ4")
 _GGUF_QUANTIZED = _GGUF_LOW_BIT + ("Q8_0", "Q8_K")
 
 
-def auto_quantization(gguf_types: dict[str, str], dtype: torch.dtype,
+def auto_quantization(weight_types: dict[str, str], dtype: torch.dtype,
                       device: torch.device | str = "cpu") -> str:
-    """quantize="auto": the checkpoint's own precision mapped to a fast kernel (GGUF), none for
-    float checkpoints or float32 runs (the kernels take 16-bit activations)."""
-    if not gguf_types or dtype == torch.float32:
+    """quantize="auto": the checkpoint's own precision (Checkpoint.weight_types: GGUF types,
+    AWQ) mapped to a fast kernel, none for float checkpoints or float32 runs (the kernels
+    take 16-bit activations)."""
+    if not weight_types or dtype == torch.float32:
         return "none"
     cpu = torch.device(device).type == "cpu"
     eight_bit = "w8a8" if cpu else "int8"
     low_bit = "q5_0" if cpu and kernels_available() else eight_bit
-    layer_types = [t for n, t in gguf_types.items() if n.endswith("proj.weight")]
+    layer_types = [t for n, t in weight_types.items() if n.endswith("proj.weight")]
     modes = [low_bit if t in _GGUF_LOW_BIT else eight_bit if t in _GGUF_QUANTIZED else "none"
              for t in layer_types]
     return max(set(modes), key=modes.count) if modes else "none"

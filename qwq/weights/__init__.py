@@ -70,6 +70,13 @@ class Checkpoint:
             return {}
         return {name: t.qtype.name for name, t in self._backend.by_hf.items()}
 
+    def weight_types(self) -> dict[str, str]:
+        """How each quantized tensor is stored: GGML type names for GGUF, "AWQ4" for an AWQ
+        directory's linears; {} for float checkpoints. quantize="auto" reads this."""
+        if self.format == "gguf":
+            return self.gguf_types()
+        return dict.fromkeys(getattr(self._backend, "weights", {}), "AWQ4")
+
     def gguf_metadata(self) -> dict[str, Any]:
         """Decoded GGUF key-values (tokenizer.ggml.*, chat template, ...); {} for safetensors."""
         return dict(self._backend.metadata) if self.format == "gguf" else {}

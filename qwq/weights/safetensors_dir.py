@@ -17,11 +17,14 @@ import torch
 
 from qwq.config import ModelConfig
 from qwq.errors import CheckpointError, UnsafeCheckpointError
+from qwq.weights import awq as awq_format
+from qwq.weights.awq import AWQConfig
 
 MAX_HEADER = 100_000_000  # the safetensors format's own cap on the JSON header
 MAX_JSON_FILE = 50_000_000  # config.json, index.json, generation_config.json
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-DTYPES = {"BF16": (torch.bfloat16, 2), "F16": (torch.float16, 2), "F32": (torch.float32, 4)}
+DTYPES = {"BF16": (torch.bfloat16, 2), "F16": (torch.float16, 2), "F32": (torch.float32, 4),
+          "I32": (torch.int32, 4)}  # I32: AWQ's packed weights and zeros, nothing else
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ def _check_entry(source: Any, name: str, e: Any) -> tuple[str, tuple[int, ...], 
     dtype, shape, offs = e["dtype"], e["shape"], e["data_offsets"]
     if dtype not in DTYPES:
         raise _fail(source, f"tensor {name!r} has dtype {dtype!r}; qwq reads "
-                            f"{', '.join(DTYPES)} (quantized int checkpoints are not supported)")
+                            f"{', '.join(DTYPES)} (of quantized checkpoints, AWQ)")
     if not isinstance(shape, list) or len(shape) > 8 or not all(
             type(d) is int and 0 <= d < 1 << 40 for d in shape):
         raise _fail(source, f"tensor {name!r} has a bad shape {str(shape)[:80]}")
@@ -131,6 +134,10 @@ def _read_json_file(path: Path) -> Any:
 
 
 def read_config(d: Path) -> ModelConfig:
+    return _read_configs(d)[0]
+
+
+def _read_configs(d: Path) -> tuple[ModelConfig, AWQConfig | None]:
     cfg_path = d / "config.json"
     if not cfg_path.is_file():
         raise _fail(d, "no config.json: not a Hugging Face model directory")
@@ -141,10 +148,11 @@ def read_config(d: Path) -> ModelConfig:
         raise UnsafeCheckpointError(
             f"{cfg_path}: asks for remote code (auto_map); qwq never runs code shipped with a "
             "checkpoint and supports Qwen2ForCausalLM natively: remove auto_map to load it")
+    awq = AWQConfig.from_hf(cfg, str(cfg_path))
     try:
         config = ModelConfig.from_hf_dict(cfg, source=str(cfg_path))
         config.context_length  # noqa: B018 - evaluates rope_scaling now, not mid-serving
-        return config
+        return config, awq
     except (TypeError, ValueError, AttributeError, ZeroDivisionError, OverflowError) as e:
         raise _fail(cfg_path, f"bad field value ({e})") from None
 
@@ -210,10 +218,38 @@ class SafetensorsBackend:
         return part[start:stop] if dim == 0 else part[:, start:stop]
 
 
+class AWQBackend(SafetensorsBackend):
+    """An AWQ directory's tensors: each qweight/qzeros/scales triple appears as the linear's
+    `weight`, dequantized when loaded (qwq.weights.awq)."""
+
+    def __init__(self, entries: dict[str, TensorEntry], awq: AWQConfig,
+                 weights: dict[str, tuple[int, int]]):
+        super().__init__(entries)
+        self.awq, self.weights = awq, weights
+        packed = {f"{w[: -len('.weight')]}.{p}" for w in weights for p in awq_format.PARTS}
+        # each weight where its qweight was: tensors stream in file order
+        self._order = [n[: -len("qweight")] + "weight" if n.endswith(".qweight") else n
+                       for n in self._order if n not in packed or n.endswith(".qweight")]
+
+    def load(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        if name not in self.weights:
+            return super().load(name, dtype)
+        prefix = name[: -len(".weight")]
+        parts = [super(AWQBackend, self).load(f"{prefix}.{p}") for p in awq_format.PARTS]
+        return awq_format.dequantize(*parts, self.awq.group_size,
+                                     dtype or parts[2].dtype)
+
+    def load_slice(self, name: str, dim: int, start: int, stop: int) -> torch.Tensor:
+        if name not in self.weights:
+            return super().load_slice(name, dim, start, stop)
+        w = self.load(name, torch.float32)  # the caller rounds the slice to its dtype once
+        return w[start:stop] if dim == 0 else w[:, start:stop]
+
+
 def open_safetensors_dir(d: Path):
     from qwq.weights import Checkpoint, check_tensor_set
 
-    config = read_config(d)
+    config, awq = _read_configs(d)
     entries: dict[str, TensorEntry] = {}
     for shard in sorted(set(weight_files(d))):
         for name, entry in read_shard_header(shard).items():
@@ -221,12 +257,22 @@ def open_safetensors_dir(d: Path):
                 raise _fail(shard, f"tensor {name!r} also appears in {entries[name].file.name}")
             entries[name] = entry
     _check_index_agrees(d, entries)
-    check_tensor_set(str(d), config, {n: e.shape for n, e in entries.items()})
+    shapes = {n: e.shape for n, e in entries.items()}
+    weights = awq.weight_shapes({n: (e.shape, e.dtype) for n, e in entries.items()},
+                                str(d)) if awq else {}
+    packed = {f"{w[: -len('.weight')]}.{p}" for w in weights for p in awq_format.PARTS}
+    stray = sorted(n for n, e in entries.items() if e.dtype == "I32" and n not in packed)
+    if stray:
+        raise _fail(d, f"int32 tensors {stray[:3]} are not AWQ-packed weights of a config.json "
+                       "that says quant_method awq; qwq reads float tensors otherwise")
+    shapes = {n: s for n, s in shapes.items() if n not in packed} | weights
+    check_tensor_set(str(d), config, shapes)
     gen_path = d / "generation_config.json"
     gen = _read_json_file(gen_path) if gen_path.is_file() else {}
     if not isinstance(gen, dict):
         raise _fail(gen_path, "is not a JSON object")
-    return Checkpoint(d, "safetensors", config, gen, SafetensorsBackend(entries))
+    backend = AWQBackend(entries, awq, weights) if weights else SafetensorsBackend(entries)
+    return Checkpoint(d, "safetensors", config, gen, backend)
 
 
 def _check_index_agrees(d: Path, entries: dict[str, TensorEntry]) -> None:

@@ -1,0 +1,119 @@
+"""AWQ checkpoints (AutoAWQ's GEMM layout, as Qwen publishes QwQ-32B-Preview-AWQ).
+
+config.json's quantization_config says {"quant_method": "awq", "bits": 4, "group_size": G,
+"zero_point": true, "version": "gemm"}. Each quantized linear stores, instead of `weight`:
+
+- qweight: int32 (in, out / 8), eight 4-bit values along the output dimension per word;
+- qzeros: int32 (in / G, out / 8), the groups' zero points, packed the same way;
+- scales: float16 (in / G, out).
+
+Within a word, the nibble at bits 4p..4p+3 holds output column AWQ_ORDER[p] of its eight, so
+column k sits at nibble UNPACK[k]. The weight is (q - zero) * scale, groups running along the
+input dimension; qwq yields it under the linear's `weight` name and shape (out, in), one tensor
+at a time, and --quantize packs it like any other weight (`auto`: as a 4-6 bit GGUF).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from qwq.errors import CheckpointError
+
+AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble p holds column AWQ_ORDER[p]
+UNPACK = tuple(AWQ_ORDER.index(k) for k in range(8))  # column k sits at nibble UNPACK[k]
+PARTS = ("qweight", "qzeros", "scales")
+
+
+@dataclass(frozen=True)
+class AWQConfig:
+    bits: int
+    group_size: int
+
+    @staticmethod
+    def from_hf(config: dict[str, Any], source: str) -> AWQConfig | None:
+        """The AWQ settings of a config.json, None without a quantization_config; an error
+        naming the field for any quantization qwq cannot read."""
+        q = config.get("quantization_config")
+        if q is None:
+            return None
+        if not isinstance(q, dict):
+            raise CheckpointError(f"{source}: quantization_config is not a JSON object")
+        method = str(q.get("quant_method", "")).lower()
+        if method != "awq":
+            raise CheckpointError(
+                f"{source}: quantization_config.quant_method={q.get('quant_method')!r} is not "
+                "supported; qwq reads AWQ (4-bit, GEMM layout) and float checkpoints, and "
+                "quantizes itself with --quantize")
+        bits, group = q.get("bits", q.get("w_bit")), q.get("group_size", q.get("q_group_size"))
+        version = str(q.get("version", "gemm")).lower()
+        if bits != 4:
+            raise CheckpointError(f"{source}: AWQ bits={bits!r}; qwq reads 4-bit AWQ")
+        if version != "gemm":
+            raise CheckpointError(f"{source}: AWQ version={version!r}; qwq reads the GEMM "
+                                  "layout (AutoAWQ's default, and Qwen's)")
+        if q.get("zero_point", True) is not True:
+            raise CheckpointError(f"{source}: AWQ without zero points is not supported")
+        if type(group) is not int or group <= 0 or group % 8:
+            raise CheckpointError(f"{source}: AWQ group_size={group!r} is not a positive "
+                                  "multiple of 8")
+        return AWQConfig(bits, group)
+
+    def weight_shapes(self, shapes: dict[str, tuple[tuple[int, ...], str]], source: str
+                      ) -> dict[str, tuple[int, int]]:
+        """prefix.weight -> (out, in) for each complete, consistent qweight/qzeros/scales
+        triple in `shapes` (name -> (shape, dtype)); an error naming the first bad one."""
+        out: dict[str, tuple[int, int]] = {}
+        for name, (shape, dtype) in shapes.items():
+            if not name.endswith(".qweight"):
+                continue
+            prefix = name[: -len(".qweight")]
+            missing = [p for p in PARTS if f"{prefix}.{p}" not in shapes]
+            if missing:
+                raise CheckpointError(f"{source}: {prefix} has qweight but no "
+                                      f"{', '.join(missing)}")
+            if len(shape) != 2:
+                raise CheckpointError(f"{source}: {name} has shape {shape}; want (in, out/8)")
+            k, n = shape[0], shape[1] * 8
+            want = {"qweight": ((k, n // 8), "I32"),
+                    "qzeros": ((k // self.group_size, n // 8), "I32"),
+                    "scales": ((k // self.group_size, n), None)}
+            if k % self.group_size:
+                raise CheckpointError(f"{source}: {name}: {k} inputs are not a multiple of "
+                                      f"group_size {self.group_size}")
+            for part, (want_shape, want_dtype) in want.items():
+                got_shape, got_dtype = shapes[f"{prefix}.{part}"]
+                if tuple(got_shape) != want_shape or (want_dtype and got_dtype != want_dtype):
+                    raise CheckpointError(
+                        f"{source}: {prefix}.{part} is {got_dtype} {tuple(got_shape)}; an AWQ "
+                        f"linear of {k} inputs and {n} outputs needs {want_dtype or 'float'} "
+                        f"{want_shape}")
+            out[prefix + ".weight"] = (n, k)
+        return out
+
+
+def unpack(packed: torch.Tensor) -> torch.Tensor:
+    """int32 (rows, cols / 8) -> int (rows, cols) of 0..15, in column order."""
+    shifts = torch.tensor([4 * p for p in UNPACK], dtype=torch.int32)
+    return ((packed.unsqueeze(-1) >> shifts) & 0xF).flatten(-2)
+
+
+def pack(values: torch.Tensor) -> torch.Tensor:
+    """The inverse of unpack: int (rows, cols) of 0..15 -> int32 (rows, cols / 8)."""
+    v = values.to(torch.int64).view(values.shape[0], -1, 8)
+    word = torch.zeros(v.shape[:2], dtype=torch.int64)
+    for p, k in enumerate(AWQ_ORDER):
+        word |= v[..., k] << (4 * p)
+    return torch.where(word >= 1 << 31, word - (1 << 32), word).to(torch.int32)
+
+
+def dequantize(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+               group_size: int, dtype: torch.dtype) -> torch.Tensor:
+    """The linear's weight, (out, in), in `dtype` (computed in float32, rounded once)."""
+    k, n = qweight.shape[0], qweight.shape[1] * 8
+    w = unpack(qweight).float().view(k // group_size, group_size, n)  # groups along inputs
+    w -= unpack(qzeros).float()[:, None]
+    w *= scales.float()[:, None]
+    return w.view(k, n).t().to(dtype).contiguous()

@@ -1,0 +1,136 @@
+"""AWQ directories (AutoAWQ's GEMM layout, as Qwen publishes QwQ-32B-Preview-AWQ): the nibble
+order against AutoAWQ's, a directory read back as its dequantized weights, the format `auto`
+picks, and bad ones refused by name."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from qwq.errors import CheckpointError
+from qwq.models import build_model
+from qwq.weights import expected_shapes, open_checkpoint, save_safetensors_dir
+from qwq.weights.awq import pack, unpack
+
+GROUP = 32
+AWQ_CONFIG = {"quant_method": "awq", "bits": 4, "group_size": GROUP, "zero_point": True,
+              "version": "gemm"}
+
+
+def test_nibble_order_is_autoawqs():
+    # AutoAWQ packs columns 0..7 of a word at nibbles in the order 0, 2, 4, 6, 1, 3, 5, 7
+    cols = torch.arange(8).view(1, 8)
+    assert pack(cols).item() == 0x75316420
+    values = torch.randint(0, 16, (5, 64))
+    assert torch.equal(unpack(pack(values)), values)
+
+
+def awq_quantize(w: torch.Tensor):
+    """(out, in) float weight -> qweight, qzeros, scales, and the weight they stand for."""
+    n, k = w.shape
+    g = w.t().reshape(k // GROUP, GROUP, n)
+    lo, hi = g.amin(1).clamp(max=0), g.amax(1).clamp(min=0)
+    scales = ((hi - lo) / 15).clamp(min=1e-4).half()
+    s = scales.float()[:, None]
+    zeros = (-lo / scales.float()).round().clamp(0, 15)
+    q = (g / s + zeros[:, None]).round().clamp(0, 15)
+    deq = ((q - zeros[:, None]) * s).reshape(k, n).t()
+    return pack(q.reshape(k, n).int()), pack(zeros.int()), scales, deq
+
+
+@pytest.fixture
+def dirs(tmp_path, tiny_config):
+    """(an AWQ directory, a float directory of the weights it stands for)."""
+    torch.manual_seed(0)
+    state = {n: torch.randn(s) * 0.1 for n, s in expected_shapes(tiny_config).items()}
+    packed, plain = {}, {}
+    for name, t in state.items():
+        if name.endswith("proj.weight"):
+            qweight, qzeros, scales, deq = awq_quantize(t)
+            prefix = name[: -len(".weight")]
+            packed |= {prefix + ".qweight": qweight, prefix + ".qzeros": qzeros,
+                       prefix + ".scales": scales}
+            plain[name] = deq
+        else:
+            packed[name] = plain[name] = t.half()
+    awq = tmp_path / "awq"
+    awq.mkdir()
+    save_file({n: t.contiguous() for n, t in packed.items()}, str(awq / "model.safetensors"))
+    hf = tiny_config.to_hf_dict() | {"torch_dtype": "float16",
+                                     "quantization_config": AWQ_CONFIG}
+    (awq / "config.json").write_text(json.dumps(hf))
+    return awq, save_safetensors_dir(plain, tiny_config, tmp_path / "float", torch.float32)
+
+
+def test_awq_directory_reads_as_its_dequantized_weights(dirs):
+    awq, plain = (open_checkpoint(d) for d in dirs)
+    assert sorted(awq.tensor_names()) == sorted(plain.tensor_names())
+    assert not any(n.endswith(("qweight", "qzeros", "scales")) for n in awq.tensor_names())
+    got, want = dict(awq.iter_tensors(torch.float32)), dict(plain.iter_tensors(torch.float32))
+    for name, tensor in want.items():
+        assert torch.equal(got[name], tensor), name
+    name = "model.layers.1.mlp.down_proj.weight"
+    assert torch.equal(awq.load_slice(name, 0, 8, 24, torch.float32), want[name][8:24])
+    assert torch.equal(awq.load_slice(name, 1, 32, 64, torch.float32), want[name][:, 32:64])
+    # the network built from either holds the same numbers
+    a, b = (build_model(c, torch.float32, torch.device("cpu")) for c in (awq, plain))
+    for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters()):
+        assert na == nb and torch.equal(pa, pb), na
+
+
+def test_auto_takes_awq_like_a_4_bit_gguf(dirs):
+    from qwq.kernels import kernels_available
+    from qwq.model.quant import auto_quantization
+    types = open_checkpoint(dirs[0]).weight_types()
+    assert set(types.values()) == {"AWQ4"} and len(types) == 2 * 7
+    assert auto_quantization(types, torch.bfloat16, "cpu") == \
+        ("q5_0" if kernels_available() else "w8a8")
+    assert auto_quantization(types, torch.bfloat16, "cuda") == "int8"
+    assert open_checkpoint(dirs[1]).weight_types() == {}
+
+
+def _edit_config(d, **changes):
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["quantization_config"] |= changes
+    (d / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"quant_method": "gptq"}, "quant_method='gptq' is not supported"),
+    ({"version": "gemv"}, "GEMM layout"),
+    ({"bits": 8}, "bits=8"),
+    ({"zero_point": False}, "zero points"),
+    ({"group_size": 0}, "group_size"),
+])
+def test_unsupported_quantization_is_named(dirs, changes, match):
+    _edit_config(dirs[0], **changes)
+    with pytest.raises(CheckpointError, match=match):
+        open_checkpoint(dirs[0])
+
+
+def test_incomplete_or_misshapen_awq_linears_are_named(dirs):
+    from safetensors.torch import load_file
+    d = dirs[0]
+    tensors = load_file(str(d / "model.safetensors"))
+    for change, match in [
+        (lambda t: t.pop("model.layers.0.mlp.up_proj.qzeros"),
+         "up_proj has qweight but no qzeros"),
+        (lambda t: t.update({"model.layers.0.mlp.up_proj.scales":
+                             torch.ones(3, 128, dtype=torch.float16)}), "up_proj.scales"),
+    ]:
+        broken = dict(tensors)
+        change(broken)
+        save_file(broken, str(d / "model.safetensors"))
+        with pytest.raises(CheckpointError, match=match):
+            open_checkpoint(d)
+
+
+def test_int32_tensors_need_an_awq_config(dirs):
+    cfg = json.loads((dirs[0] / "config.json").read_text())
+    del cfg["quantization_config"]
+    (dirs[0] / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="not AWQ-packed weights"):
+        open_checkpoint(dirs[0])
