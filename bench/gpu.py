@@ -132,13 +132,7 @@ def gpu_busy_fraction(engine, ids: list[int], steps: int) -> float | None:
 
 def export_tokenizer(dest: Path) -> None:
     from qwq.models import load_tokenizer
-    tok, _ = load_tokenizer(None)
-    dest.mkdir(parents=True, exist_ok=True)
-    tok.backend.save(str(dest / "tokenizer.json"))
-    (dest / "tokenizer_config.json").write_text(json.dumps(
-        {"eos_token": tok.eos_token, "pad_token": tok.pad_token,
-         "chat_template": tok.chat_template}))
-    print(f"wrote {dest}")
+    print(f"wrote {load_tokenizer(None)[0].save(dest)}")
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -207,6 +207,19 @@ class Tokenizer:
                    pad_token=name("padding_token_id"),
                    chat_templates={"default": template} if isinstance(template, str) else None)
 
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write tokenizer.json and tokenizer_config.json (special tokens, chat templates):
+        what from_dir reads back. Returns the directory."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        self._backend.save(str(out / "tokenizer.json"))
+        templates = [{"name": k, "template": v} for k, v in self.chat_templates.items()]
+        config = {"eos_token": self.eos_token, "bos_token": self.bos_token,
+                  "pad_token": self.pad_token,
+                  "chat_template": templates if len(templates) > 1 else self.chat_template}
+        (out / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+        return out
+
     # tokens
     @property
     def chat_template(self) -> str | None:

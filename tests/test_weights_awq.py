@@ -28,10 +28,11 @@ def test_nibble_order_is_autoawqs():
     assert torch.equal(unpack(pack(values)), values)
 
 
-def awq_quantize(w: torch.Tensor):
-    """(out, in) float weight -> qweight, qzeros, scales, and the weight they stand for."""
+def awq_quantize(w: torch.Tensor, group: int = GROUP):
+    """(out, in) float weight -> qweight, qzeros, scales, and the weight they stand for
+    (round-to-nearest: AWQ's format, without its activation-aware search)."""
     n, k = w.shape
-    g = w.t().reshape(k // GROUP, GROUP, n)
+    g = w.t().reshape(k // group, group, n)
     lo, hi = g.amin(1).clamp(max=0), g.amax(1).clamp(min=0)
     scales = ((hi - lo) / 15).clamp(min=1e-4).half()
     s = scales.float()[:, None]
@@ -41,28 +42,32 @@ def awq_quantize(w: torch.Tensor):
     return pack(q.reshape(k, n).int()), pack(zeros.int()), scales, deq
 
 
-@pytest.fixture
-def dirs(tmp_path, tiny_config):
-    """(an AWQ directory, a float directory of the weights it stands for)."""
-    torch.manual_seed(0)
-    state = {n: torch.randn(s) * 0.1 for n, s in expected_shapes(tiny_config).items()}
+def write_awq_pair(state: dict[str, torch.Tensor], config, out, group: int = GROUP):
+    """(an AWQ directory of `state`, a float32 directory of the weights it stands for)."""
     packed, plain = {}, {}
     for name, t in state.items():
         if name.endswith("proj.weight"):
-            qweight, qzeros, scales, deq = awq_quantize(t)
+            qweight, qzeros, scales, deq = awq_quantize(t.float(), group)
             prefix = name[: -len(".weight")]
             packed |= {prefix + ".qweight": qweight, prefix + ".qzeros": qzeros,
                        prefix + ".scales": scales}
             plain[name] = deq
         else:
             packed[name] = plain[name] = t.half()
-    awq = tmp_path / "awq"
+    awq = out / "awq"
     awq.mkdir()
     save_file({n: t.contiguous() for n, t in packed.items()}, str(awq / "model.safetensors"))
-    hf = tiny_config.to_hf_dict() | {"torch_dtype": "float16",
-                                     "quantization_config": AWQ_CONFIG}
+    hf = config.to_hf_dict() | {"torch_dtype": "float16",
+                                "quantization_config": AWQ_CONFIG | {"group_size": group}}
     (awq / "config.json").write_text(json.dumps(hf))
-    return awq, save_safetensors_dir(plain, tiny_config, tmp_path / "float", torch.float32)
+    return awq, save_safetensors_dir(plain, config, out / "float", torch.float32)
+
+
+@pytest.fixture
+def dirs(tmp_path, tiny_config):
+    torch.manual_seed(0)
+    state = {n: torch.randn(s) * 0.1 for n, s in expected_shapes(tiny_config).items()}
+    return write_awq_pair(state, tiny_config, tmp_path)
 
 
 def test_awq_directory_reads_as_its_dequantized_weights(dirs):
@@ -134,3 +139,25 @@ def test_int32_tensors_need_an_awq_config(dirs):
     (dirs[0] / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="not AWQ-packed weights"):
         open_checkpoint(dirs[0])
+
+
+@pytest.mark.slow
+def test_demo_model_as_awq_answers_like_its_float_weights(tmp_path, demo_gguf, tokenizer):
+    """The demo model's weights as a 4-bit AWQ directory (groups of 128) with its tokenizer:
+    qwq.LLM on it gives, in float32, the greedy answer of the float directory holding the
+    weights it stands for; with the defaults (bf16, auto) it runs as q5_0 and answers."""
+    from qwq import LLM, SamplingParams
+    from qwq.kernels import kernels_available
+    ckpt = open_checkpoint(demo_gguf)
+    awq, plain = write_awq_pair(dict(ckpt.iter_tensors(torch.float32)), ckpt.config, tmp_path,
+                                group=128)
+    for d in (awq, plain):
+        tokenizer.save(d)
+    msgs = [{"role": "user", "content": "Write a Python function that reverses a string."}]
+    params = SamplingParams(temperature=0, max_tokens=24)
+    want, got = (LLM(str(d), dtype="float32").chat(msgs, params)[0].outputs[0].token_ids
+                 for d in (plain, awq))
+    assert got == want
+    llm = LLM(str(awq))
+    assert llm.engine.config.quantize == ("q5_0" if kernels_available() else "w8a8")
+    assert "def" in llm.chat(msgs, params)[0].outputs[0].text
