@@ -83,7 +83,7 @@ def build_model(ckpt, dtype: torch.dtype, device: torch.device):
         model = Qwen2Model(ckpt.config)
     # dtype first, on meta: allocating float32 and then converting held both copies
     model = model.to(dtype).to_empty(device=device)
-    model.load_weights(ckpt.iter_tensors(dtype=dtype))
+    model.load_weights(ckpt.iter_tensors(dtype=dtype, block_scales=True))
     return model.eval()
 
 

@@ -28,6 +28,27 @@ def test_nibble_order_is_autoawqs():
     assert torch.equal(unpack(pack(values)), values)
 
 
+@pytest.mark.parametrize("fmt", ["q5_0", "q8_0"])
+def test_blocks_pack_awq_weights_on_their_own_grid(fmt):
+    """Given the AWQ group scales, q5_0/q8_0 blocks hold the AWQ weights exactly, even from
+    their bf16 rounding; without them the format's own rounding moves them (a second
+    quantization)."""
+    from qwq.kernels import blocks
+    from qwq.weights.awq import block_scales
+    torch.manual_seed(0)
+    qweight, qzeros, scales, deq = awq_quantize(torch.randn(24, 512) * 0.05, 128)
+    f = blocks.FORMATS[fmt]
+    hint = block_scales(scales, 128)
+    hint[5] = float("nan")  # a row with no checkpoint scale rounds as usual
+    got = f.dequantize(f.pack(deq.bfloat16(), scales=hint), 24, 512)
+    rest = [r for r in range(24) if r != 5]
+    assert torch.equal(got[rest], deq[rest])
+    plain = f.dequantize(f.pack(deq.bfloat16()), 24, 512)
+    assert torch.equal(got[5], plain[5])
+    if fmt == "q5_0":
+        assert not torch.equal(plain[rest], deq[rest])
+
+
 def awq_quantize(w: torch.Tensor, group: int = GROUP):
     """(out, in) float weight -> qweight, qzeros, scales, and the weight they stand for
     (round-to-nearest: AWQ's format, without its activation-aware search)."""
@@ -161,3 +182,11 @@ def test_demo_model_as_awq_answers_like_its_float_weights(tmp_path, demo_gguf, t
     llm = LLM(str(awq))
     assert llm.engine.config.quantize == ("q5_0" if kernels_available() else "w8a8")
     assert "def" in llm.chat(msgs, params)[0].outputs[0].text
+    if kernels_available():  # q5_0 blocks on AWQ's grid: the AWQ weights exactly
+        weights = dict(open_checkpoint(plain).iter_tensors(torch.float32))
+        mlp = llm.engine.runner.model.layers[3].mlp
+        for layer, names in ((mlp.gate_up_proj, ("gate_proj", "up_proj")),
+                             (mlp.down_proj, ("down_proj",))):
+            want = torch.cat([weights[f"model.layers.3.mlp.{n}.weight"] for n in names])
+            got = layer.fmt.dequantize(layer.packed, layer.out_features, layer.in_features)
+            assert torch.equal(got, want)

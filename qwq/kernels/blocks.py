@@ -84,20 +84,30 @@ class BlockFormat:
     def bits(self) -> float:
         return self.group_bytes * 8 / GROUP
 
-    def pack(self, weight: torch.Tensor, slab: int = 4096) -> torch.Tensor:
+    def pack(self, weight: torch.Tensor, slab: int = 4096,
+             scales: torch.Tensor | None = None) -> torch.Tensor:
         """(out, in) float weights -> (ceil(out / 4), in / 128 * 4 * group_bytes) uint8: tiles
-        of 4 rows, each span's 4 rows in turn (see blocks.cpp)."""
+        of 4 rows, each span's 4 rows in turn (see blocks.cpp).
+
+        scales: (out, in / 32), a scale for each block that the weights already sit on a grid
+        of (an AWQ checkpoint's group scales), NaN where none: those blocks keep it, so
+        weights that fit the format's range pack exactly, without a second rounding."""
         n, k = weight.shape
         if k % GROUP:
             raise ValueError(f"{self.name} needs in_features divisible by {GROUP}, got {k}")
         groups = k // GROUP
+        hints = scales  # (`scales` below is each slab's packed scales)
         order = lane_order(k).to(weight.device)
         out = torch.zeros(-(-n // 4), groups * 4 * self.group_bytes, dtype=torch.uint8,
                           device=weight.device)
         for r in range(0, n, slab):  # slab % 4 == 0
             w = weight[r:r + slab].to(torch.float32, copy=True).view(-1, k // 32, 32)
             rows = w.shape[0]
+            given = None if hints is None else hints[r:r + slab].to(w.device, torch.float32)
+            orig = w.clone() if given is not None else None  # _round scales w in place
             u, d = self._round(w)
+            if given is not None:
+                u, d = self._on_grid(orig, u, d, given)
             values = self._to_bytes(u.view(rows, k)[:, order].view(rows, groups, GROUP))
             scales = d.view(rows, k // 32).to(torch.float16).view(torch.uint8)
             pad = -rows % 4
@@ -110,6 +120,17 @@ class BlockFormat:
                 out[r // 4:r // 4 + piece.shape[0] // 4, col:col + width] = piece.view(-1, width)
                 g0, col = g0 + s, col + width
         return out
+
+    def _on_grid(self, w: torch.Tensor, u: torch.Tensor, d: torch.Tensor, given: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """u, d with each block that has a given scale rounded on it instead. w: the
+        (rows, blocks, 32) weights; u, d: the format's own rounding of them."""
+        given = given.view(*d.shape)
+        use = given.isfinite() & (given != 0)
+        step = torch.where(use, given, torch.ones_like(given))
+        lo, hi = (0, 31) if self.offset == 16 else (1, 255)
+        on_grid = w.div_(step).round_().add_(self.offset).clamp_(lo, hi).to(torch.uint8)
+        return torch.where(use, on_grid, u), torch.where(use, given, d)
 
     def dequantize(self, packed: torch.Tensor, out_features: int, in_features: int
                    ) -> torch.Tensor:

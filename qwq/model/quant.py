@@ -171,10 +171,10 @@ class BlockLinear(nn.Module):
     elsewhere."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype,
-                 fmt: blocks.BlockFormat):
+                 fmt: blocks.BlockFormat, block_scales: torch.Tensor | None = None):
         super().__init__()
         self.fmt = fmt
-        self.register_buffer("packed", fmt.pack(weight))
+        self.register_buffer("packed", fmt.pack(weight, scales=block_scales))
         self.bias = None if bias is None else nn.Parameter(bias.to(dtype), requires_grad=False)
         self.out_features, self.in_features = weight.shape
         self.kernel = getattr(torch.ops.qwq, f"{fmt.name}_linear") \
@@ -200,7 +200,8 @@ def quantize_linear(linear: nn.Linear, mode: str, dtype: torch.dtype) -> nn.Modu
     if mode == "int4":
         return Int4Linear(linear.weight.data, bias, dtype)
     if mode in blocks.FORMATS:
-        return BlockLinear(linear.weight.data, bias, dtype, blocks.FORMATS[mode])
+        return BlockLinear(linear.weight.data, bias, dtype, blocks.FORMATS[mode],
+                           getattr(linear, "block_scales", None))
     return linear
 
 
@@ -209,6 +210,14 @@ def quantize_model(model: nn.Module, mode: str, head_mode: str | None = None) ->
     if mode not in QUANT_MODES or (head_mode or mode) not in QUANT_MODES:
         raise QwQError(f"quantize={mode!r} is not supported; choose one of "
                        f"{', '.join(QUANT_MODES)}")
+    try:
+        return _quantize_model(model, mode, head_mode)
+    finally:
+        for module in model.modules():  # the checkpoint's scale hints (load_weights) are spent
+            module.__dict__.pop("block_scales", None)
+
+
+def _quantize_model(model: nn.Module, mode: str, head_mode: str | None) -> nn.Module:
     if mode == "none":
         return model
     dtype = model.embed_tokens.weight.dtype

@@ -140,6 +140,9 @@ class Qwen2Model(nn.Module):
         expected = set(hf_weight_names(self.config))
         seen: set[str] = set()
         for name, tensor in tensors:
+            if name.endswith(".weight_scale") and name[:-len("_scale")] in expected:
+                self._hint_in(name[:-len("_scale")], tensor)
+                continue
             if name not in expected:
                 if name == "lm_head.weight" and self.config.tie_word_embeddings:
                     continue
@@ -151,6 +154,20 @@ class Qwen2Model(nn.Module):
         missing = sorted(expected - seen)
         if missing:
             raise CheckpointError(f"checkpoint lacks {len(missing)} tensors, e.g. {missing[:4]}")
+
+    def _hint_in(self, name: str, scales: torch.Tensor) -> None:
+        """A linear's block scales (out, in / 32) from the checkpoint (an AWQ group's scale):
+        kept beside the weight for quantize_model, which packs q5_0/q8_0 blocks on them."""
+        module, _, rows = _fused_module(self, name)
+        if tuple(scales.shape) != (rows.stop - rows.start, module.in_features // 32):
+            raise CheckpointError(f"tensor {name}_scale has shape {tuple(scales.shape)}, "
+                                  f"expected {(rows.stop - rows.start, module.in_features // 32)}")
+        hint = module.__dict__.get("block_scales")
+        if hint is None:  # NaN: rows no checkpoint scale covers round as usual
+            hint = module.__dict__["block_scales"] = torch.full(
+                (module.out_features, module.in_features // 32), float("nan"),
+                dtype=torch.float16)
+        hint[rows] = scales.to(torch.float16)
 
     def _copy_in(self, name: str, tensor: torch.Tensor) -> None:
         target, rows = _fused_target(self, name)
@@ -176,12 +193,17 @@ def hf_weight_names(cfg: ModelConfig) -> list[str]:
 
 def _fused_target(model: Qwen2Model, name: str) -> tuple[torch.Tensor, slice]:
     """The parameter an HF tensor lands in, and which rows of it."""
+    module, kind, rows = _fused_module(model, name)
+    return getattr(module, kind).data, rows
+
+
+def _fused_module(model: Qwen2Model, name: str) -> tuple[nn.Module, str, slice]:
+    """The module an HF tensor lands in, its attribute, and which rows of it."""
     m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", name)
     if not m:
-        param = {"model.embed_tokens.weight": model.embed_tokens.weight,
-                 "model.norm.weight": model.norm.weight,
-                 "lm_head.weight": model.lm_head.weight}[name]
-        return param.data, slice(0, param.shape[0])
+        module = {"model.embed_tokens.weight": model.embed_tokens,
+                  "model.norm.weight": model.norm, "lm_head.weight": model.lm_head}[name]
+        return module, "weight", slice(0, module.weight.shape[0])
     layer, rest = model.layers[int(m.group(1))], m.group(2)
     attn, mlp = layer.self_attn, layer.mlp
     q, kv, inter = attn.q_size, attn.kv_size, mlp.inter
@@ -195,6 +217,6 @@ def _fused_target(model: Qwen2Model, name: str) -> tuple[torch.Tensor, slice]:
     module_name, _, kind = rest.rpartition(".")
     if module_name in fused:
         module, rows = fused[module_name]
-        return getattr(module, kind).data, rows
-    param = layer.get_parameter(rest)
-    return param.data, slice(0, param.shape[0])
+        return module, kind, rows
+    module = layer.get_submodule(module_name)
+    return module, kind, slice(0, getattr(module, kind).shape[0])

@@ -46,14 +46,21 @@ class Checkpoint:
         return list(self._backend.names())
 
     def iter_tensors(self, dtype: torch.dtype | None = None,
-                     names: Iterable[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-        """(HF name, tensor) pairs; dtype None keeps the stored dtype (float32 for GGUF)."""
+                     names: Iterable[str] | None = None, block_scales: bool = False
+                     ) -> Iterator[tuple[str, torch.Tensor]]:
+        """(HF name, tensor) pairs; dtype None keeps the stored dtype (float32 for GGUF).
+        block_scales: after each weight stored on a grid (AWQ), `<name>_scale` with the scale
+        of each block of 32 inputs (float16), for packing on that grid (Qwen2Model)."""
         wanted = self.tensor_names() if names is None else list(names)
         unknown = sorted(set(wanted) - set(self.tensor_names()))
         if unknown:
             raise CheckpointError(f"{self.path}: no tensors named {unknown[:4]}")
+        hints = getattr(self._backend, "block_scales", None) if block_scales else None
         for name in _progress(wanted, f"loading {self.path.name}"):
             yield name, self._backend.load(name, dtype)
+            scales = hints(name) if hints else None
+            if scales is not None:
+                yield name + "_scale", scales
 
     def load_slice(self, name: str, dim: int, start: int, stop: int,
                    dtype: torch.dtype | None = None) -> torch.Tensor:

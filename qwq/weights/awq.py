@@ -117,3 +117,11 @@ def dequantize(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor
     w -= unpack(qzeros).float()[:, None]
     w *= scales.float()[:, None]
     return w.view(k, n).t().to(dtype).contiguous()
+
+
+def block_scales(scales: torch.Tensor, group_size: int) -> torch.Tensor | None:
+    """(in / G, out) group scales -> (out, in / 32) float16: the scale of each block of 32
+    inputs, for packing q5_0/q8_0 blocks on AWQ's own grid (None unless 32 divides G)."""
+    if group_size % 32:
+        return None
+    return scales.t().to(torch.float16).repeat_interleave(group_size // 32, dim=1).contiguous()

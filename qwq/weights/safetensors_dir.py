@@ -239,6 +239,13 @@ class AWQBackend(SafetensorsBackend):
         return awq_format.dequantize(*parts, self.awq.group_size,
                                      dtype or parts[2].dtype)
 
+    def block_scales(self, name: str) -> torch.Tensor | None:
+        """The scale of each block of 32 inputs of an AWQ linear's weight, (out, in / 32)."""
+        if name not in self.weights:
+            return None
+        scales = super().load(f"{name[: -len('.weight')]}.scales")
+        return awq_format.block_scales(scales, self.awq.group_size)
+
     def load_slice(self, name: str, dim: int, start: int, stop: int) -> torch.Tensor:
         if name not in self.weights:
             return super().load_slice(name, dim, start, stop)
