@@ -36,7 +36,7 @@ def test_blocks_pack_awq_weights_on_their_own_grid(fmt):
     from qwq.kernels import blocks
     from qwq.weights.awq import block_scales
     torch.manual_seed(0)
-    qweight, qzeros, scales, deq = awq_quantize(torch.randn(24, 512) * 0.05, 128)
+    _, _, scales, deq = awq_quantize(torch.randn(24, 512) * 0.05, 128)
     f = blocks.FORMATS[fmt]
     hint = block_scales(scales, 128)
     hint[5] = float("nan")  # a row with no checkpoint scale rounds as usual
