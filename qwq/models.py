@@ -76,14 +76,15 @@ def pick_dtype(dtype: str | torch.dtype | None, config: ModelConfig,
     return DTYPES[dtype]
 
 
-def build_model(ckpt, dtype: torch.dtype, device: torch.device):
-    """The network with the checkpoint's weights, or an error and nothing half-built."""
+def build_model(ckpt, dtype: torch.dtype, device: torch.device, block_scales: bool = False):
+    """The network with the checkpoint's weights, or an error and nothing half-built.
+    block_scales: keep the grids of weights stored on one (AWQ) for a q5_0/q8_0 packing."""
     from qwq.model import Qwen2Model
     with torch.device("meta"):
         model = Qwen2Model(ckpt.config)
     # dtype first, on meta: allocating float32 and then converting held both copies
     model = model.to(dtype).to_empty(device=device)
-    model.load_weights(ckpt.iter_tensors(dtype=dtype, block_scales=True))
+    model.load_weights(ckpt.iter_tensors(dtype=dtype, block_scales=block_scales))
     return model.eval()
 
 
@@ -131,7 +132,8 @@ def load_engine(model: str | os.PathLike | None = None, *, dtype: str | torch.dt
         cfg = dataclasses.replace(cfg, quantize=auto_quantization(ckpt.weight_types(),
                                                                   torch_dtype, dev))
     with heap.weights_in_own_mappings():
-        net = build_model(ckpt, torch_dtype, dev)
+        net = build_model(ckpt, torch_dtype, dev,
+                          block_scales=cfg.quantize in ("q5_0", "q8_0"))
         engine = engine_for(net, tokenizer, cfg, ckpt.generation_config)
     return engine, tokenizer, resolved
 

@@ -216,7 +216,8 @@ class Tokenizer:
         templates = [{"name": k, "template": v} for k, v in self.chat_templates.items()]
         config = {"eos_token": self.eos_token, "bos_token": self.bos_token,
                   "pad_token": self.pad_token,
-                  "chat_template": templates if len(templates) > 1 else self.chat_template}
+                  "chat_template": self.chat_template
+                  if list(self.chat_templates) == ["default"] else templates or None}
         (out / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
         return out
 

@@ -39,12 +39,14 @@ def test_blocks_pack_awq_weights_on_their_own_grid(fmt):
     _, _, scales, deq = awq_quantize(torch.randn(24, 512) * 0.05, 128)
     f = blocks.FORMATS[fmt]
     hint = block_scales(scales, 128)
-    hint[5] = float("nan")  # a row with no checkpoint scale rounds as usual
-    got = f.dequantize(f.pack(deq.bfloat16(), scales=hint), 24, 512)
-    rest = [r for r in range(24) if r != 5]
-    assert torch.equal(got[rest], deq[rest])
-    plain = f.dequantize(f.pack(deq.bfloat16()), 24, 512)
-    assert torch.equal(got[5], plain[5])
+    hint.scales[5] = float("nan")  # a row with no checkpoint scale rounds as usual
+    off = deq.clone()
+    off[7, :32] += 0.3 * scales[0, 7].float()  # a block off its grid rounds as usual too
+    got = f.dequantize(f.pack(off.bfloat16(), scales=hint), 24, 512)
+    plain = f.dequantize(f.pack(off.bfloat16()), 24, 512)
+    rest = [r for r in range(24) if r not in (5, 7)]
+    assert torch.equal(got[rest], deq[rest]) and torch.equal(got[7, 32:], deq[7, 32:])
+    assert torch.equal(got[5], plain[5]) and torch.equal(got[7, :32], plain[7, :32])
     if fmt == "q5_0":
         assert not torch.equal(plain[rest], deq[rest])
 
@@ -107,6 +109,40 @@ def test_awq_directory_reads_as_its_dequantized_weights(dirs):
         assert na == nb and torch.equal(pa, pb), na
 
 
+@pytest.mark.parametrize("fmt", ["q5_0", "q8_0"])
+def test_a_built_model_packs_every_awq_linear_exactly(tmp_path, tiny_config, fmt):
+    """Checkpoint -> load_weights (fused q|k|v and gate|up rows) -> quantize_model: every
+    projection's blocks hold the AWQ weights bit for bit, from bf16, and no scales stay."""
+    from qwq.model.quant import quantize_model
+    cfg = tiny_config.replace(hidden_size=256, intermediate_size=256, head_dim=64)
+    torch.manual_seed(1)
+    state = {n: torch.randn(s) * 0.05 for n, s in expected_shapes(cfg).items()}
+    awq, plain = (open_checkpoint(d) for d in write_awq_pair(state, cfg, tmp_path, group=128))
+    want = dict(plain.iter_tensors(torch.float32))
+    net = quantize_model(build_model(awq, torch.bfloat16, torch.device("cpu"),
+                                     block_scales=True), fmt, head_mode="int8")
+    assert not any("block_scales" in vars(m) for m in net.modules())
+    for i, layer in enumerate(net.layers):
+        p = f"model.layers.{i}."
+        for linear, parts in ((layer.self_attn.qkv_proj, ("self_attn.q_proj", "self_attn.k_proj",
+                                                          "self_attn.v_proj")),
+                              (layer.self_attn.o_proj, ("self_attn.o_proj",)),
+                              (layer.mlp.gate_up_proj, ("mlp.gate_proj", "mlp.up_proj")),
+                              (layer.mlp.down_proj, ("mlp.down_proj",))):
+            expect = torch.cat([want[p + part + ".weight"] for part in parts])
+            got = linear.fmt.dequantize(linear.packed, linear.out_features, linear.in_features)
+            assert torch.equal(got, expect), (i, parts)
+
+
+def test_block_scales_only_for_projections(tiny_config):
+    from qwq.kernels.blocks import BlockScales
+    from qwq.model import Qwen2Model
+    net = Qwen2Model(tiny_config)
+    scales = BlockScales(torch.ones(tiny_config.hidden_size, 1, dtype=torch.float16), 64)
+    with pytest.raises(CheckpointError, match="no projection"):
+        net.load_weights([("model.norm.weight", scales)])
+
+
 def test_auto_takes_awq_like_a_4_bit_gguf(dirs):
     from qwq.kernels import kernels_available
     from qwq.model.quant import auto_quantization
@@ -146,6 +182,24 @@ def test_incomplete_or_misshapen_awq_linears_are_named(dirs):
          "up_proj has qweight but no qzeros"),
         (lambda t: t.update({"model.layers.0.mlp.up_proj.scales":
                              torch.ones(3, 128, dtype=torch.float16)}), "up_proj.scales"),
+    ]:
+        broken = dict(tensors)
+        change(broken)
+        save_file(broken, str(d / "model.safetensors"))
+        with pytest.raises(CheckpointError, match=match):
+            open_checkpoint(d)
+
+
+def test_float_scales_only_and_no_stray_parts(dirs):
+    from safetensors.torch import load_file
+    d = dirs[0]
+    tensors = load_file(str(d / "model.safetensors"))
+    for change, match in [
+        (lambda t: t.update({"model.layers.0.mlp.up_proj.scales":
+                             t["model.layers.0.mlp.up_proj.scales"].int()}), "F16/BF16/F32"),
+        (lambda t: t.update({"model.layers.0.mlp.up_proj.weight": torch.zeros(128, 64)}),
+         "both a float weight and AWQ qweight"),
+        (lambda t: t.pop("model.layers.0.mlp.up_proj.qweight"), "belongs to no qweight"),
     ]:
         broken = dict(tensors)
         change(broken)

@@ -71,6 +71,21 @@ def _q5_values(data: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
+class BlockScales:
+    """Scales a checkpoint's weight already sits on (an AWQ linear's group scales): (out,
+    in / group) float16, NaN where none. It travels beside the weight (Checkpoint.iter_tensors
+    with block_scales=True, then Qwen2Model.load_weights) to BlockFormat.pack; a type of its
+    own, so no tensor of a checkpoint can pass for it."""
+
+    scales: torch.Tensor
+    group: int
+
+    def per_block(self, rows: slice) -> torch.Tensor:
+        """(rows, in / 32) float32: each block of 32 inputs' scale."""
+        return self.scales[rows].float().repeat_interleave(self.group // 32, dim=1)
+
+
+@dataclass(frozen=True)
 class BlockFormat:
     name: str
     group_bytes: int  # bytes per row per 128 inputs; a span of S groups holds its values,
@@ -85,13 +100,13 @@ class BlockFormat:
         return self.group_bytes * 8 / GROUP
 
     def pack(self, weight: torch.Tensor, slab: int = 4096,
-             scales: torch.Tensor | None = None) -> torch.Tensor:
+             scales: BlockScales | None = None) -> torch.Tensor:
         """(out, in) float weights -> (ceil(out / 4), in / 128 * 4 * group_bytes) uint8: tiles
         of 4 rows, each span's 4 rows in turn (see blocks.cpp).
 
-        scales: (out, in / 32), a scale for each block that the weights already sit on a grid
-        of (an AWQ checkpoint's group scales), NaN where none: those blocks keep it, so
-        weights that fit the format's range pack exactly, without a second rounding."""
+        scales: the grid the weights already sit on (an AWQ checkpoint's). A block that is on
+        its grid and within the format's range keeps that scale, so it packs exactly, without
+        a second rounding; any other block rounds as usual."""
         n, k = weight.shape
         if k % GROUP:
             raise ValueError(f"{self.name} needs in_features divisible by {GROUP}, got {k}")
@@ -103,7 +118,7 @@ class BlockFormat:
         for r in range(0, n, slab):  # slab % 4 == 0
             w = weight[r:r + slab].to(torch.float32, copy=True).view(-1, k // 32, 32)
             rows = w.shape[0]
-            given = None if hints is None else hints[r:r + slab].to(w.device, torch.float32)
+            given = None if hints is None else hints.per_block(slice(r, r + slab)).to(w.device)
             orig = w.clone() if given is not None else None  # _round scales w in place
             u, d = self._round(w)
             if given is not None:
@@ -123,14 +138,20 @@ class BlockFormat:
 
     def _on_grid(self, w: torch.Tensor, u: torch.Tensor, d: torch.Tensor, given: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        """u, d with each block that has a given scale rounded on it instead. w: the
-        (rows, blocks, 32) weights; u, d: the format's own rounding of them."""
+        """u, d with each block that sits on its given scale's grid rounded on it instead.
+        w: the (rows, blocks, 32) weights; u, d: the format's own rounding of them."""
         given = given.view(*d.shape)
         use = given.isfinite() & (given != 0)
-        step = torch.where(use, given, torch.ones_like(given))
+        steps = w.div_(torch.where(use, given, torch.ones_like(given)))
+        on_grid = steps.round()
         lo, hi = (0, 31) if self.offset == 16 else (1, 255)
-        on_grid = w.div_(step).round_().add_(self.offset).clamp_(lo, hi).to(torch.uint8)
-        return torch.where(use, on_grid, u), torch.where(use, given, d)
+        # a 16-bit rounding of k * scale (|k| <= 127) is within 0.25 of k; off the grid, or
+        # past the format's range, the given scale would be a worse rounding: keep the format's
+        fits = ((steps - on_grid).abs() <= 0.25) & (on_grid >= lo - self.offset) \
+            & (on_grid <= hi - self.offset)
+        use &= fits.all(-1, keepdim=True)
+        u_grid = on_grid.add_(self.offset).clamp_(lo, hi).to(torch.uint8)
+        return torch.where(use, u_grid, u), torch.where(use, given, d)
 
     def dequantize(self, packed: torch.Tensor, out_features: int, in_features: int
                    ) -> torch.Tensor:

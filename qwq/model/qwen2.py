@@ -17,6 +17,7 @@ from torch import nn
 from qwq.config import ModelConfig
 from qwq.errors import CheckpointError
 from qwq.kernels import fused_layers_take
+from qwq.kernels.blocks import BlockScales
 from qwq.model.attention import AttentionMetadata, KVCache, paged_attention
 from qwq.model.rope import RotaryEmbedding, apply_rope_prepared, rope_factors
 
@@ -140,8 +141,10 @@ class Qwen2Model(nn.Module):
         expected = set(hf_weight_names(self.config))
         seen: set[str] = set()
         for name, tensor in tensors:
-            if name.endswith(".weight_scale") and name[:-len("_scale")] in expected:
-                self._hint_in(name[:-len("_scale")], tensor)
+            if isinstance(tensor, BlockScales):
+                if name not in expected or not name.endswith("proj.weight"):
+                    raise CheckpointError(f"block scales for {name!r}, which is no projection")
+                self._hint_in(name, tensor)
                 continue
             if name not in expected:
                 if name == "lm_head.weight" and self.config.tie_word_embeddings:
@@ -155,19 +158,19 @@ class Qwen2Model(nn.Module):
         if missing:
             raise CheckpointError(f"checkpoint lacks {len(missing)} tensors, e.g. {missing[:4]}")
 
-    def _hint_in(self, name: str, scales: torch.Tensor) -> None:
-        """A linear's block scales (out, in / 32) from the checkpoint (an AWQ group's scale):
-        kept beside the weight for quantize_model, which packs q5_0/q8_0 blocks on them."""
+    def _hint_in(self, name: str, hint: BlockScales) -> None:
+        """A linear's group scales from the checkpoint (AWQ), kept beside the fused weight for
+        quantize_model, which packs q5_0/q8_0 blocks on them."""
         module, _, rows = _fused_module(self, name)
-        if tuple(scales.shape) != (rows.stop - rows.start, module.in_features // 32):
-            raise CheckpointError(f"tensor {name}_scale has shape {tuple(scales.shape)}, "
-                                  f"expected {(rows.stop - rows.start, module.in_features // 32)}")
-        hint = module.__dict__.get("block_scales")
-        if hint is None:  # NaN: rows no checkpoint scale covers round as usual
-            hint = module.__dict__["block_scales"] = torch.full(
-                (module.out_features, module.in_features // 32), float("nan"),
-                dtype=torch.float16)
-        hint[rows] = scales.to(torch.float16)
+        want = (rows.stop - rows.start, module.in_features // hint.group)
+        if module.in_features % hint.group or tuple(hint.scales.shape) != want:
+            raise CheckpointError(f"block scales of {name!r} have shape "
+                                  f"{tuple(hint.scales.shape)}, expected {want}")
+        held = module.__dict__.get("block_scales")
+        if held is None or held.group != hint.group:  # NaN: rows without scales round as usual
+            held = module.__dict__["block_scales"] = BlockScales(torch.full(
+                (module.out_features, want[1]), float("nan"), dtype=torch.float16), hint.group)
+        held.scales[rows] = hint.scales.to(torch.float16)
 
     def _copy_in(self, name: str, tensor: torch.Tensor) -> None:
         target, rows = _fused_target(self, name)

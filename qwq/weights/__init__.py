@@ -49,8 +49,8 @@ class Checkpoint:
                      names: Iterable[str] | None = None, block_scales: bool = False
                      ) -> Iterator[tuple[str, torch.Tensor]]:
         """(HF name, tensor) pairs; dtype None keeps the stored dtype (float32 for GGUF).
-        block_scales: after each weight stored on a grid (AWQ), `<name>_scale` with the scale
-        of each block of 32 inputs (float16), for packing on that grid (Qwen2Model)."""
+        block_scales: after each weight stored on a grid (AWQ), (name, BlockScales) with its
+        scales, for packing on that grid (Qwen2Model.load_weights takes both)."""
         wanted = self.tensor_names() if names is None else list(names)
         unknown = sorted(set(wanted) - set(self.tensor_names()))
         if unknown:
@@ -60,7 +60,7 @@ class Checkpoint:
             yield name, self._backend.load(name, dtype)
             scales = hints(name) if hints else None
             if scales is not None:
-                yield name + "_scale", scales
+                yield name, scales
 
     def load_slice(self, name: str, dim: int, start: int, stop: int,
                    dtype: torch.dtype | None = None) -> torch.Tensor:

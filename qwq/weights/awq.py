@@ -77,20 +77,27 @@ class AWQConfig:
             if len(shape) != 2:
                 raise CheckpointError(f"{source}: {name} has shape {shape}; want (in, out/8)")
             k, n = shape[0], shape[1] * 8
-            want = {"qweight": ((k, n // 8), "I32"),
-                    "qzeros": ((k // self.group_size, n // 8), "I32"),
-                    "scales": ((k // self.group_size, n), None)}
+            if prefix + ".weight" in shapes:
+                raise CheckpointError(f"{source}: {prefix} has both a float weight and AWQ "
+                                      "qweight")
+            want = {"qweight": ((k, n // 8), ("I32",)),
+                    "qzeros": ((k // self.group_size, n // 8), ("I32",)),
+                    "scales": ((k // self.group_size, n), ("F16", "BF16", "F32"))}
             if k % self.group_size:
                 raise CheckpointError(f"{source}: {name}: {k} inputs are not a multiple of "
                                       f"group_size {self.group_size}")
-            for part, (want_shape, want_dtype) in want.items():
+            for part, (want_shape, dtypes) in want.items():
                 got_shape, got_dtype = shapes[f"{prefix}.{part}"]
-                if tuple(got_shape) != want_shape or (want_dtype and got_dtype != want_dtype):
+                if tuple(got_shape) != want_shape or got_dtype not in dtypes:
                     raise CheckpointError(
                         f"{source}: {prefix}.{part} is {got_dtype} {tuple(got_shape)}; an AWQ "
-                        f"linear of {k} inputs and {n} outputs needs {want_dtype or 'float'} "
+                        f"linear of {k} inputs and {n} outputs needs {'/'.join(dtypes)} "
                         f"{want_shape}")
             out[prefix + ".weight"] = (n, k)
+        stray = sorted(n for n in shapes if n.endswith((".qzeros", ".scales"))
+                       and n.rpartition(".")[0] + ".weight" not in out)
+        if stray:
+            raise CheckpointError(f"{source}: {stray[0]} belongs to no qweight")
         return out
 
 
@@ -119,9 +126,10 @@ def dequantize(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor
     return w.view(k, n).t().to(dtype).contiguous()
 
 
-def block_scales(scales: torch.Tensor, group_size: int) -> torch.Tensor | None:
-    """(in / G, out) group scales -> (out, in / 32) float16: the scale of each block of 32
-    inputs, for packing q5_0/q8_0 blocks on AWQ's own grid (None unless 32 divides G)."""
+def block_scales(scales: torch.Tensor, group_size: int):
+    """The group scales as the block packer takes them (qwq.kernels.blocks.BlockScales),
+    (out, in / G) float16; None unless 32 divides G."""
+    from qwq.kernels.blocks import BlockScales
     if group_size % 32:
         return None
-    return scales.t().to(torch.float16).repeat_interleave(group_size // 32, dim=1).contiguous()
+    return BlockScales(scales.t().to(torch.float16).contiguous(), group_size)

@@ -239,8 +239,8 @@ class AWQBackend(SafetensorsBackend):
         return awq_format.dequantize(*parts, self.awq.group_size,
                                      dtype or parts[2].dtype)
 
-    def block_scales(self, name: str) -> torch.Tensor | None:
-        """The scale of each block of 32 inputs of an AWQ linear's weight, (out, in / 32)."""
+    def block_scales(self, name: str):
+        """An AWQ linear's group scales for the block packer (BlockScales), else None."""
         if name not in self.weights:
             return None
         scales = super().load(f"{name[: -len('.weight')]}.scales")
@@ -271,7 +271,9 @@ def open_safetensors_dir(d: Path):
     stray = sorted(n for n, e in entries.items() if e.dtype == "I32" and n not in packed)
     if stray:
         raise _fail(d, f"int32 tensors {stray[:3]} are not AWQ-packed weights of a config.json "
-                       "that says quant_method awq; qwq reads float tensors otherwise")
+                       "that says quant_method awq; qwq reads float tensors otherwise (an "
+                       "AutoAWQ export with quant_config.json: copy it into config.json as "
+                       "quantization_config)")
     shapes = {n: s for n, s in shapes.items() if n not in packed} | weights
     check_tensor_set(str(d), config, shapes)
     gen_path = d / "generation_config.json"
