@@ -173,39 +173,25 @@ def test_unsupported_quantization_is_named(dirs, changes, match):
         open_checkpoint(dirs[0])
 
 
-def test_incomplete_or_misshapen_awq_linears_are_named(dirs):
-    from safetensors.torch import load_file
-    d = dirs[0]
-    tensors = load_file(str(d / "model.safetensors"))
-    for change, match in [
-        (lambda t: t.pop("model.layers.0.mlp.up_proj.qzeros"),
-         "up_proj has qweight but no qzeros"),
-        (lambda t: t.update({"model.layers.0.mlp.up_proj.scales":
-                             torch.ones(3, 128, dtype=torch.float16)}), "up_proj.scales"),
-    ]:
-        broken = dict(tensors)
-        change(broken)
-        save_file(broken, str(d / "model.safetensors"))
-        with pytest.raises(CheckpointError, match=match):
-            open_checkpoint(d)
+UP = "model.layers.0.mlp.up_proj"
 
 
-def test_float_scales_only_and_no_stray_parts(dirs):
+@pytest.mark.parametrize("change, match", [
+    (lambda t: t.pop(UP + ".qzeros"), "up_proj has qweight but no qzeros"),
+    (lambda t: t.update({UP + ".scales": torch.ones(3, 128, dtype=torch.float16)}),
+     "up_proj.scales"),
+    (lambda t: t.update({UP + ".scales": t[UP + ".scales"].int()}), "F16/BF16/F32"),
+    (lambda t: t.update({UP + ".weight": torch.zeros(128, 64)}),
+     "both a float weight and AWQ qweight"),
+    (lambda t: t.pop(UP + ".qweight"), "belongs to no qweight"),
+], ids=["no-qzeros", "scales-shape", "int-scales", "float-beside-qweight", "stray-parts"])
+def test_malformed_awq_linears_are_named_at_open(dirs, change, match):
     from safetensors.torch import load_file
-    d = dirs[0]
-    tensors = load_file(str(d / "model.safetensors"))
-    for change, match in [
-        (lambda t: t.update({"model.layers.0.mlp.up_proj.scales":
-                             t["model.layers.0.mlp.up_proj.scales"].int()}), "F16/BF16/F32"),
-        (lambda t: t.update({"model.layers.0.mlp.up_proj.weight": torch.zeros(128, 64)}),
-         "both a float weight and AWQ qweight"),
-        (lambda t: t.pop("model.layers.0.mlp.up_proj.qweight"), "belongs to no qweight"),
-    ]:
-        broken = dict(tensors)
-        change(broken)
-        save_file(broken, str(d / "model.safetensors"))
-        with pytest.raises(CheckpointError, match=match):
-            open_checkpoint(d)
+    tensors = load_file(str(dirs[0] / "model.safetensors"))
+    change(tensors)
+    save_file(tensors, str(dirs[0] / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=match):
+        open_checkpoint(dirs[0])
 
 
 def test_int32_tensors_need_an_awq_config(dirs):
