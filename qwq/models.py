@@ -155,9 +155,10 @@ def engine_for(net, tokenizer, cfg: EngineConfig, generation_config: dict | None
         cfg = dataclasses.replace(cfg, max_num_batched_tokens=512 if dev.type == "cpu" else 2048)
     ctx = net.config.context_length
     max_len = min(cfg.max_model_len or ctx, ctx)
+    if decode_graphs is None:
+        decode_graphs = cfg.cuda_graphs and dev.type == "cuda"
     runner = ModelRunner(net, num_kv_blocks(net.config, cfg, dtype, dev), cfg.block_size,
-                         dtype, dev, decode_graphs=(cfg.cuda_graphs and dev.type == "cuda"
-                                                  if decode_graphs is None else decode_graphs),
+                         dtype, dev, decode_graphs=decode_graphs,
                          max_batch=cfg.max_num_seqs, max_model_len=max_len)
     from qwq.reasoning.controls import ControlFactory
     return LLMEngine(runner, tokenizer, cfg, max_len,

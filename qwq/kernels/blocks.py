@@ -111,25 +111,24 @@ class BlockFormat:
         if k % GROUP:
             raise ValueError(f"{self.name} needs in_features divisible by {GROUP}, got {k}")
         groups = k // GROUP
-        hints = scales  # (`scales` below is each slab's packed scales)
         order = lane_order(k).to(weight.device)
         out = torch.zeros(-(-n // 4), groups * 4 * self.group_bytes, dtype=torch.uint8,
                           device=weight.device)
         for r in range(0, n, slab):  # slab % 4 == 0
             w = weight[r:r + slab].to(torch.float32, copy=True).view(-1, k // 32, 32)
             rows = w.shape[0]
-            given = None if hints is None else hints.per_block(slice(r, r + slab)).to(w.device)
+            given = None if scales is None else scales.per_block(slice(r, r + slab)).to(w.device)
             orig = w.clone() if given is not None else None  # _round scales w in place
             u, d = self._round(w)
             if given is not None:
                 u, d = self._on_grid(orig, u, d, given)
             values = self._to_bytes(u.view(rows, k)[:, order].view(rows, groups, GROUP))
-            scales = d.view(rows, k // 32).to(torch.float16).view(torch.uint8)
+            packed_scales = d.view(rows, k // 32).to(torch.float16).view(torch.uint8)
             pad = -rows % 4
             g0, col = 0, 0
             for s in spans(groups):
                 piece = torch.cat([values[:, g0:g0 + s].flatten(1),
-                                   scales[:, 8 * g0:8 * (g0 + s)]], 1)
+                                   packed_scales[:, 8 * g0:8 * (g0 + s)]], 1)
                 piece = torch.cat([piece, piece.new_zeros(pad, piece.shape[1])])
                 width = 4 * piece.shape[1]
                 out[r // 4:r // 4 + piece.shape[0] // 4, col:col + width] = piece.view(-1, width)

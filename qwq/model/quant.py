@@ -171,7 +171,7 @@ class BlockLinear(nn.Module):
     elsewhere."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype,
-                 fmt: blocks.BlockFormat, block_scales: torch.Tensor | None = None):
+                 fmt: blocks.BlockFormat, block_scales: blocks.BlockScales | None = None):
         super().__init__()
         self.fmt = fmt
         self.register_buffer("packed", fmt.pack(weight, scales=block_scales))

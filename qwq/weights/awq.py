@@ -101,6 +101,11 @@ class AWQConfig:
         return out
 
 
+def packed_names(weights) -> set[str]:
+    """The qweight/qzeros/scales tensors behind these linears' weight names."""
+    return {f"{w[: -len('.weight')]}.{part}" for w in weights for part in PARTS}
+
+
 def unpack(packed: torch.Tensor) -> torch.Tensor:
     """int32 (rows, cols / 8) -> int (rows, cols) of 0..15, in column order."""
     shifts = torch.tensor([4 * p for p in UNPACK], dtype=torch.int32)

@@ -133,11 +133,8 @@ def _read_json_file(path: Path) -> Any:
     return _parse_json(path.read_bytes(), path, path.name)
 
 
-def read_config(d: Path) -> ModelConfig:
-    return _read_configs(d)[0]
-
-
-def _read_configs(d: Path) -> tuple[ModelConfig, AWQConfig | None]:
+def read_config(d: Path) -> tuple[ModelConfig, AWQConfig | None]:
+    """config.json: the model's config, and its AWQ settings where it has them."""
     cfg_path = d / "config.json"
     if not cfg_path.is_file():
         raise _fail(d, "no config.json: not a Hugging Face model directory")
@@ -226,7 +223,7 @@ class AWQBackend(SafetensorsBackend):
                  weights: dict[str, tuple[int, int]]):
         super().__init__(entries)
         self.awq, self.weights = awq, weights
-        packed = {f"{w[: -len('.weight')]}.{p}" for w in weights for p in awq_format.PARTS}
+        packed = awq_format.packed_names(weights)
         # each weight where its qweight was: tensors stream in file order
         self._order = [n[: -len("qweight")] + "weight" if n.endswith(".qweight") else n
                        for n in self._order if n not in packed or n.endswith(".qweight")]
@@ -256,7 +253,7 @@ class AWQBackend(SafetensorsBackend):
 def open_safetensors_dir(d: Path):
     from qwq.weights import Checkpoint, check_tensor_set
 
-    config, awq = _read_configs(d)
+    config, awq = read_config(d)
     entries: dict[str, TensorEntry] = {}
     for shard in sorted(set(weight_files(d))):
         for name, entry in read_shard_header(shard).items():
@@ -267,7 +264,7 @@ def open_safetensors_dir(d: Path):
     shapes = {n: e.shape for n, e in entries.items()}
     weights = awq.weight_shapes({n: (e.shape, e.dtype) for n, e in entries.items()},
                                 str(d)) if awq else {}
-    packed = {f"{w[: -len('.weight')]}.{p}" for w in weights for p in awq_format.PARTS}
+    packed = awq_format.packed_names(weights)
     stray = sorted(n for n, e in entries.items() if e.dtype == "I32" and n not in packed)
     if stray:
         raise _fail(d, f"int32 tensors {stray[:3]} are not AWQ-packed weights of a config.json "
