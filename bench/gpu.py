@@ -34,15 +34,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from qwq.benchmark import sync
 from qwq.config import PRESETS, EngineConfig, ModelConfig
 
 TINY = dataclasses.replace(PRESETS["qwq-demo"], hidden_size=128, intermediate_size=256,
                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def copy_bandwidth(device: torch.device, nbytes: int, iters: int = 10) -> float:

@@ -334,7 +334,8 @@ def run_llama(plan: dict) -> dict:
 
 
 # -- transformers ---------------------------------------------------------------------------------
-def _sync(device) -> None:
+def sync(device) -> None:
+    """Wait for a CUDA device's queued work (timing); nothing elsewhere."""
     import torch
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -368,11 +369,11 @@ def transformers_decode(net, prompts: list[list[int]], new: int, runs: int = 1) 
         with torch.no_grad():
             t = time.perf_counter()
             net.generate(x, max_new_tokens=new, min_new_tokens=new, do_sample=False)
-            _sync(x.device)
+            sync(x.device)
             total = time.perf_counter() - t
             t = time.perf_counter()
             net.generate(x, max_new_tokens=1, do_sample=False)
-            _sync(x.device)
+            sync(x.device)
             first = time.perf_counter() - t
         return (total - first) / (new - 1)
 
