@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import qwq.benchmark
+import qwq
 from qwq.benchmark import llama_cpp, load_average, machine, peak_rss_mib, ppl_text, today
 
 # the fixed perplexity text ships with the package: qwq/data/ppl.txt
-DATA = Path(qwq.benchmark.__file__).parent / "data"
+DATA = Path(qwq.__file__).parent / "data"
 
 __all__ = ["DATA", "llama_cpp", "load_average", "machine", "peak_rss_mib", "ppl_text", "today"]

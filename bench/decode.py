@@ -1,5 +1,6 @@
-"""Decode (tg128 after a 42-token prompt) and prefill (pp512) at batch 1: qwq, llama.cpp
-(llama-cpp-python, same GGUF, same threads) and transformers bf16, in one run.
+"""Decode (tg128) and prefill (pp512) at batch 1: qwq, llama.cpp (its own llama-bench, same
+GGUF, same threads, in a child process) and transformers bf16, in one run. qwq decodes after a
+42-token prompt, llama-bench's tg after none.
 
     python bench/decode.py [--formats auto,int4/int8,none] [--rounds 3] [--threads 2]
                            [--no-transformers]
@@ -19,6 +20,7 @@ import json
 import torch
 
 from qwq import benchmark as B
+from qwq.benchmark import llama_cpp
 
 
 def qwq_options(fmt: str) -> dict:
@@ -36,10 +38,9 @@ def qwq_rates(fmt: str, ids42, ids512, new: int) -> dict:
             "prefill_tok_s": lambda: B.qwq_prefill(llm, ids512, runs=1)}
 
 
-def llama_rates(path: str, ids42, ids512, new: int, threads: int) -> dict:
-    llm = B.llama_cpp(path, n_ctx=1024, threads=threads)
-    return {"decode_tok_s": lambda: B.llama_decode(llm, ids42, new, runs=1),
-            "prefill_tok_s": lambda: B.llama_prefill(llm, ids512, runs=1)}
+def llama_rates(path: str, prompt: int, new: int, threads: int) -> dict:
+    return {"decode_tok_s": lambda: llama_cpp.bench(path, threads, 0, new, 1)["tg_tok_s"],
+            "prefill_tok_s": lambda: llama_cpp.bench(path, threads, prompt, 0, 1)["pp_tok_s"]}
 
 
 def interleaved(rates: dict[str, dict], rounds: int) -> dict[str, dict]:
@@ -65,7 +66,7 @@ def main() -> None:
     from qwq.models import load_tokenizer
     tok, _ = load_tokenizer(None)
     ids42, ids512 = B.prompt_ids(tok, 42), B.prompt_ids(tok, 512)
-    rates = {"llama.cpp": llama_rates(str(demo_model_path()), ids42, ids512, args.new,
+    rates = {"llama.cpp": llama_rates(str(demo_model_path()), len(ids512), args.new,
                                       args.threads)}
     for fmt in args.formats.split(","):
         rates[f"qwq {fmt}"] = qwq_rates(fmt, ids42, ids512, args.new)

@@ -1,5 +1,6 @@
-"""Perplexity of qwq (per quantization format) and llama.cpp on the same GGUF and the same
-token ids: qwq/data/ppl.txt in windows of 512 tokens, every position but the first scored.
+"""Perplexity of qwq (per quantization format) and llama.cpp (its own llama-perplexity, in a
+child process) on the same GGUF and the same text: qwq/data/ppl.txt in windows of 512 tokens,
+each window's second half scored (llama-perplexity's rule, qwq.benchmark.scored).
 
     python bench/perplexity.py [--formats none,int8,int4/int8] [--window 512]
 
@@ -12,14 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from common import DATA, machine, today
+from common import machine, today
 
-from qwq.benchmark import llama_ppl  # shared with `qwq bench`
+from qwq.benchmark import llama_cpp, ppl_text, ppl_windows, scored  # shared with `qwq bench`
 from qwq.benchmark import qwq_ppl as score_ppl
-
-
-def windows(ids: list[int], size: int) -> list[list[int]]:
-    return [ids[i:i + size] for i in range(0, len(ids) - size + 1, size)]
 
 
 def qwq_ppl(quantize: str, chunks: list[list[int]]) -> float:
@@ -40,10 +37,12 @@ def main() -> None:
     from qwq.demo import demo_model_path
     from qwq.models import load_tokenizer
     tok, _ = load_tokenizer(None)
-    chunks = windows(tok.encode((DATA / "ppl.txt").read_text()), args.window)
+    chunks = ppl_windows(tok, args.window)
     result = {"date": today(), "machine": machine(), "tokens_scored":
-              len(chunks) * (args.window - 1),
-              "llama.cpp": llama_ppl(str(demo_model_path()), chunks, args.threads)}
+              len(chunks) * len(scored(args.window)),
+              "llama.cpp": llama_cpp.perplexity(str(demo_model_path()),
+                                                ppl_text(), args.window, 0,
+                                                args.threads)}
     for fmt in args.formats.split(","):
         result[f"qwq {fmt}"] = qwq_ppl(fmt, chunks)
     base = result["llama.cpp"]

@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--quantize", default="none", choices=list(QUANT_MODES))
     pl.add_argument("--context", type=int, default=None, help="tokens per sequence")
     pl.set_defaults(func=cmd_plan)
-    from qwq.benchmark import add_parser as add_bench_parser
+    from qwq.benchmark.cli import add_parser as add_bench_parser
     add_bench_parser(sub)
     return parser
 

@@ -11,7 +11,8 @@ from qwq.cli import main
 
 
 def test_ppl_text_ships_with_the_package():
-    assert "def" in ppl_text() or len(ppl_text()) > 10000
+    text = ppl_text()
+    assert len(text) > 10000 and "def " in text
 
 
 def test_table_has_ratios_and_errors():
@@ -50,7 +51,6 @@ def _bench(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_quick_bench_qwq_and_llama_cpp_json():
-    pytest.importorskip("llama_cpp")
     proc = _bench("--systems", "qwq,llama.cpp", "--tests", "pp,tg,ppl", "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from qwq.kernels import _CPU_FLAGS, _cpu_flags, blocks, kernels_available
+from qwq.kernels import _CPU_FLAGS, blocks, cpu_flags, kernels_available
 from qwq.model.quant import BlockLinear, Int8Linear, quantize_linear, quantize_model
 
 FORMATS = list(blocks.FORMATS.values())
-has_vnni = _CPU_FLAGS <= _cpu_flags()
+has_vnni = _CPU_FLAGS <= cpu_flags()
 kernel = pytest.mark.skipif(not has_vnni, reason="the CPU lacks AVX-512 VNNI")
 
 

@@ -99,9 +99,13 @@ def ppl_chunks(tokenizer):
 
 
 @pytest.fixture(scope="module")
-def llama_cpp_ppl(demo_gguf, ppl_chunks):
+def llama_cpp_ppl(demo_gguf):
+    """llama-perplexity on the same file and text, in its own process (a crash of the peer is
+    this fixture's PeerError, never the test run's end)."""
     from qwq import benchmark as B
-    return B.llama_ppl(str(demo_gguf), ppl_chunks, threads=2)
+    from qwq.benchmark import llama_cpp
+    return llama_cpp.perplexity(str(demo_gguf), B.ppl_text(), B.FULL["ppl_window"],
+                                B.FULL["ppl_windows"], threads=2)
 
 
 @pytest.mark.slow

@@ -28,7 +28,8 @@ _FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512d
 _CPU_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "fma", "f16c"}
 
 
-def _cpu_flags() -> set[str]:
+def cpu_flags() -> set[str]:
+    """The instruction-set flags /proc/cpuinfo lists (empty where it is missing)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -42,7 +43,7 @@ def _cpu_flags() -> set[str]:
 @functools.cache
 def kernels_available() -> bool:
     """True once torch.ops.qwq's kernels are built and loaded for this CPU."""
-    if platform.machine() not in ("x86_64", "AMD64") or not _CPU_FLAGS <= _cpu_flags():
+    if platform.machine() not in ("x86_64", "AMD64") or not _CPU_FLAGS <= cpu_flags():
         return False
     if shutil.which("c++") is None and shutil.which("g++") is None:
         log.warning("qwq: no C++ compiler; using torch kernels")
