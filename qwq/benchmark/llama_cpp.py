@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -159,6 +160,8 @@ def measure(plan: dict) -> dict:
     if "ppl" in tests:
         res["ppl"] = perplexity(path, ppl_text(), plan["ppl_window"], plan["ppl_windows"],
                                 threads)
+    # the tools' own high-water mark (the largest child's), not this Python's
+    res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return res
 
 
