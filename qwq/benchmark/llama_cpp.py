@@ -16,6 +16,7 @@ holding the same tools.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -23,11 +24,15 @@ import re
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
 import tempfile
+import time
+import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from qwq.benchmark.workloads import ppl_text
@@ -147,6 +152,64 @@ def perplexity(model: str, text: str, window: int, chunks: int, threads: int) ->
     if not found:
         raise PeerError(f"llama-perplexity: no final estimate: {tail(proc.stderr)}")
     return float(found.group(1))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server(model: str, threads: int, slots: int = 1, ctx: int = 4096,
+           timeout: float = 300) -> Iterator[str]:
+    """llama-server on 127.0.0.1 for the duration of the block; yields its base URL. Its
+    death before it answers /health is a PeerError with its stderr tail."""
+    port = _free_port()
+    cmd = [str(tool("llama-server")), "-m", model, "--host", "127.0.0.1", "--port", str(port),
+           "-t", str(threads), "-tb", str(threads), "-np", str(slots), "-c", str(ctx * slots)]
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_healthy(proc, url, log, timeout)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_healthy(proc: subprocess.Popen, url: str, log, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log.seek(0)
+            raise PeerError(f"llama-server: {describe_exit(proc.returncode)} before it served; "
+                            f"stderr: {tail(log.read())}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except (OSError, urllib.error.URLError):
+            pass
+        time.sleep(0.25)
+    raise PeerError(f"llama-server: not healthy after {timeout:.0f} s")
+
+
+def greedy_ids(url: str, prompt: list[int], new: int) -> list[int]:
+    """llama-server's greedy continuation of these token ids: `new` token ids."""
+    body = json.dumps({"prompt": prompt, "n_predict": new, "temperature": 0, "top_k": 1,
+                       "return_tokens": True, "cache_prompt": False,
+                       "ignore_eos": True}).encode()
+    req = urllib.request.Request(url + "/completion", body,
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=600) as r:
+        return list(json.load(r)["tokens"])
 
 
 def measure(plan: dict) -> dict:
