@@ -104,7 +104,7 @@ class QwQForCausalLM:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.engine.runner.model.embed_tokens.weight.dtype
+        return self.engine.runner.model.dtype
 
     def eval(self) -> QwQForCausalLM:
         return self

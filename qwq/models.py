@@ -12,15 +12,13 @@ from pathlib import Path
 import torch
 
 from qwq import heap
+from qwq.chat_template import QWQ_PREVIEW_SYSTEM_PROMPT
 from qwq.config import EngineConfig, ModelConfig
 from qwq.demo import DEMO_NAME, demo_model_path
 from qwq.errors import CheckpointError, QwQError
 
 # Names a user can type instead of a path; hub ids fetched through huggingface_hub.
 PRESET_HUB_IDS = {"qwq-32b-preview": "Qwen/QwQ-32B-Preview"}
-# Checkpoints whose card asks for a system prompt when the conversation has none.
-QWQ_PREVIEW_SYSTEM_PROMPT = ("You are a helpful and harmless assistant. You are Qwen developed "
-                             "by Alibaba. You should think step-by-step.")
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -53,6 +51,7 @@ def resolve(name: str | os.PathLike | None) -> ResolvedModel:
 
 
 def _default_system(name: str) -> str | None:
+    """The system prompt a checkpoint's card asks for when a conversation has none."""
     return QWQ_PREVIEW_SYSTEM_PROMPT if "qwq-32b-preview" in name.lower() else None
 
 
@@ -76,12 +75,20 @@ def pick_dtype(dtype: str | torch.dtype | None, config: ModelConfig,
     return DTYPES[dtype]
 
 
-def build_model(ckpt, dtype: torch.dtype, device: torch.device, block_scales: bool = False):
+def build_model(ckpt, dtype: torch.dtype, device: torch.device, block_scales: bool = False,
+                stored: bool = False):
     """The network with the checkpoint's weights, or an error and nothing half-built.
-    block_scales: keep the grids of weights stored on one (AWQ) for a q5_0/q8_0 packing."""
+    block_scales: keep the grids of weights stored on one (AWQ) for a q5_0/q8_0 packing.
+    stored: layers computed in the file's own block types (quantize="gguf"), views of it."""
     from qwq.model import Qwen2Model
     with torch.device("meta"):
         model = Qwen2Model(ckpt.config)
+    if stored:
+        if device.type != "cpu":
+            raise QwQError(f"quantize='gguf' runs on CPU; on {device.type} choose int8 or "
+                           f"int4")
+        model.load_stored(ckpt.stored, ckpt.load, dtype)
+        return model.eval()
     # dtype first, on meta: allocating float32 and then converting held both copies
     model = model.to(dtype).to_empty(device=device)
     model.load_weights(ckpt.iter_tensors(dtype=dtype, block_scales=block_scales))
@@ -133,7 +140,8 @@ def load_engine(model: str | os.PathLike | None = None, *, dtype: str | torch.dt
                                                                   torch_dtype, dev))
     with heap.weights_in_own_mappings():
         net = build_model(ckpt, torch_dtype, dev,
-                          block_scales=cfg.quantize in ("q5_0", "q8_0"))
+                          block_scales=cfg.quantize in ("q5_0", "q8_0"),
+                          stored=cfg.quantize == "gguf")
         engine = engine_for(net, tokenizer, cfg, ckpt.generation_config)
     return engine, tokenizer, resolved
 
@@ -147,8 +155,7 @@ def engine_for(net, tokenizer, cfg: EngineConfig, generation_config: dict | None
     from qwq.engine.runner import ModelRunner
     from qwq.model.quant import quantize_model
 
-    dtype = net.embed_tokens.weight.dtype
-    dev = net.embed_tokens.weight.device
+    dtype, dev = net.dtype, net.device
     # "auto" is settled by load_engine from the checkpoint; a bare network has none to ask
     quantize_model(net, "none" if cfg.quantize == "auto" else cfg.quantize, cfg.head_quantize)
     if cfg.max_num_batched_tokens is None:

@@ -25,6 +25,7 @@ from torch import nn
 from qwq.config import ModelConfig
 from qwq.distributed.group import TensorParallelError, TPGroup
 from qwq.model import Qwen2Model
+from qwq.model.layout import expected_shapes, split_dim
 
 
 def check_tp_size(cfg: ModelConfig, size: int) -> None:
@@ -54,16 +55,9 @@ def vocab_rows(cfg: ModelConfig, size: int) -> int:
     return -(-cfg.vocab_size // size)
 
 
-# HF name suffix -> the dimension split across ranks (0: output rows, 1: input columns)
-_SPLIT = {"q_proj.weight": 0, "q_proj.bias": 0, "k_proj.weight": 0, "k_proj.bias": 0,
-          "v_proj.weight": 0, "v_proj.bias": 0, "gate_proj.weight": 0, "up_proj.weight": 0,
-          "o_proj.weight": 1, "down_proj.weight": 1}
-
-
 def shard_tensors(ckpt, rank: int, size: int,
                   dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
     """(HF name, this rank's slice) for every tensor: only the slice is read from the file."""
-    from qwq.weights import expected_shapes
     cfg = ckpt.config
     rows = vocab_rows(cfg, size)
     for name, shape in expected_shapes(cfg).items():
@@ -74,7 +68,7 @@ def shard_tensors(ckpt, rank: int, size: int,
                 part = torch.cat([part, part.new_zeros(rows - (stop - start), shape[1])])
             yield name, part
             continue
-        dim = _SPLIT.get(".".join(name.split(".")[-2:]))
+        dim = split_dim(name)
         if dim is None:
             yield name, ckpt.load_slice(name, 0, 0, shape[0], dtype)
             continue

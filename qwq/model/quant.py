@@ -8,6 +8,7 @@ single tokens with outliers keep 16-bit activations (see quantize_model, OUTLIER
 only: CUDA's int8 matmul wants more than 16 rows, so there it is int8.
 int4: asymmetric, a scale and zero per group of `group_size` inputs, torch's tinygemm int4
 kernel (_weight_int4pack_mm_for_cpu on CPU, _weight_int4pack_mm on CUDA).
+gguf: a GGUF's tensors in their own block types (qwq/model/ggml_linear.py).
 q5_0, q8_0: GGUF's Q5_0 and Q8_0 blocks (5.5 and 8.5 bits a weight) against int8 activation
 blocks, on qwq's own AVX-512 VNNI kernels (qwq/kernels); a GGUF's Q5_0 tensors run with their
 own bits. Under q5_0 the head is q8_0: GGUFs ship it as Q8_0, and the logits are what sampling
@@ -22,15 +23,14 @@ from torch import nn
 
 from qwq.errors import QwQError
 from qwq.kernels import blocks, kernels_available
+from qwq.model.ggml_linear import GGMLLinear
 
-QUANT_MODES = ("none", "int8", "w8a8", "int4", "q5_0", "q8_0")
+QUANT_MODES = ("none", "gguf", "int8", "w8a8", "int4", "q5_0", "q8_0")
 
-# The fast format for each GGUF type. GGUFs of 4-6 bits run as q5_0 where its kernel builds
-# (x86 with AVX-512 VNNI): Q5_0 tensors keep their own values, and the demo model measures within
-# 1% of llama.cpp's perplexity on the same file (tests/test_quant.py). Elsewhere, and for 8-bit
-# GGUFs, 8-bit weights: w8a8 on CPUs (integer dot products speed up prefill), int8 on GPUs.
-# Re-quantizing 5-6 bit GGUF weights to int4 groups costs the demo model 8-13% perplexity, so
-# int4 stays one flag away.
+# "auto" on CPU computes a GGUF as shipped ("gguf": each tensor in its own block type, on
+# qwq/kernels/ggml.cpp where it builds, torch elsewhere): no second rounding, and a 4.5-bit
+# file stays 4.5 bits in memory. On GPUs, 8-bit weights (int8); 4-bit GGUFs and AWQ there, and
+# AWQ directories on CPU, keep their former formats below until they get kernels of their own.
 # AWQ4: a 4-bit AWQ directory's linears (qwq.weights.awq), taken like a 4-bit GGUF
 _GGUF_LOW_BIT = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q2_K", "Q3_K", "Q6_K",
                  "AWQ4")
@@ -39,15 +39,17 @@ _GGUF_QUANTIZED = _GGUF_LOW_BIT + ("Q8_0", "Q8_K")
 
 def auto_quantization(weight_types: dict[str, str], dtype: torch.dtype,
                       device: torch.device | str = "cpu") -> str:
-    """quantize="auto": the checkpoint's own precision (Checkpoint.weight_types: GGUF types,
-    AWQ) mapped to a fast kernel, none for float checkpoints or float32 runs (the kernels
-    take 16-bit activations)."""
+    """quantize="auto": a GGUF as shipped on CPU; otherwise the checkpoint's own precision
+    (Checkpoint.weight_types: GGUF types, AWQ) mapped to a fast kernel, none for float
+    checkpoints or float32 runs (the kernels take 16-bit activations)."""
     if not weight_types or dtype == torch.float32:
         return "none"
     cpu = torch.device(device).type == "cpu"
+    layer_types = [t for n, t in weight_types.items() if n.endswith("proj.weight")]
+    if cpu and layer_types and "AWQ4" not in layer_types:
+        return "gguf"
     eight_bit = "w8a8" if cpu else "int8"
     low_bit = "q5_0" if cpu and kernels_available() else eight_bit
-    layer_types = [t for n, t in weight_types.items() if n.endswith("proj.weight")]
     modes = [low_bit if t in _GGUF_LOW_BIT else eight_bit if t in _GGUF_QUANTIZED else "none"
              for t in layer_types]
     return max(set(modes), key=modes.count) if modes else "none"
@@ -218,6 +220,11 @@ def quantize_model(model: nn.Module, mode: str, head_mode: str | None = None) ->
 
 
 def _quantize_model(model: nn.Module, mode: str, head_mode: str | None) -> nn.Module:
+    if mode == "gguf":
+        if not isinstance(model.lm_head, GGMLLinear):
+            raise QwQError("quantize='gguf' computes a GGUF file's tensors as stored; this "
+                           "model was not loaded from a GGUF (choose q5_0, q8_0, int8, int4)")
+        return model
     if mode == "none":
         return model
     dtype = model.embed_tokens.weight.dtype

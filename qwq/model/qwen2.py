@@ -8,7 +8,7 @@ Projections are fused (q|k|v and gate|up) so a decode step reads each weight in 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,10 @@ from qwq.errors import CheckpointError
 from qwq.kernels import fused_layers_take
 from qwq.kernels.blocks import BlockScales
 from qwq.model.attention import AttentionMetadata, KVCache, paged_attention
+from qwq.model.ggml_linear import GGMLEmbedding, GGMLLinear
+from qwq.model.layout import BIASED, NORMS, PROJECTIONS, hf_weight_names, layer_shapes
 from qwq.model.rope import RotaryEmbedding, apply_rope_prepared, rope_factors
+from qwq.weights.stored import StoredTensor
 
 
 def fused(x: torch.Tensor) -> bool:
@@ -136,6 +139,37 @@ class Qwen2Model(nn.Module):
         x = self.norm(x[meta.logits_indices])
         return self.lm_head(x).float()
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The activation dtype (the norms are always held in it)."""
+        return self.norm.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.norm.weight.device
+
+    def load_stored(self, stored: Callable[[str], StoredTensor],
+                    load: Callable[[str], torch.Tensor], dtype: torch.dtype) -> None:
+        """Build the model on the checkpoint's stored blocks (quantize="gguf"), from a network
+        made on the meta device: every projection, the head and the token table keep their
+        file types (views of the file, nothing dequantized in bulk); norms and biases, a few
+        MB, load as `dtype`. stored(name) / load(name): one HF-named tensor."""
+        cfg = self.config
+        for i, layer in enumerate(self.layers):
+            p = f"model.layers.{i}."
+            for fused_name, parts in PROJECTIONS.items():
+                biases = [p + part + ".bias" for part in parts if part in BIASED]
+                bias = torch.cat([load(b) for b in biases]) if biases else None
+                layer.set_submodule(fused_name, GGMLLinear(
+                    [stored(p + part + ".weight") for part in parts], bias, dtype))
+            for norm in NORMS:
+                _materialize(getattr(layer, norm), load(p + norm + ".weight"), dtype)
+        _materialize(self.norm, load("model.norm.weight"), dtype)
+        table = stored("model.embed_tokens.weight")
+        self.embed_tokens = GGMLEmbedding(table, dtype)
+        self.lm_head = GGMLLinear([table if cfg.tie_word_embeddings
+                                   else stored("lm_head.weight")], None, dtype)
+
     def load_weights(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Fill the model from HF-named tensors, checking every name and shape."""
         expected = set(hf_weight_names(self.config))
@@ -181,17 +215,11 @@ class Qwen2Model(nn.Module):
             target[rows].copy_(tensor)
 
 
-def hf_weight_names(cfg: ModelConfig) -> list[str]:
-    names = ["model.embed_tokens.weight", "model.norm.weight"]
-    if not cfg.tie_word_embeddings:
-        names.append("lm_head.weight")
-    for i in range(cfg.num_hidden_layers):
-        p = f"model.layers.{i}."
-        names += [p + "input_layernorm.weight", p + "post_attention_layernorm.weight",
-                  p + "self_attn.o_proj.weight", p + "mlp.down_proj.weight",
-                  p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"]
-        names += [p + f"self_attn.{x}_proj.{w}" for x in "qkv" for w in ("weight", "bias")]
-    return names
+def _materialize(norm: RMSNorm, weight: torch.Tensor, dtype: torch.dtype) -> None:
+    if tuple(weight.shape) != tuple(norm.weight.shape):
+        raise CheckpointError(f"norm weight has shape {tuple(weight.shape)}, expected "
+                              f"{tuple(norm.weight.shape)}")
+    norm.weight = nn.Parameter(weight.to(dtype), requires_grad=False)
 
 
 def _fused_target(model: Qwen2Model, name: str) -> tuple[torch.Tensor, slice]:
@@ -208,18 +236,12 @@ def _fused_module(model: Qwen2Model, name: str) -> tuple[nn.Module, str, slice]:
                   "model.norm.weight": model.norm, "lm_head.weight": model.lm_head}[name]
         return module, "weight", slice(0, module.weight.shape[0])
     layer, rest = model.layers[int(m.group(1))], m.group(2)
-    attn, mlp = layer.self_attn, layer.mlp
-    q, kv, inter = attn.q_size, attn.kv_size, mlp.inter
-    fused = {
-        "self_attn.q_proj": (attn.qkv_proj, slice(0, q)),
-        "self_attn.k_proj": (attn.qkv_proj, slice(q, q + kv)),
-        "self_attn.v_proj": (attn.qkv_proj, slice(q + kv, q + 2 * kv)),
-        "mlp.gate_proj": (mlp.gate_up_proj, slice(0, inter)),
-        "mlp.up_proj": (mlp.gate_up_proj, slice(inter, 2 * inter)),
-    }
     module_name, _, kind = rest.rpartition(".")
-    if module_name in fused:
-        module, rows = fused[module_name]
-        return module, kind, rows
+    shapes = layer_shapes(model.config)
+    for fused_name, parts in PROJECTIONS.items():
+        if module_name in parts:
+            start = sum(shapes[f"{p}.weight"][0] for p in parts[:parts.index(module_name)])
+            rows = slice(start, start + shapes[f"{module_name}.weight"][0])
+            return layer.get_submodule(fused_name), kind, rows
     module = layer.get_submodule(module_name)
     return module, kind, slice(0, getattr(module, kind).shape[0])

@@ -20,6 +20,8 @@ import torch
 
 from qwq.config import ModelConfig
 from qwq.errors import CheckpointError
+from qwq.model.layout import expected_shapes, iter_shapes
+from qwq.weights.stored import StoredTensor
 
 __all__ = ["Checkpoint", "check_tensor_set", "expected_shapes", "open_checkpoint",
            "save_safetensors_dir"]
@@ -62,6 +64,12 @@ class Checkpoint:
             if scales is not None:
                 yield name, scales
 
+    def load(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """One tensor, whole, in `dtype` (None: as stored; float32 for GGUF blocks)."""
+        if name not in self.tensor_names():
+            raise CheckpointError(f"{self.path}: no tensor named {name!r}")
+        return self._backend.load(name, dtype)
+
     def load_slice(self, name: str, dim: int, start: int, stop: int,
                    dtype: torch.dtype | None = None) -> torch.Tensor:
         """Rows (dim 0) or columns (dim 1) [start, stop) of one tensor, reading only those
@@ -87,6 +95,14 @@ class Checkpoint:
     def gguf_metadata(self) -> dict[str, Any]:
         """Decoded GGUF key-values (tokenizer.ggml.*, chat template, ...); {} for safetensors."""
         return dict(self._backend.metadata) if self.format == "gguf" else {}
+
+    def stored(self, name: str) -> StoredTensor:
+        """One tensor as the file stores it (a GGUF's blocks, in place), for layers that
+        compute in the stored format (quantize="gguf")."""
+        if self.format != "gguf":
+            raise CheckpointError(f"{self.path}: tensors in their stored block format need a "
+                                  f"GGUF file; this is a {self.format} checkpoint")
+        return self._backend.stored(name)
 
     def raw_gguf_tensor(self, name: str) -> tuple[Any, str, tuple[int, ...]]:
         """(numpy data as stored, GGML type name, HF shape) of one tensor of a GGUF file."""
@@ -123,35 +139,11 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     raise CheckpointError(f"checkpoint path {p} does not exist")
 
 
-def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor a Qwen2 checkpoint of this config must hold, with its HF shape."""
-    return dict(_iter_expected(cfg))
-
-
-def _iter_expected(cfg: ModelConfig) -> Iterator[tuple[str, tuple[int, ...]]]:
-    h, hd, inter = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
-    q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
-    yield "model.embed_tokens.weight", (cfg.vocab_size, h)
-    yield "model.norm.weight", (h,)
-    if not cfg.tie_word_embeddings:
-        yield "lm_head.weight", (cfg.vocab_size, h)
-    for i in range(cfg.num_hidden_layers):
-        p = f"model.layers.{i}."
-        yield from {
-            p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
-            p + "self_attn.q_proj.weight": (q, h), p + "self_attn.q_proj.bias": (q,),
-            p + "self_attn.k_proj.weight": (kv, h), p + "self_attn.k_proj.bias": (kv,),
-            p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.v_proj.bias": (kv,),
-            p + "self_attn.o_proj.weight": (h, q), p + "mlp.gate_proj.weight": (inter, h),
-            p + "mlp.up_proj.weight": (inter, h), p + "mlp.down_proj.weight": (h, inter),
-        }.items()
-
-
 def check_tensor_set(source: str, cfg: ModelConfig, have: Mapping[str, tuple[int, ...]]) -> None:
     """Fail now, not halfway through loading, when a tensor is missing or misshapen."""
     missing: list[str] = []
     # lazy walk that stops early: a forged layer count must not cost time or memory
-    for name, shape in _iter_expected(cfg):
+    for name, shape in iter_shapes(cfg):
         if name not in have:
             missing.append(name)
             if len(missing) == 5:

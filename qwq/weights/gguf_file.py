@@ -22,6 +22,7 @@ from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from qwq.config import ModelConfig
 from qwq.errors import CheckpointError
+from qwq.weights.stored import StoredTensor
 
 MAX_TENSORS = 1_000_000
 MAX_KVS = 1_000_000
@@ -323,6 +324,7 @@ class GGUFBackend:
                 self.by_hf[h] = t
         self._map: mmap.mmap | None = None
         self._data: np.ndarray | None = None
+        self._cow: mmap.mmap | None = None  # the map stored() views: pages stay shared
 
     def names(self) -> list[str]:
         return list(self.by_hf)
@@ -341,6 +343,25 @@ class GGUFBackend:
             return raw.view(dt).reshape(t.hf_shape), t.qtype.name, t.hf_shape
         row_bytes = t.nbytes // int(np.prod(t.hf_shape[:-1], dtype=np.int64))
         return raw.reshape(-1, row_bytes), t.qtype.name, t.hf_shape
+
+    def stored(self, name: str) -> StoredTensor:
+        """The tensor's bytes in place, as a torch view of a private (copy-on-write) mapping
+        of the file: nothing is read until used, clean pages are shared with the page cache
+        (the kernel can drop and re-read them under memory pressure, as llama.cpp's mmap),
+        and nothing can write to the file."""
+        if name not in self.by_hf:
+            raise CheckpointError(f"{self.path}: no tensor named {name}")
+        t = self.by_hf[name]
+        if self._cow is None:
+            with open(self.path, "rb") as f:
+                self._cow = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        data = torch.frombuffer(self._cow, dtype=torch.uint8, count=t.nbytes, offset=t.offset)
+        shape = t.hf_shape
+        if t.qtype.name in _FLOAT_TYPES:
+            data = data.view(_FLOAT_TYPES[t.qtype.name]).view(shape)
+        else:
+            data = data.view(-1, t.nbytes // math.prod(shape[:-1]))
+        return StoredTensor(data, t.qtype.name, shape)
 
     def _drop_pages(self, name: str) -> None:
         """Unmap the pages of a tensor already converted: mapped file pages count as this
@@ -396,6 +417,9 @@ class GGUFBackend:
             part = data[:, start // block * type_size: stop // block * type_size]
             return _dequantize_slabs(part, qtype, stop - start, out)
         return _dequantize_slabs(data, qtype, cols, out, columns=slice(start, stop))
+
+
+_FLOAT_TYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
 def _dequantize_slabs(data: np.ndarray, qtype: GGMLQuantizationType, width: int,

@@ -1,0 +1,124 @@
+"""A GGUF computed as shipped: load time, peak memory and batch-1 decode of qwq next to
+llama.cpp's llama-bench on the same file, and both against the machine's DRAM limit.
+
+    python bench/gguf_native.py                         # the demo GGUF
+    python bench/gguf_native.py --model /tmp/qwq32b-q4_k_m.gguf --new 16 --runs 1
+    (make that file first: python bench/random_gguf.py --shape qwq-32b --out /tmp/...)
+
+Each system runs in its own child process (its own peak RSS). The limit is read bandwidth
+(a torch sum over 2 GiB, the same threads, measured in this run) over the bytes one decode
+step reads: every linear layer's weights in their file formats, the embedding excluded (a
+step reads one row of it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+from qwq.benchmark import llama_cpp
+from qwq.benchmark.machine import cpu_model, peak_rss_mib, today
+from qwq.models import resolve
+from qwq.weights import open_checkpoint
+
+
+def read_bandwidth(threads: int, gib: int = 2) -> float:
+    """GB/s of a sum over `gib` GiB of float32 (best of 3)."""
+    torch.set_num_threads(threads)
+    x = torch.ones(gib << 28, dtype=torch.float32)
+    x.sum()
+    best = min(_timed(x.sum) for _ in range(3))
+    del x
+    return (gib << 30) / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def step_bytes(path: str) -> int:
+    """Bytes one decode step reads in the file's formats: every tensor but the embedding."""
+    ckpt = open_checkpoint(path)
+    return sum(ckpt.stored(n).data.nbytes for n in ckpt.tensor_names()
+               if n.endswith("proj.weight") or n == "lm_head.weight"
+               or (n == "model.embed_tokens.weight" and ckpt.config.tie_word_embeddings))
+
+
+def qwq_child(path: str, threads: int, new: int, runs: int) -> dict:
+    from qwq import LLM
+    from qwq.benchmark.qwq_runs import qwq_decode
+    torch.set_num_threads(threads)
+    t = time.perf_counter()
+    llm = LLM(path, max_model_len=1024, enable_prefix_caching=False,
+              kv_cache_memory=256 << 20)
+    load = time.perf_counter() - t
+    ids = llm.tokenizer.encode("The history of the printing press begins")
+    rate = qwq_decode(llm.engine, ids, new, runs)
+    return {"format": llm.engine.config.quantize, "load_s": round(load, 1),
+            "tg_tok_s": rate, "peak_rss_mib": round(peak_rss_mib())}
+
+
+def run_child(args: list[str], threads: int) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
+                          env=env, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode or not lines:
+        return {"error": f"{llama_cpp.describe_exit(proc.returncode)}: "
+                         f"{llama_cpp.tail(proc.stderr, 4)}"}
+    return json.loads(lines[-1])
+
+
+def llama(path: str, threads: int, new: int, runs: int) -> dict:
+    t = time.perf_counter()
+    try:
+        res = llama_cpp.bench(path, threads, 0, new, runs)
+    except llama_cpp.PeerError as e:
+        return {"error": str(e)}
+    res["wall_s"] = round(time.perf_counter() - t, 1)
+    res["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=None, help="a .gguf (default: the demo model)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--new", type=int, default=64)
+    ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    path = str(resolve(args.model).path)
+    if args.child:
+        print(json.dumps(qwq_child(path, args.threads, args.new, args.runs)))
+        return
+    bandwidth = read_bandwidth(args.threads)
+    nbytes = step_bytes(path)
+    limit = bandwidth * 1e9 / nbytes
+    res = {"date": today(), "cpu": cpu_model(), "nproc": os.cpu_count(), "model": path,
+           "file_gb": round(os.path.getsize(path) / 1e9, 2), "read_gb_s": round(bandwidth, 1),
+           "step_gb": round(nbytes / 1e9, 3), "limit_tok_s": round(limit, 2),
+           "llama.cpp": llama(path, args.threads, args.new, args.runs),
+           "qwq": run_child(["--model", path, "--threads", str(args.threads), "--new",
+                             str(args.new), "--runs", str(args.runs), "--child"], args.threads)}
+    for name in ("llama.cpp", "qwq"):
+        r = res[name]
+        if "tg_tok_s" in r:
+            r["fraction_of_limit"] = round(r["tg_tok_s"] / limit, 3)
+    q, lc = res["qwq"].get("tg_tok_s"), res["llama.cpp"].get("tg_tok_s")
+    if q and lc:
+        res["qwq_over_llama_cpp"] = round(q / lc, 3)
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Layers whose weights stay in the GGUF file's own block types (quantize="gguf", what "auto"
+picks for a GGUF on CPU): no second rounding, and a 4.5-bit file stays 4.5 bits in memory.
+
+A weight is a read-only view of the file's bytes (qwq.weights: StoredTensor), one part per
+stored tensor: a fused q|k|v or gate|up holds each part in its own type (llama.cpp's Q4_K_M
+mixes Q4_K and Q6_K), and each part runs on its type's kernel (qwq/kernels/ggml.cpp) against
+int8 activation blocks, as llama.cpp pairs them. Types without a kernel (F16, BF16, F32, the
+2-3 bit K-quants) are dequantized once into the activation dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qwq.kernels import ggml_types, kernels_available
+from qwq.weights.stored import StoredTensor
+
+
+class _Part(nn.Module):
+    """One stored tensor's rows of a fused weight, computed in its own format."""
+
+    def __init__(self, stored: StoredTensor, dtype: torch.dtype):
+        super().__init__()
+        self.qtype = stored.qtype
+        self.out_features, self.in_features = stored.shape
+        self.native = stored.qtype in ggml_types.KERNEL_TYPES
+        if self.native:
+            self.register_buffer("raw", stored.data, persistent=False)
+        else:
+            weight = ggml_types.dequantize(stored.data, stored.qtype, self.in_features)
+            self.register_buffer("weight", weight.to(dtype), persistent=False)
+        self.kernel = self.native and kernels_available()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.native:
+            return F.linear(x, self.weight)
+        if self.kernel:
+            return torch.ops.qwq.ggml_linear(x, self.raw, ggml_types.type_id(self.qtype), None,
+                                             self.out_features)
+        return ggml_types.linear_reference(x, self.raw, self.qtype, None, self.out_features)
+
+    def nbytes(self) -> int:
+        t = self.raw if self.native else self.weight
+        return t.numel() * t.element_size()
+
+
+class GGMLLinear(nn.Module):
+    """y = x W^T + b, W the concatenation of its parts' rows, each in its stored type."""
+
+    def __init__(self, parts: list[StoredTensor], bias: torch.Tensor | None, dtype: torch.dtype):
+        super().__init__()
+        widths = {p.shape[1] for p in parts}
+        if len(widths) != 1:
+            raise ValueError(f"parts of one linear take different input widths: {widths}")
+        self.parts = nn.ModuleList(_Part(p, dtype) for p in parts)
+        self.in_features = widths.pop()
+        self.out_features = sum(p.out_features for p in self.parts)
+        self.bias = None if bias is None else nn.Parameter(bias.to(dtype), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).contiguous()
+        outs = [part(x2) for part in self.parts]
+        y = outs[0] if len(outs) == 1 else torch.cat(outs, -1)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.view(*shape[:-1], self.out_features)
+
+    def nbytes(self) -> int:
+        return sum(p.nbytes() for p in self.parts)
+
+
+class GGMLEmbedding(nn.Module):
+    """The token table in its stored type: only the rows looked up are dequantized (QwQ-32B's
+    table is 1.56 GB in 16 bits, 0.45 GB as Q4_K)."""
+
+    def __init__(self, stored: StoredTensor, dtype: torch.dtype):
+        super().__init__()
+        self.qtype, self.dtype = stored.qtype, dtype
+        self.num_embeddings, self.embedding_dim = stored.shape
+        self.register_buffer("raw", stored.data, persistent=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = ggml_types.rows(self.raw, self.qtype, ids.reshape(-1), self.embedding_dim)
+        return rows.to(self.dtype).view(*ids.shape, self.embedding_dim)
