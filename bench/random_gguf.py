@@ -117,8 +117,11 @@ def write(out: Path, shape: str, mix: str, seed: int = 0) -> int:
     plan = [(n, s, tensor_type(mix, n, i, layers)) for n, s, i in tensors(shape)]
     for name, s, qtype in plan:
         nbytes = _nbytes(s, qtype)
-        writer.add_tensor_info(name, s, np.dtype(np.float32 if qtype == Q.F32 else np.uint8),
-                               nbytes, raw_dtype=qtype)
+        if qtype == Q.F32:
+            writer.add_tensor_info(name, s, np.dtype(np.float32), nbytes, raw_dtype=qtype)
+        else:  # block types are described by their bytes: (rows, bytes per row)
+            writer.add_tensor_info(name, (s[0], nbytes // s[0]), np.dtype(np.uint8), nbytes,
+                                   raw_dtype=qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
