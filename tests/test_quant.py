@@ -74,15 +74,18 @@ def test_auto_format_from_gguf_types():
     types = {"model.layers.0.mlp.down_proj.weight": "Q5_0",
              "model.layers.0.self_attn.q_proj.weight": "Q5_0",
              "model.layers.0.self_attn.k_proj.weight": "F16"}
-    # 4-6 bit GGUFs run as q5_0 where qwq's kernel builds (this CPU), w8a8 on other CPUs
-    assert auto_quantization(types, torch.bfloat16, "cpu") == \
-        ("q5_0" if kernels_available() else "w8a8")
+    # a GGUF runs as shipped on CPU, 8-bit or not; 8-bit weights on GPUs
+    assert auto_quantization(types, torch.bfloat16, "cpu") == "gguf"
     assert auto_quantization(types, torch.bfloat16, "cuda") == "int8"
     q8 = {n: "Q8_0" for n in types}
-    assert auto_quantization(q8, torch.bfloat16, "cpu") == "w8a8"  # 8-bit GGUFs stay 8-bit
+    assert auto_quantization(q8, torch.bfloat16, "cpu") == "gguf"
+    # an AWQ directory packs into q5_0 on its own scales where the kernel builds
+    awq = dict.fromkeys(types, "AWQ4")
+    assert auto_quantization(awq, torch.bfloat16, "cpu") == \
+        ("q5_0" if kernels_available() else "w8a8")
     assert auto_quantization(types, torch.float32, "cpu") == "none"  # float32 runs stay float
     assert auto_quantization({}, torch.bfloat16, "cpu") == "none"  # safetensors: as stored
-    assert set(QUANT_MODES) == {"none", "int8", "w8a8", "int4", "q5_0", "q8_0"}
+    assert set(QUANT_MODES) == {"none", "gguf", "int8", "w8a8", "int4", "q5_0", "q8_0"}
 
 
 def test_unknown_format_is_named(tmp_path):
@@ -109,15 +112,15 @@ def llama_cpp_ppl(demo_gguf):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["auto", "w8a8"])
-def test_demo_perplexity_within_two_percent_of_llama_cpp(ppl_chunks, llama_cpp_ppl, fmt):
-    """The format qwq picks for the demo GGUF (and w8a8, its pick on CPUs without the q5_0
-    kernel) loses under 2% perplexity against llama.cpp running the same file on the same text,
-    scored as `qwq bench` scores it (the whole shipped text in windows of 512; the bar of issue
-    5)."""
+@pytest.mark.parametrize("fmt, bar", [("auto", 1.003), ("q5_0", 1.02), ("w8a8", 1.02)])
+def test_demo_perplexity_against_llama_cpp(ppl_chunks, llama_cpp_ppl, fmt, bar):
+    """On the demo GGUF, against llama-perplexity on the same file and text, scored on the
+    same positions: `auto` computes the file as shipped (its own types, llama.cpp's int8
+    activation blocks) and stays within 0.3%; the repacked formats (q5_0 rounds the Q4_K and
+    Q6_K tensors a second time, w8a8 all of them) within 2%."""
     from qwq import benchmark as B
     llm = B.qwq_llm(None, fmt)
     if fmt == "auto":
-        assert llm.engine.config.quantize == ("q5_0" if kernels_available() else "w8a8")
+        assert llm.engine.config.quantize == "gguf"
     ours = B.qwq_ppl(llm, ppl_chunks)
-    assert ours / llama_cpp_ppl < 1.02, (ours, llama_cpp_ppl)
+    assert ours / llama_cpp_ppl < bar, (ours, llama_cpp_ppl)
