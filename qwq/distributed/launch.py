@@ -97,8 +97,8 @@ def build_rank(ckpt, opts: RankOptions, tp: TPGroup):
     torch_dtype = pick_dtype(opts.dtype, ckpt.config, tp.device)
     cfg = opts.engine_config
     if cfg.quantize == "auto":
-        cfg = dataclasses.replace(cfg, quantize=auto_quantization(ckpt.weight_types(),
-                                                            torch_dtype, tp.device))
+        cfg = dataclasses.replace(cfg, quantize=auto_quantization(
+            ckpt.weight_types(), torch_dtype, tp.device, sharded=True))
     net = build_shard_model(ckpt, torch_dtype, tp)
     blocks = torch.tensor([num_kv_blocks(net.config, cfg, torch_dtype, tp.device)])
     dist.all_reduce(blocks, op=dist.ReduceOp.MIN, group=tp.control)

@@ -38,15 +38,16 @@ _GGUF_QUANTIZED = _GGUF_LOW_BIT + ("Q8_0", "Q8_K")
 
 
 def auto_quantization(weight_types: dict[str, str], dtype: torch.dtype,
-                      device: torch.device | str = "cpu") -> str:
+                      device: torch.device | str = "cpu", sharded: bool = False) -> str:
     """quantize="auto": a GGUF as shipped on CPU; otherwise the checkpoint's own precision
     (Checkpoint.weight_types: GGUF types, AWQ) mapped to a fast kernel, none for float
-    checkpoints or float32 runs (the kernels take 16-bit activations)."""
+    checkpoints or float32 runs (the kernels take 16-bit activations). sharded: a
+    tensor-parallel rank, whose slices of a tensor are loaded as floats and packed again."""
     if not weight_types or dtype == torch.float32:
         return "none"
     cpu = torch.device(device).type == "cpu"
     layer_types = [t for n, t in weight_types.items() if n.endswith("proj.weight")]
-    if cpu and layer_types and "AWQ4" not in layer_types:
+    if cpu and layer_types and "AWQ4" not in layer_types and not sharded:
         return "gguf"
     eight_bit = "w8a8" if cpu else "int8"
     low_bit = "q5_0" if cpu and kernels_available() else eight_bit
