@@ -29,6 +29,9 @@ from qwq.models import resolve
 from qwq.weights import open_checkpoint
 
 
+PROMPT = "The history of the printing press begins"
+
+
 def read_bandwidth(threads: int, gib: int = 2) -> float:
     """GB/s of a sum over `gib` GiB of float32 (best of 3)."""
     torch.set_num_threads(threads)
@@ -55,16 +58,19 @@ def step_bytes(path: str) -> int:
 
 def qwq_child(path: str, threads: int, new: int, runs: int) -> dict:
     from qwq import LLM
-    from qwq.benchmark.qwq_runs import qwq_decode
+    from qwq.benchmark.qwq_runs import greedy, qwq_decode
     torch.set_num_threads(threads)
     t = time.perf_counter()
     llm = LLM(path, max_model_len=1024, enable_prefix_caching=False,
               kv_cache_memory=256 << 20)
     load = time.perf_counter() - t
-    ids = llm.tokenizer.encode("The history of the printing press begins")
+    ids = llm.tokenizer.encode(PROMPT)
+    llm.generate([ids], greedy(1))
+    first = time.perf_counter() - t
     rate = qwq_decode(llm.engine, ids, new, runs)
     return {"format": llm.engine.config.quantize, "load_s": round(load, 1),
-            "tg_tok_s": rate, "peak_rss_mib": round(peak_rss_mib())}
+            "load_and_first_token_s": round(first, 1), "tg_tok_s": rate,
+            "peak_rss_mib": round(peak_rss_mib())}
 
 
 def run_child(args: list[str], threads: int) -> dict:
@@ -79,12 +85,19 @@ def run_child(args: list[str], threads: int) -> dict:
 
 
 def llama(path: str, threads: int, new: int, runs: int) -> dict:
-    t = time.perf_counter()
+    """llama-bench's tg on the file, and llama-server's load (start to healthy, then to its
+    first token of the same prompt), each in its own process."""
+    from qwq.models import load_tokenizer
+    ids = load_tokenizer(path)[0].encode(PROMPT)
     try:
         res = llama_cpp.bench(path, threads, 0, new, runs)
+        t = time.perf_counter()
+        with llama_cpp.server(path, threads, ctx=1024, timeout=1800) as url:
+            res["load_s"] = round(time.perf_counter() - t, 1)
+            llama_cpp.greedy_ids(url, ids, 1)
+            res["load_and_first_token_s"] = round(time.perf_counter() - t, 1)
     except llama_cpp.PeerError as e:
         return {"error": str(e)}
-    res["wall_s"] = round(time.perf_counter() - t, 1)
     res["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
     return res
 
