@@ -28,7 +28,6 @@ from qwq.benchmark.machine import cpu_model, peak_rss_mib, today
 from qwq.models import resolve
 from qwq.weights import open_checkpoint
 
-
 PROMPT = "The history of the printing press begins"
 
 

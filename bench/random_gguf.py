@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import GGUFWriter, GGMLQuantizationType
+from gguf import GGMLQuantizationType, GGUFWriter
 
 from qwq.kernels.ggml_types import random_blocks
 from qwq.weights.gguf_file import read_gguf_header

@@ -17,7 +17,7 @@ from qwq.weights import open_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-import random_gguf  # noqa: E402  (bench/random_gguf.py writes the files these tests load)
+import random_gguf
 
 
 @pytest.fixture(scope="module")
