@@ -197,7 +197,7 @@ def test_bad_headers(buf, match):
 
 
 def test_progress_bar_can_be_silenced(monkeypatch):
-    from qwq.weights import _progress
+    from qwq.weights.checkpoint import _progress
     monkeypatch.setenv("QWQ_NO_PROGRESS", "1")
     assert _progress(["a"], "x") == ["a"]
 

@@ -22,6 +22,8 @@ from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from qwq.config import ModelConfig
 from qwq.errors import CheckpointError
+from qwq.model.layout import expected_shapes
+from qwq.weights.checkpoint import Checkpoint, check_tensor_set
 from qwq.weights.stored import StoredTensor
 
 MAX_TENSORS = 1_000_000
@@ -437,8 +439,6 @@ def _dequantize_slabs(data: np.ndarray, qtype: GGMLQuantizationType, width: int,
 
 
 def open_gguf(path: Path):
-    from qwq.weights import Checkpoint, check_tensor_set, expected_shapes
-
     header = read_gguf_header(path)
     config = config_from_gguf(header.metadata, header.tensors, path)
     backend = GGUFBackend(path, header)

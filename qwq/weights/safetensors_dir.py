@@ -19,6 +19,7 @@ from qwq.config import ModelConfig
 from qwq.errors import CheckpointError, UnsafeCheckpointError
 from qwq.weights import awq as awq_format
 from qwq.weights.awq import AWQConfig
+from qwq.weights.checkpoint import Checkpoint, check_tensor_set
 
 MAX_HEADER = 100_000_000  # the safetensors format's own cap on the JSON header
 MAX_JSON_FILE = 50_000_000  # config.json, index.json, generation_config.json
@@ -251,7 +252,6 @@ class AWQBackend(SafetensorsBackend):
 
 
 def open_safetensors_dir(d: Path):
-    from qwq.weights import Checkpoint, check_tensor_set
 
     config, awq = read_config(d)
     entries: dict[str, TensorEntry] = {}

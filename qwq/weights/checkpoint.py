@@ -1,0 +1,128 @@
+"""A checkpoint behind one interface, whatever its format: its config, its tensors under their
+Hugging Face names and shapes, and the check of its tensor set against the config."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from qwq.config import ModelConfig
+from qwq.errors import CheckpointError
+from qwq.model.layout import iter_shapes
+from qwq.weights.stored import StoredTensor
+
+
+class _Backend(Protocol):
+    """What a file format provides: its tensors by HF name (GGUF adds metadata and raw)."""
+
+    def names(self) -> list[str]: ...
+    def load(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor: ...
+    def load_slice(self, name: str, dim: int, start: int, stop: int) -> torch.Tensor: ...
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    format: str  # "safetensors" | "gguf"
+    config: ModelConfig
+    generation_config: dict = field(default_factory=dict)
+    _backend: _Backend | None = field(default=None, repr=False)
+
+    def tensor_names(self) -> list[str]:
+        """Hugging Face names of every tensor, in the order iter_tensors yields them."""
+        return list(self._backend.names())
+
+    def iter_tensors(self, dtype: torch.dtype | None = None,
+                     names: Iterable[str] | None = None, block_scales: bool = False
+                     ) -> Iterator[tuple[str, torch.Tensor]]:
+        """(HF name, tensor) pairs; dtype None keeps the stored dtype (float32 for GGUF).
+        block_scales: after each weight stored on a grid (AWQ), (name, BlockScales) with its
+        scales, for packing on that grid (Qwen2Model.load_weights takes both)."""
+        wanted = self.tensor_names() if names is None else list(names)
+        unknown = sorted(set(wanted) - set(self.tensor_names()))
+        if unknown:
+            raise CheckpointError(f"{self.path}: no tensors named {unknown[:4]}")
+        hints = getattr(self._backend, "block_scales", None) if block_scales else None
+        for name in _progress(wanted, f"loading {self.path.name}"):
+            yield name, self._backend.load(name, dtype)
+            scales = hints(name) if hints else None
+            if scales is not None:
+                yield name, scales
+
+    def load(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """One tensor, whole, in `dtype` (None: as stored; float32 for GGUF blocks)."""
+        if name not in self.tensor_names():
+            raise CheckpointError(f"{self.path}: no tensor named {name!r}")
+        return self._backend.load(name, dtype)
+
+    def load_slice(self, name: str, dim: int, start: int, stop: int,
+                   dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Rows (dim 0) or columns (dim 1) [start, stop) of one tensor, reading only those
+        bytes where the format allows (a rank's shard for tensor parallelism)."""
+        if name not in self.tensor_names():
+            raise CheckpointError(f"{self.path}: no tensor named {name!r}")
+        tensor = self._backend.load_slice(name, dim, start, stop)
+        return tensor if dtype is None else tensor.to(dtype)
+
+    def gguf_types(self) -> dict[str, str]:
+        """HF name -> GGML type name (Q5_0, Q8_0, F32, ...) of each tensor; {} for safetensors."""
+        if self.format != "gguf":
+            return {}
+        return {name: t.qtype.name for name, t in self._backend.by_hf.items()}
+
+    def weight_types(self) -> dict[str, str]:
+        """How each quantized tensor is stored: GGML type names for GGUF, "AWQ4" for an AWQ
+        directory's linears; {} for float checkpoints. quantize="auto" reads this."""
+        if self.format == "gguf":
+            return self.gguf_types()
+        return dict.fromkeys(getattr(self._backend, "weights", {}), "AWQ4")
+
+    def gguf_metadata(self) -> dict[str, Any]:
+        """Decoded GGUF key-values (tokenizer.ggml.*, chat template, ...); {} for safetensors."""
+        return dict(self._backend.metadata) if self.format == "gguf" else {}
+
+    def stored(self, name: str) -> StoredTensor:
+        """One tensor as the file stores it (a GGUF's blocks, in place), for layers that
+        compute in the stored format (quantize="gguf")."""
+        if self.format != "gguf":
+            raise CheckpointError(f"{self.path}: tensors in their stored block format need a "
+                                  f"GGUF file; this is a {self.format} checkpoint")
+        return self._backend.stored(name)
+
+    def raw_gguf_tensor(self, name: str) -> tuple[Any, str, tuple[int, ...]]:
+        """(numpy data as stored, GGML type name, HF shape) of one tensor of a GGUF file."""
+        if self.format != "gguf":
+            raise CheckpointError(f"{self.path}: raw_gguf_tensor needs a GGUF checkpoint")
+        return self._backend.raw(name)
+
+
+def _progress(items: list[str], desc: str) -> Iterable[str]:
+    """A tqdm bar on stderr, only for people watching a terminal."""
+    quiet = os.environ.get("QWQ_NO_PROGRESS") == "1" or not sys.stderr.isatty()
+    if quiet:
+        return items
+    from tqdm import tqdm
+    return tqdm(items, desc=desc, unit="tensor", file=sys.stderr, leave=False)
+
+
+def check_tensor_set(source: str, cfg: ModelConfig, have: Mapping[str, tuple[int, ...]]) -> None:
+    """Fail now, not halfway through loading, when a tensor is missing or misshapen."""
+    missing: list[str] = []
+    # lazy walk that stops early: a forged layer count must not cost time or memory
+    for name, shape in iter_shapes(cfg):
+        if name not in have:
+            missing.append(name)
+            if len(missing) == 5:
+                break
+        elif tuple(have[name]) != shape:
+            raise CheckpointError(f"{source}: tensor {name} has shape {tuple(have[name])}, "
+                                  f"the config implies {shape}")
+    if missing:
+        raise CheckpointError(f"{source}: tensors the config implies are missing, "
+                              f"e.g. {missing}")
