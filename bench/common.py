@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import qwq
@@ -11,4 +12,22 @@ from qwq.benchmark import llama_cpp, load_average, machine, peak_rss_mib, ppl_te
 # the fixed perplexity text ships with the package: qwq/data/ppl.txt
 DATA = Path(qwq.__file__).parent / "data"
 
-__all__ = ["DATA", "llama_cpp", "load_average", "machine", "peak_rss_mib", "ppl_text", "today"]
+__all__ = ["DATA", "controlled_demo", "llama_cpp", "load_average", "machine", "peak_rss_mib",
+           "ppl_text", "script_args", "today"]
+
+
+def script_args(doc: str, max_tokens: int) -> argparse.Namespace:
+    """--max-tokens and --json, the options every reasoning-control script takes."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--max-tokens", type=int, default=max_tokens)
+    ap.add_argument("--json", default=None)
+    return ap.parse_args()
+
+
+def controlled_demo():
+    """The demo model with the reasoning controls built for its tokenizer."""
+    from qwq import LLM
+    from qwq.reasoning.controls import ControlFactory
+    llm = LLM()
+    llm.engine.control_factory = ControlFactory.for_tokenizer(llm.tokenizer)
+    return llm

@@ -11,12 +11,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
 
-from common import machine, today
+from common import controlled_demo, machine, script_args, today
 
 SAFE = ["How do I bake sourdough bread?", "Write a Python function that reverses a string.",
         "What is the capital of Australia?", "Explain how vaccines train the immune system.",
@@ -97,14 +96,8 @@ def end_to_end(llm, max_tokens: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--max-tokens", type=int, default=96)
-    ap.add_argument("--json", default=None)
-    args = ap.parse_args()
-    from qwq import LLM
-    from qwq.reasoning.controls import ControlFactory
-    llm = LLM()
-    llm.engine.control_factory = ControlFactory.for_tokenizer(llm.tokenizer)
+    args = script_args(__doc__, 96)
+    llm = controlled_demo()
     e2e = end_to_end(llm, args.max_tokens)
     costs = pattern_costs(llm, e2e["None"]["texts"])
     block = midstream_block(llm, args.max_tokens)

@@ -9,12 +9,11 @@ quoted text left out) and how many answers hold any CJK character, without and w
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
 
-from common import machine, today
+from common import controlled_demo, machine, script_args, today
 
 PROMPTS = [
     "What are the twelve Chinese zodiac animals? Give their Chinese names too.",
@@ -52,15 +51,9 @@ def has_cjk(text: str) -> bool:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--max-tokens", type=int, default=160)
-    ap.add_argument("--json", default=None)
-    args = ap.parse_args()
-    from qwq import LLM
-    from qwq.reasoning.controls import ControlFactory
+    args = script_args(__doc__, 160)
     from qwq.reasoning.language import mixing_rate, strip_code
-    llm = LLM()
-    llm.engine.control_factory = ControlFactory.for_tokenizer(llm.tokenizer)
+    llm = controlled_demo()
     report = {}
     for setting in (None, "en"):
         texts, elapsed = run(llm, setting, args.max_tokens)
