@@ -5,6 +5,8 @@ For x86 CPUs with AVX-512 VNNI (torch.ops.qwq.*):
     against int8 activation blocks
   layers.cpp: the decode step's per-token layers fused (paged decode attention, RMSNorm with
     and without the residual add, silu * up)
+  ggml.cpp: linear layers on GGUF tensors in the file's own block formats (Q4_0 ... Q6_K; see
+    ggml.py), read in place
 The build goes to torch's extension cache (~/.cache/torch_extensions); a machine without the
 instructions or a compiler simply does not get the kernel, and callers take their torch path.
 """
@@ -22,7 +24,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-_SOURCES = [str(Path(__file__).with_name(f)) for f in ("blocks.cpp", "layers.cpp")]
+_SOURCES = [str(Path(__file__).with_name(f)) for f in ("blocks.cpp", "layers.cpp", "ggml.cpp")]
 _FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
           "-mavx512vnni", "-mfma", "-mf16c"]
 _CPU_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "fma", "f16c"}
@@ -58,7 +60,7 @@ def kernels_available() -> bool:
         # a failed build leaves the torch paths; it must not stop a load
         log.warning("qwq: building qwq's kernels failed (%s); using torch kernels", e)
         return False
-    return hasattr(torch.ops.qwq, "q8_0_linear") and hasattr(torch.ops.qwq, "silu_mul")
+    return all(hasattr(torch.ops.qwq, op) for op in ("q8_0_linear", "silu_mul", "ggml_linear"))
 
 
 def fused_layers_take(x: torch.Tensor) -> bool:

@@ -1,0 +1,175 @@
+// Linear layers on GGUF tensors as llama.cpp ships them, for x86 CPUs with AVX-512 VNNI:
+// ggml_linear(x, w, type, bias, out_features) with w the (rows, row_bytes) block bytes of the
+// file (a read-only view of an mmap will do; nothing is repacked). Types: Q4_0, Q4_1, Q5_0,
+// Q5_1, Q8_0 against Q8_0 activation blocks, Q4_K, Q5_K, Q6_K against Q8_K (ggml_formats.h).
+//
+// A decode step reads every weight once: each thread takes a contiguous range of rows and reads
+// them front to back, one row at a time, a single forward stream. Batches of tokens run in
+// register tiles of up to 8 tokens per row, so each chunk of a row is unpacked once per 8
+// tokens, and in token tiles whose activation records stay in L2 while the rows stream past.
+//
+// Every output is computed by the same instruction sequence whatever the number of tokens, the
+// thread count or which tokens share a tile: the activation rounding is per token, and a (row,
+// token) pair accumulates its chunks in order in its own register, summed by one fixed
+// horizontal reduction. A sequence's numbers do not depend on what it is batched with.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "ggml_formats.h"
+#include "simd.h"
+
+namespace {
+
+using namespace qwq::ggml;
+
+constexpr int kTokens = 8;               // tokens in a register tile
+constexpr int64_t kTileBytes = 1 << 20;  // activation records a token tile keeps in L2
+
+// A tensor's rows: `full` whole chunks, then `tail` bytes of a last, short chunk (32-input
+// blocks only, when K is not a multiple of 128).
+template <typename F>
+struct Shape {
+  int64_t K, full, chunks;
+  int tail;
+  explicit Shape(int64_t k)
+      : K(k), full(k / F::kChunk), chunks((k + F::kChunk - 1) / F::kChunk),
+        tail(static_cast<int>(k % F::kChunk / F::kBlock * F::kBlockBytes)) {}
+};
+
+// One token's activations -> its records: converted to float, zero-padded to whole chunks.
+template <typename F, typename T>
+void quantize_token(const T* x, const Shape<F>& s, uint8_t* rec) {
+  std::vector<float> xf(s.chunks * F::kChunk, 0.f);
+  for (int64_t k = 0; k < s.K; k += 16) _mm512_storeu_ps(&xf[k], qwq::load16(x + k));
+  for (int64_t c = 0; c < s.chunks; ++c) F::quantize(&xf[c * F::kChunk], rec + c * F::kRecBytes);
+}
+
+// Row `row` against NT tokens whose records start at recs, token_bytes apart: sums[t].
+template <typename F, int NT>
+void row_tokens(const uint8_t* row, const Shape<F>& s, const uint8_t* recs, int64_t token_bytes,
+                float* sums) {
+  __m512 acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
+  auto chunk = [&](int64_t c, int n) {
+    const auto w = F::decode(row + c * F::kChunkBytes, n);
+    const uint8_t* rec = recs + c * F::kRecBytes;
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) acc[t] = F::dot(w, rec + t * token_bytes, acc[t]);
+  };
+  for (int64_t c = 0; c < s.full; ++c) chunk(c, F::kChunkBytes);
+  if (s.tail) chunk(s.full, s.tail);
+  for (int t = 0; t < NT; ++t) sums[t] = _mm512_reduce_add_ps(acc[t]);
+}
+
+template <typename F>
+void row_tile(int nt, const uint8_t* row, const Shape<F>& s, const uint8_t* recs,
+              int64_t token_bytes, float* sums) {
+  switch (nt) {
+    case 1: row_tokens<F, 1>(row, s, recs, token_bytes, sums); break;
+    case 2: row_tokens<F, 2>(row, s, recs, token_bytes, sums); break;
+    case 3: row_tokens<F, 3>(row, s, recs, token_bytes, sums); break;
+    case 4: row_tokens<F, 4>(row, s, recs, token_bytes, sums); break;
+    case 5: row_tokens<F, 5>(row, s, recs, token_bytes, sums); break;
+    case 6: row_tokens<F, 6>(row, s, recs, token_bytes, sums); break;
+    case 7: row_tokens<F, 7>(row, s, recs, token_bytes, sums); break;
+    default: row_tokens<F, 8>(row, s, recs, token_bytes, sums); break;
+  }
+}
+
+template <typename F, typename T>
+void linear_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
+                 at::Tensor& out) {
+  const int64_t M = x.size(0), N = w.size(0), row_stride = w.stride(0);
+  const Shape<F> s(x.size(1));
+  const int64_t token_bytes = s.chunks * F::kRecBytes;
+  const T* xp = x.const_data_ptr<T>();
+  const uint8_t* wp = w.const_data_ptr<uint8_t>();
+  const float* bp = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
+  T* op = out.mutable_data_ptr<T>();
+
+  // torch's allocator aligns to 64 bytes and records are whole vectors: no load splits a line
+  at::Tensor acts = at::empty({M * token_bytes}, at::kByte);
+  uint8_t* ap = acts.mutable_data_ptr<uint8_t>();
+  at::parallel_for(0, M, 1, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) quantize_token<F, T>(xp + m * s.K, s, ap + m * token_bytes);
+  });
+
+  const int64_t tile = std::max<int64_t>(kTokens, kTileBytes / token_bytes / kTokens * kTokens);
+  at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+    float sums[kTokens];
+    for (int64_t t0 = 0; t0 < M; t0 += tile) {
+      const int64_t t1 = std::min(M, t0 + tile);
+      for (int64_t n = n0; n < n1; ++n) {
+        const float b = bp ? bp[n] : 0.f;
+        for (int64_t m = t0; m < t1; m += kTokens) {
+          const int nt = static_cast<int>(std::min<int64_t>(kTokens, t1 - m));
+          row_tile<F>(nt, wp + n * row_stride, s, ap + m * token_bytes, token_bytes, sums);
+          for (int t = 0; t < nt; ++t) op[(m + t) * N + n] = static_cast<T>(sums[t] + b);
+        }
+      }
+    }
+  });
+}
+
+template <typename F>
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias,
+                  int64_t N) {
+  const int64_t K = x.size(1);
+  TORCH_CHECK(K % F::kBlock == 0, "ggml_linear: ", F::kName, " takes inputs in whole blocks of ",
+              F::kBlock, "; x has ", K);
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kByte && w.stride(1) == 1 && w.device().is_cpu(),
+              "ggml_linear: ", F::kName, " weights must be (rows, row_bytes) uint8 CPU block bytes");
+  TORCH_CHECK(w.size(1) == K / F::kBlock * F::kBlockBytes, "ggml_linear: ", F::kName, " rows of ",
+              K, " inputs are ", K / F::kBlock * F::kBlockBytes, " bytes, got ", w.size(1));
+  TORCH_CHECK(w.size(0) == N, "ggml_linear: ", F::kName, " weights hold ", w.size(0),
+              " rows; out_features is ", N);
+  at::Tensor b;
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N, "ggml_linear: bias must be (out_features,)");
+    b = bias->to(at::kFloat).contiguous();
+  }
+  at::Tensor out = at::empty({x.size(0), N}, x.options());
+  if (x.size(0) == 0 || N == 0) return out;
+  switch (x.scalar_type()) {
+    case at::kFloat: linear_impl<F, float>(x, w, b, out); break;
+    case at::kBFloat16: linear_impl<F, c10::BFloat16>(x, w, b, out); break;
+    case at::kHalf: linear_impl<F, c10::Half>(x, w, b, out); break;
+    default: TORCH_CHECK(false, "ggml_linear: x must be float32, bfloat16 or float16");
+  }
+  return out;
+}
+
+// type: ggml's enum value (gguf.GGMLQuantizationType)
+at::Tensor ggml_linear(const at::Tensor& x, const at::Tensor& w, int64_t type,
+                       const c10::optional<at::Tensor>& bias, int64_t out_features) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.device().is_cpu(),
+              "ggml_linear: x must be a contiguous 2-D CPU tensor");
+  switch (type) {
+    case 2: return linear<Q4_0>(x, w, bias, out_features);
+    case 3: return linear<Q4_1>(x, w, bias, out_features);
+    case 6: return linear<Q5_0>(x, w, bias, out_features);
+    case 7: return linear<Q5_1>(x, w, bias, out_features);
+    case 8: return linear<Q8_0>(x, w, bias, out_features);
+    case 12: return linear<Q4_K>(x, w, bias, out_features);
+    case 13: return linear<Q5_K>(x, w, bias, out_features);
+    case 14: return linear<Q6_K>(x, w, bias, out_features);
+    default:
+      TORCH_CHECK(false, "ggml_linear: GGML type ", type, " has no kernel (Q4_0 2, Q4_1 3, ",
+                  "Q5_0 6, Q5_1 7, Q8_0 8, Q4_K 12, Q5_K 13, Q6_K 14)");
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(qwq, m) {
+  m.def("ggml_linear(Tensor x, Tensor w, int type, Tensor? bias, int out_features) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(qwq, CPU, m) { m.impl("ggml_linear", &ggml_linear); }

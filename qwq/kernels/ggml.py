@@ -1,0 +1,256 @@
+"""GGUF block formats as llama.cpp ships them, computed on the file's own bytes.
+
+A quantized tensor is (rows, row_bytes) uint8: each row a run of blocks exactly as they lie in
+the file, so a read-only view of an mmap serves as the weight. ggml.cpp's kernels (the op
+torch.ops.qwq.ggml_linear) read those bytes directly; this module holds each format's layout, its
+dequantization in plain torch, the int8 activation rounding llama.cpp pairs with it, and the
+kernels' product in torch (`linear_reference`): the fallback where the kernels don't build and the
+reference tests hold them to.
+
+Activations are rounded as llama.cpp's CPU backend rounds them, so products come out as its do up
+to float summation order:
+  32-input blocks (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) take Q8_0 blocks of 32 (x86 quantize_row_q8_0:
+    q = round-half-even(x * 127 / amax), scale amax / 127 rounded to fp16);
+  K-quants (Q4_K, Q5_K, Q6_K) take Q8_K blocks of 256 (quantize_row_q8_K_ref: the scale is
+    1 / iscale with iscale = -127 / the block's value of largest magnitude, a float).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+_BIT8 = torch.arange(8, dtype=torch.uint8)
+
+
+def _f16(b: torch.Tensor, at: int) -> torch.Tensor:
+    """The fp16 at byte `at` of each block (n, block_bytes) as float32, (n, 1)."""
+    return b[:, at:at + 2].contiguous().view(torch.float16).float()
+
+
+def _nibbles(qs: torch.Tensor) -> torch.Tensor:
+    """(n, 16) packed bytes -> (n, 32): input j in byte j's low nibble, input 16 + j in its high."""
+    return torch.cat([qs & 15, qs >> 4], -1)
+
+
+def _bits32(qh: torch.Tensor) -> torch.Tensor:
+    """(n, 4) bytes of a little-endian uint32 -> (n, 32): bit i."""
+    return ((qh[:, :, None] >> _BIT8) & 1).flatten(1)
+
+
+def _q4_0(b: torch.Tensor) -> torch.Tensor:
+    return _f16(b, 0) * (_nibbles(b[:, 2:]).float() - 8)
+
+
+def _q4_1(b: torch.Tensor) -> torch.Tensor:
+    return _f16(b, 0) * _nibbles(b[:, 4:]).float() + _f16(b, 2)
+
+
+def _q5_0(b: torch.Tensor) -> torch.Tensor:
+    q = _nibbles(b[:, 6:]) | (_bits32(b[:, 2:6]) << 4)
+    return _f16(b, 0) * (q.float() - 16)
+
+
+def _q5_1(b: torch.Tensor) -> torch.Tensor:
+    q = _nibbles(b[:, 8:]) | (_bits32(b[:, 4:8]) << 4)
+    return _f16(b, 0) * q.float() + _f16(b, 2)
+
+
+def _q8_0(b: torch.Tensor) -> torch.Tensor:
+    return _f16(b, 0) * b[:, 2:].contiguous().view(torch.int8).float()
+
+
+def _scales_mins_k4(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q4_K/Q5_K's 12 bytes of 6-bit scales and mins -> (n, 8) each. Bytes 0-3 hold scales 0-3,
+    bytes 4-7 mins 0-3 (low 6 bits); bytes 8-11 the low 4 bits of scales 4-7 (low nibble) and
+    mins 4-7 (high nibble), whose top 2 bits are the top bits of bytes 0-3 and 4-7."""
+    sc, mn, lo = s[:, 0:4], s[:, 4:8], s[:, 8:12]
+    scales = torch.cat([sc & 63, (lo & 15) | ((sc >> 2) & 48)], -1)
+    mins = torch.cat([mn & 63, (lo >> 4) | ((mn >> 2) & 48)], -1)
+    return scales, mins
+
+
+def _k4(b: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Q4_K/Q5_K: d * scale_j * q - dmin * min_j over sub-blocks j of 32; q (n, 8, 32)."""
+    scales, mins = _scales_mins_k4(b[:, 4:16])
+    d = (_f16(b, 0) * scales.float())[..., None]
+    dm = (_f16(b, 2) * mins.float())[..., None]
+    return (d * q.float() - dm).flatten(1)
+
+
+def _low_high(qs: torch.Tensor) -> torch.Tensor:
+    """(n, 128) bytes -> (n, 8, 32): 32 bytes a piece, the low nibbles then the high of each."""
+    pieces = qs.reshape(-1, 4, 1, 32) >> torch.tensor([0, 4], dtype=torch.uint8)[:, None]
+    return (pieces & 15).view(-1, 8, 32)
+
+
+def _q4_k(b: torch.Tensor) -> torch.Tensor:
+    return _k4(b, _low_high(b[:, 16:144]))
+
+
+def _q5_k(b: torch.Tensor) -> torch.Tensor:
+    # sub-block j's fifth bits are bit j of the 32 qh bytes
+    high = (b[:, None, 16:48] >> _BIT8[:, None]) & 1
+    return _k4(b, _low_high(b[:, 48:176]) | (high << 4))
+
+
+def _q6_k(b: torch.Tensor) -> torch.Tensor:
+    # per half of 128: ql's 64 bytes give inputs 0-63 (low nibbles) and 64-127 (high); qh's 32
+    # bytes give bits 4-5 of inputs l, l + 32, l + 64, l + 96 from their bit pairs 0-1 .. 6-7
+    ql = (b[:, :128].reshape(-1, 2, 1, 64) >> torch.tensor([0, 4], dtype=torch.uint8)[:, None]) & 15
+    qh = (b[:, 128:192].reshape(-1, 2, 1, 32)
+          >> torch.tensor([0, 2, 4, 6], dtype=torch.uint8)[:, None]) & 3
+    q = (ql.reshape(-1, 16, 16) | (qh.reshape(-1, 16, 16) << 4)).float() - 32
+    scales = b[:, 192:208].contiguous().view(torch.int8).float()
+    return ((_f16(b, 208) * scales)[..., None] * q).flatten(1)
+
+
+@dataclass(frozen=True)
+class GGMLType:
+    name: str
+    id: int  # ggml's enum value, as gguf.GGMLQuantizationType numbers it
+    block: int  # inputs per block
+    block_bytes: int
+    scale_offsets: tuple[int, ...]  # where each block's fp16 scales sit (d; dmin or m)
+    _values: Callable[[torch.Tensor], torch.Tensor]  # (n, block_bytes) -> (n, block) float32
+
+    @property
+    def activation_block(self) -> int:
+        """Inputs per int8 activation block: Q8_K's 256 for K-quants, Q8_0's 32 otherwise."""
+        return 256 if self.block == 256 else 32
+
+    def row_bytes(self, cols: int) -> int:
+        if cols % self.block:
+            raise ValueError(f"{self.name} rows hold whole blocks of {self.block} inputs; "
+                             f"got {cols} inputs")
+        return cols // self.block * self.block_bytes
+
+    def cols(self, row_bytes: int) -> int:
+        if row_bytes % self.block_bytes:
+            raise ValueError(f"{self.name} rows hold whole blocks of {self.block_bytes} bytes; "
+                             f"got rows of {row_bytes} bytes")
+        return row_bytes // self.block_bytes * self.block
+
+
+TYPES = {t.name: t for t in (
+    GGMLType("Q4_0", 2, 32, 18, (0,), _q4_0),
+    GGMLType("Q4_1", 3, 32, 20, (0, 2), _q4_1),
+    GGMLType("Q5_0", 6, 32, 22, (0,), _q5_0),
+    GGMLType("Q5_1", 7, 32, 24, (0, 2), _q5_1),
+    GGMLType("Q8_0", 8, 32, 34, (0,), _q8_0),
+    GGMLType("Q4_K", 12, 256, 144, (0, 2), _q4_k),
+    GGMLType("Q5_K", 13, 256, 176, (0, 2), _q5_k),
+    GGMLType("Q6_K", 14, 256, 210, (208,), _q6_k),
+)}
+_BY_ID = {t.id: t for t in TYPES.values()}
+
+
+def ggml_type(t: GGMLType | str | int) -> GGMLType:
+    """A type by itself, its name ("Q4_K") or its ggml id (12; gguf.GGMLQuantizationType too)."""
+    if isinstance(t, GGMLType):
+        return t
+    found = TYPES.get(t) if isinstance(t, str) else _BY_ID.get(int(t))
+    if found is None:
+        name = getattr(t, "name", t)
+        raise ValueError(f"GGML type {name} has no qwq kernel; supported: {', '.join(TYPES)}")
+    return found
+
+
+def _check_raw(raw: torch.Tensor, t: GGMLType) -> int:
+    """raw's input count per row, after checking it is (rows, whole blocks) of bytes."""
+    if raw.dtype != torch.uint8 or raw.dim() != 2:
+        raise ValueError(f"{t.name} weights must be a 2-D uint8 tensor of block bytes, got "
+                         f"{raw.dtype} {tuple(raw.shape)}")
+    return t.cols(raw.shape[1])
+
+
+def dequantize(raw: torch.Tensor, t: GGMLType | str | int) -> torch.Tensor:
+    """(rows, row_bytes) block bytes -> (rows, cols) float32, as gguf and llama.cpp decode them."""
+    t = ggml_type(t)
+    cols = _check_raw(raw, t)
+    blocks = raw.reshape(-1, t.block_bytes)
+    return t._values(blocks).view(raw.shape[0], cols)
+
+
+def rows(raw: torch.Tensor, t: GGMLType | str | int, ids: torch.Tensor) -> torch.Tensor:
+    """The rows `ids` of a quantized table (an embedding), dequantized: ids.shape + (cols,)."""
+    t = ggml_type(t)
+    cols = _check_raw(raw, t)
+    return dequantize(raw[ids.reshape(-1)], t).view(*ids.shape, cols)
+
+
+def quantize_activations(x: torch.Tensor, t: GGMLType | str | int
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(m, k) activations -> (q, d): q (m, k) float32 holding the int8 values, d (m, k / block)
+    the float32 scales, as llama.cpp rounds activations for weights of type t (see the module
+    docstring). q * d per block is what the kernels multiply the weights by."""
+    t = ggml_type(t)
+    m, k = x.shape
+    b = x.float().view(m, -1, t.activation_block)
+    if t.activation_block == 32:
+        amax = b.abs().amax(-1)
+        d = (amax / 127).to(torch.float16).float()
+        inv = torch.where(amax != 0, 127 / amax, torch.zeros_like(amax))
+        return (b * inv[..., None]).round_().view(m, k), d
+    peak = b.gather(-1, b.abs().argmax(-1, keepdim=True)).squeeze(-1)  # first of largest |x|
+    iscale = torch.where(peak != 0, -127 / peak, torch.zeros_like(peak))
+    d = torch.where(peak != 0, 1 / iscale, torch.zeros_like(peak))
+    return (iscale[..., None] * b).round_().clamp_(max=127).view(m, k), d
+
+
+def _check_linear(x: torch.Tensor, raw: torch.Tensor, t: GGMLType, out_features: int) -> None:
+    cols = _check_raw(raw, t)
+    if x.shape[-1] != cols:
+        raise ValueError(f"{t.name} weights take {cols} inputs; x has {x.shape[-1]}")
+    if raw.shape[0] != out_features:
+        raise ValueError(f"{t.name} weights hold {raw.shape[0]} rows; out_features is "
+                         f"{out_features}")
+
+
+def linear_reference(x: torch.Tensor, raw: torch.Tensor, t: GGMLType | str | int,
+                     bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
+    """x (m, k) times the dequantized rows of raw, on int8-rounded activations, in float32, then
+    in x's dtype: the kernels' product in plain torch."""
+    t = ggml_type(t)
+    _check_linear(x, raw, t, out_features)
+    m, k = x.shape
+    q, d = quantize_activations(x, t)
+    xq = (q.view(m, -1, t.activation_block) * d[..., None]).view(m, k)
+    slab = max(1, 2 ** 24 // k)  # rows dequantized at a time: 64 MB of float32
+    y = torch.cat([xq @ dequantize(raw[r:r + slab], t).T for r in range(0, raw.shape[0], slab)],
+                  1)
+    if bias is not None:
+        y += bias.float()
+    return y.to(x.dtype)
+
+
+def linear(x: torch.Tensor, raw: torch.Tensor, t: GGMLType | str | int,
+           bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
+    """x (..., k) times raw's rows: torch.ops.qwq.ggml_linear where qwq's kernels are built (x86
+    with AVX-512 VNNI), linear_reference elsewhere."""
+    from qwq.kernels import kernels_available
+
+    t = ggml_type(t)
+    x2 = x.reshape(-1, x.shape[-1])
+    if x.device.type == "cpu" and kernels_available():
+        _check_linear(x2, raw, t, out_features)
+        y = torch.ops.qwq.ggml_linear(x2.contiguous(), raw, t.id, bias, out_features)
+    else:
+        y = linear_reference(x2, raw, t, bias, out_features)
+    return y.view(*x.shape[:-1], out_features)
+
+
+def random_blocks(t: GGMLType | str | int, rows: int, cols: int,
+                  generator: torch.Generator | None = None, scale: float = 2 ** -10
+                  ) -> torch.Tensor:
+    """(rows, row_bytes) of valid random blocks: random quant bits and 6-bit scales, and fp16
+    d/dmin uniform in [-scale, scale] (small and finite), for tests and benchmarks."""
+    t = ggml_type(t)
+    n = rows * (t.row_bytes(cols) // t.block_bytes)
+    b = torch.randint(0, 256, (n, t.block_bytes), dtype=torch.uint8, generator=generator)
+    for at in t.scale_offsets:
+        s = (torch.rand(n, generator=generator) * 2 - 1) * scale
+        b[:, at:at + 2] = s.to(torch.float16).view(torch.uint8).view(n, 2)
+    return b.view(rows, -1)

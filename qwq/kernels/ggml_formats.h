@@ -1,0 +1,235 @@
+// GGUF block formats for ggml.cpp: how one row's chunk of blocks, read straight from the file's
+// bytes, unpacks into registers, how activations are rounded to int8 records that line up with
+// it, and the chunk's dot product. Formats and roundings are llama.cpp's (ggml-common.h,
+// ggml-quants.c, the x86 quantize_row_q8_0); see ggml.py for the same in torch.
+//
+// Each format F has: kBlock/kBlockBytes (a ggml block), kChunk/kChunkBytes (the inputs and bytes
+// one decode covers), kRecBytes (a token's activation record per chunk, a multiple of 64),
+// decode(p, n) (a chunk of n bytes at p; a short last chunk reads only its n bytes), quantize(x,
+// rec) (kChunk floats -> a record) and dot(w, rec, acc) (acc += the chunk's row . token, in
+// float lanes that are summed at the end of the row).
+//
+// Integer sums are exact in any order, so the only roundings are the float ones in dot, always
+// the same sequence for a given row and token.
+#pragma once
+
+#include <immintrin.h>
+
+#include <array>
+#include <cstdint>
+#include <cstring>
+
+namespace qwq::ggml {
+
+// Up to 64 bytes from p + off in a chunk of n bytes; the rest read as zero, and nothing past n
+// is touched (the last row of a tensor may end its mapping).
+inline __m512i load_part(const uint8_t* p, int off, int n) {
+  const int k = n - off;
+  if (k >= 64) return _mm512_loadu_si512(p + off);
+  return _mm512_maskz_loadu_epi8(k <= 0 ? 0 : ~0ULL >> (64 - k), p + off);
+}
+
+inline float fp16(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+
+// Word-index vectors for vpermw / vpermt2w, built from i -> index.
+using Words = std::array<int16_t, 32>;
+template <typename Fn>
+constexpr Words words(Fn f) {
+  Words w{};
+  for (int i = 0; i < 32; ++i) w[i] = static_cast<int16_t>(f(i));
+  return w;
+}
+inline __m512i vec(const Words& w) { return _mm512_loadu_si512(w.data()); }
+
+// ---- 32-input blocks: Q4_0, Q5_0, Q8_0 (symmetric) and Q4_1, Q5_1 (with a min) ----
+//
+// Four blocks make a chunk of 128 inputs, block b in 128-bit lane b of two vectors: w[0] holds
+// its inputs 0-15, w[1] inputs 16-31 (4 to a 32-bit lane, as vpdpbusd adds them). Every field
+// of these blocks sits at an even offset, so word permutes (AVX-512BW) gather them.
+
+struct Sym32 {
+  __m512i w[2];   // signed values (q - offset)
+  __m512i start;  // -128 * the sum of each lane's 8 weights
+  __m512 d;       // block b's scale in lanes 4b..4b+3
+};
+
+struct Affine32 {
+  __m512i w[2];  // unsigned values q
+  __m512 d;      // block b's scale in lanes 4b..4b+3
+  __m512 m;      // block b's min in lane 4b, 0 elsewhere
+};
+
+// A chunk's 16 block scales, lane j taking block j / 4's fp16 at word `word(b)`.
+inline __m512 block_scales(__m512i v0, __m512i v1, const Words& idx) {
+  return _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutex2var_epi16(v0, vec(idx), v1)));
+}
+
+// Signed weights against unsigned activations (u = y + 128): vpdpbusd multiplies unsigned by
+// signed bytes, and sum((y + 128) w) - 128 sum(w) = sum(y w), exact in integers. The correction
+// is per row, so it costs nothing per token.
+inline Sym32 sym32(__m512i w0, __m512i w1, __m512 d) {
+  const __m512i c128 = _mm512_set1_epi8(static_cast<char>(0x80));
+  const __m512i sum = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), c128, w0),
+                                          c128, w1);
+  return {{w0, w1}, _mm512_sub_epi32(_mm512_setzero_si512(), sum), d};
+}
+
+// Inputs 0-15 and 16-31 of each block: the low and high nibbles of its 16 packed bytes.
+inline void nibbles(__m512i qs, __m512i& lo, __m512i& hi) {
+  const __m512i low4 = _mm512_set1_epi8(15);
+  lo = _mm512_and_si512(qs, low4);
+  hi = _mm512_and_si512(_mm512_srli_epi16(qs, 4), low4);
+}
+
+// The fifth bits of Q5_0/Q5_1: words [qh_b low half for b = 0..3, then the high halves], so bit
+// 16b + i of the first (second) 64 bits is input i (16 + i) of block b, lane-aligned with w.
+inline void fifth_bits(__m512i v0, __m512i v1, const Words& idx, uint64_t& lo, uint64_t& hi) {
+  const __m128i h = _mm512_castsi512_si128(_mm512_permutex2var_epi16(v0, vec(idx), v1));
+  lo = static_cast<uint64_t>(_mm_cvtsi128_si64(h));
+  hi = static_cast<uint64_t>(_mm_extract_epi64(h, 1));
+}
+
+// Words of a chunk of blocks of B bytes: the 16 packed bytes at byte `at` of block i / 8 (word
+// i % 8), the scale at byte `at` of block i / 4, and the Q5 high-bit words.
+constexpr Words qs_words(int B, int at) { return words([=](int i) { return (B * (i / 8) + at) / 2 + i % 8; }); }
+constexpr Words scale_words(int B, int at) { return words([=](int i) { return (B * (i / 4 % 4) + at) / 2; }); }
+constexpr Words qh_words(int B, int at) { return words([=](int i) { return (B * (i % 4) + at) / 2 + i / 4 % 2; }); }
+
+// The activations of a chunk of four 32-blocks (x86 quantize_row_q8_0 per block: q =
+// round-half-even(x * 127 / amax), d = amax / 127 rounded to fp16). Record: two vectors of
+// values lined up with w[0] and w[1] (unsigned y + 128 when kSym), block scales by lane, and
+// for affine weights d * sum(q) in lane 4b.
+template <bool kSym>
+inline void quantize_q8_0(const float* x, uint8_t* rec) {
+  alignas(64) float d16[16], sums[16] = {};
+  for (int b = 0; b < 4; ++b) {
+    const __m512 v0 = _mm512_loadu_ps(x + 32 * b), v1 = _mm512_loadu_ps(x + 32 * b + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+    const float d = _cvtsh_ss(_cvtss_sh(amax / 127.f, _MM_FROUND_TO_NEAREST_INT));
+    const __m512 inv = _mm512_set1_ps(amax != 0.f ? 127.f / amax : 0.f);
+    const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, inv));
+    const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, inv));
+    __m128i b0 = _mm512_cvtsepi32_epi8(q0), b1 = _mm512_cvtsepi32_epi8(q1);
+    if constexpr (kSym) {
+      b0 = _mm_xor_si128(b0, _mm_set1_epi8(static_cast<char>(0x80)));
+      b1 = _mm_xor_si128(b1, _mm_set1_epi8(static_cast<char>(0x80)));
+    }
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(rec + 16 * b), b0);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(rec + 64 + 16 * b), b1);
+    for (int j = 0; j < 4; ++j) d16[4 * b + j] = d;
+    sums[4 * b] = d * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)));
+  }
+  std::memcpy(rec + 128, d16, 64);
+  if constexpr (!kSym) std::memcpy(rec + 192, sums, 64);
+}
+
+inline __m512 dot_sym32(const Sym32& w, const uint8_t* rec, __m512 acc) {
+  __m512i s = _mm512_dpbusd_epi32(w.start, _mm512_loadu_si512(rec), w.w[0]);
+  s = _mm512_dpbusd_epi32(s, _mm512_loadu_si512(rec + 64), w.w[1]);
+  const __m512 scale = _mm512_mul_ps(w.d, _mm512_loadu_ps(reinterpret_cast<const float*>(rec + 128)));
+  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc);
+}
+
+inline __m512 dot_affine32(const Affine32& w, const uint8_t* rec, __m512 acc) {
+  __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w.w[0], _mm512_loadu_si512(rec));
+  s = _mm512_dpbusd_epi32(s, w.w[1], _mm512_loadu_si512(rec + 64));
+  const float* f = reinterpret_cast<const float*>(rec + 128);
+  acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(w.d, _mm512_loadu_ps(f)), acc);
+  return _mm512_fmadd_ps(w.m, _mm512_loadu_ps(f + 16), acc);
+}
+
+struct Q4_0 {
+  static constexpr const char* kName = "Q4_0";
+  static constexpr int kBlock = 32, kBlockBytes = 18, kChunk = 128, kChunkBytes = 72, kRecBytes = 192;
+  static constexpr Words kQs = qs_words(18, 2), kD = scale_words(18, 0);
+  static Sym32 decode(const uint8_t* p, int n) {
+    const __m512i v0 = load_part(p, 0, n), v1 = load_part(p, 64, n);
+    __m512i lo, hi;
+    nibbles(_mm512_permutex2var_epi16(v0, vec(kQs), v1), lo, hi);
+    const __m512i eight = _mm512_set1_epi8(8);
+    return sym32(_mm512_sub_epi8(lo, eight), _mm512_sub_epi8(hi, eight), block_scales(v0, v1, kD));
+  }
+  static void quantize(const float* x, uint8_t* rec) { quantize_q8_0<true>(x, rec); }
+  static __m512 dot(const Sym32& w, const uint8_t* rec, __m512 acc) { return dot_sym32(w, rec, acc); }
+};
+
+struct Q5_0 {
+  static constexpr const char* kName = "Q5_0";
+  static constexpr int kBlock = 32, kBlockBytes = 22, kChunk = 128, kChunkBytes = 88, kRecBytes = 192;
+  static constexpr Words kQs = qs_words(22, 6), kD = scale_words(22, 0), kQh = qh_words(22, 2);
+  static Sym32 decode(const uint8_t* p, int n) {
+    const __m512i v0 = load_part(p, 0, n), v1 = load_part(p, 64, n);
+    __m512i lo, hi;
+    nibbles(_mm512_permutex2var_epi16(v0, vec(kQs), v1), lo, hi);
+    uint64_t h0, h1;
+    fifth_bits(v0, v1, kQh, h0, h1);
+    // q - 16 with q = nibble + 16 * bit: the nibble where the bit is set, nibble - 16 elsewhere
+    const __m512i sixteen = _mm512_set1_epi8(16);
+    return sym32(_mm512_mask_sub_epi8(lo, ~h0, lo, sixteen), _mm512_mask_sub_epi8(hi, ~h1, hi, sixteen),
+                 block_scales(v0, v1, kD));
+  }
+  static void quantize(const float* x, uint8_t* rec) { quantize_q8_0<true>(x, rec); }
+  static __m512 dot(const Sym32& w, const uint8_t* rec, __m512 acc) { return dot_sym32(w, rec, acc); }
+};
+
+struct Q8_0 {
+  static constexpr const char* kName = "Q8_0";
+  static constexpr int kBlock = 32, kBlockBytes = 34, kChunk = 128, kChunkBytes = 136, kRecBytes = 192;
+  // w[0] from bytes 0-127, w[1] from bytes 8-135 (a word permute reaches 128 bytes)
+  static constexpr Words kLo = qs_words(34, 2), kHi = qs_words(34, 18 - 8), kD = scale_words(34, 0);
+  static Sym32 decode(const uint8_t* p, int n) {
+    const __m512i v0 = load_part(p, 0, n), v1 = load_part(p, 64, n);
+    const __m512i v2 = load_part(p, 8, n), v3 = load_part(p, 72, n);
+    return sym32(_mm512_permutex2var_epi16(v0, vec(kLo), v1), _mm512_permutex2var_epi16(v2, vec(kHi), v3),
+                 block_scales(v0, v1, kD));
+  }
+  static void quantize(const float* x, uint8_t* rec) { quantize_q8_0<true>(x, rec); }
+  static __m512 dot(const Sym32& w, const uint8_t* rec, __m512 acc) { return dot_sym32(w, rec, acc); }
+};
+
+// The blocks' mins in lane 4b (the other lanes of a block zero, so each counts once).
+inline __m512 block_mins(__m512i v0, __m512i v1, const Words& idx) {
+  const __m256i m = _mm512_castsi512_si256(_mm512_maskz_permutex2var_epi16(0x11111111, v0, vec(idx), v1));
+  return _mm512_cvtph_ps(m);
+}
+
+struct Q4_1 {
+  static constexpr const char* kName = "Q4_1";
+  static constexpr int kBlock = 32, kBlockBytes = 20, kChunk = 128, kChunkBytes = 80, kRecBytes = 256;
+  static constexpr Words kQs = qs_words(20, 4), kD = scale_words(20, 0), kM = scale_words(20, 2);
+  static Affine32 decode(const uint8_t* p, int n) {
+    const __m512i v0 = load_part(p, 0, n), v1 = load_part(p, 64, n);
+    __m512i lo, hi;
+    nibbles(_mm512_permutex2var_epi16(v0, vec(kQs), v1), lo, hi);
+    return {{lo, hi}, block_scales(v0, v1, kD), block_mins(v0, v1, kM)};
+  }
+  static void quantize(const float* x, uint8_t* rec) { quantize_q8_0<false>(x, rec); }
+  static __m512 dot(const Affine32& w, const uint8_t* rec, __m512 acc) { return dot_affine32(w, rec, acc); }
+};
+
+struct Q5_1 {
+  static constexpr const char* kName = "Q5_1";
+  static constexpr int kBlock = 32, kBlockBytes = 24, kChunk = 128, kChunkBytes = 96, kRecBytes = 256;
+  static constexpr Words kQs = qs_words(24, 8), kD = scale_words(24, 0), kM = scale_words(24, 2),
+                         kQh = qh_words(24, 4);
+  static Affine32 decode(const uint8_t* p, int n) {
+    const __m512i v0 = load_part(p, 0, n), v1 = load_part(p, 64, n);
+    __m512i lo, hi;
+    nibbles(_mm512_permutex2var_epi16(v0, vec(kQs), v1), lo, hi);
+    uint64_t h0, h1;
+    fifth_bits(v0, v1, kQh, h0, h1);
+    const __m512i sixteen = _mm512_set1_epi8(16);
+    return {{_mm512_mask_add_epi8(lo, h0, lo, sixteen), _mm512_mask_add_epi8(hi, h1, hi, sixteen)},
+            block_scales(v0, v1, kD), block_mins(v0, v1, kM)};
+  }
+  static void quantize(const float* x, uint8_t* rec) { quantize_q8_0<false>(x, rec); }
+  static __m512 dot(const Affine32& w, const uint8_t* rec, __m512 acc) { return dot_affine32(w, rec, acc); }
+};
+
+}  // namespace qwq::ggml
+
+#include "ggml_kquants.h"
