@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType, GGUFWriter
 
-from qwq.kernels.ggml_types import random_blocks
+from qwq.kernels.ggml import random_blocks
 from qwq.weights.gguf_file import read_gguf_header
 
 SHAPES = {  # layers, hidden, intermediate, heads, kv heads, vocab, context

@@ -47,18 +47,19 @@ def test_auto_computes_each_tensor_in_its_stored_type(tiny_q4_k_m):
 
 
 def test_stored_layers_compute_the_dequantized_weights(tiny_q4_k_m):
-    """Logits in the stored types against the same file dequantized to float32 (only the
-    int8 activation blocks differ)."""
+    """Next-token distributions in the stored types against the same file dequantized to
+    bfloat16 weights (only the int8 activation blocks differ): the same top token at every
+    position, with close log-probabilities."""
     ids = [[11, 502, 9000, 33, 7]]
     params = SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=5)
     ours = LLM(str(tiny_q4_k_m), max_model_len=256, kv_cache_memory=16 << 20)
     ref = LLM(str(tiny_q4_k_m), max_model_len=256, kv_cache_memory=16 << 20,
-              quantize="none", dtype="float32")
+              quantize="none")
     a = ours.generate(ids, params)[0].prompt_logprobs[1:]
     b = ref.generate(ids, params)[0].prompt_logprobs[1:]
     for x, y in zip(a, b, strict=True):
         top = max(y, key=y.get)
-        assert abs(x[top] - y[top]) < 0.05 * max(1.0, abs(y[top])), (x, y)
+        assert max(x, key=x.get) == top and abs(x[top] - y[top]) < 0.25, (x, y)
 
 
 def test_gguf_format_needs_a_gguf(tmp_path, tiny_config):

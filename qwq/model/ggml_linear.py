@@ -3,19 +3,31 @@ picks for a GGUF on CPU): no second rounding, and a 4.5-bit file stays 4.5 bits 
 
 A weight is a read-only view of the file's bytes (qwq.weights: StoredTensor), one part per
 stored tensor: a fused q|k|v or gate|up holds each part in its own type (llama.cpp's Q4_K_M
-mixes Q4_K and Q6_K), and each part runs on its type's kernel (qwq/kernels/ggml.cpp) against
+mixes Q4_K and Q6_K), and each part runs on its type's kernel (qwq/kernels/ggml.cpp, layouts in ggml.py) against
 int8 activation blocks, as llama.cpp pairs them. Types without a kernel (F16, BF16, F32, the
 2-3 bit K-quants) are dequantized once into the activation dtype.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from gguf import GGMLQuantizationType
+from gguf.quants import dequantize as gguf_dequantize
 from torch import nn
 
-from qwq.kernels import ggml_types, kernels_available
+from qwq.kernels import ggml
 from qwq.weights.stored import StoredTensor
+
+
+def _dequantize_other(stored: StoredTensor) -> torch.Tensor:
+    """A type without a kernel, as float32: floats as they are, the 2-3 bit K-quants through
+    the gguf package's decoder (once, at load)."""
+    if stored.data.dtype != torch.uint8:
+        return stored.data.float()
+    values = gguf_dequantize(stored.data.numpy(), GGMLQuantizationType[stored.qtype])
+    return torch.from_numpy(np.asarray(values, dtype=np.float32)).view(stored.shape)
 
 
 class _Part(nn.Module):
@@ -25,21 +37,17 @@ class _Part(nn.Module):
         super().__init__()
         self.qtype = stored.qtype
         self.out_features, self.in_features = stored.shape
-        self.native = stored.qtype in ggml_types.KERNEL_TYPES
+        self.native = stored.qtype in ggml.TYPES
         if self.native:
             self.register_buffer("raw", stored.data, persistent=False)
         else:
-            weight = ggml_types.dequantize(stored.data, stored.qtype, self.in_features)
-            self.register_buffer("weight", weight.to(dtype), persistent=False)
-        self.kernel = self.native and kernels_available()
+            self.register_buffer("weight", _dequantize_other(stored).to(dtype),
+                                 persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.native:
             return F.linear(x, self.weight)
-        if self.kernel:
-            return torch.ops.qwq.ggml_linear(x, self.raw, ggml_types.type_id(self.qtype), None,
-                                             self.out_features)
-        return ggml_types.linear_reference(x, self.raw, self.qtype, None, self.out_features)
+        return ggml.linear(x, self.raw, self.qtype, None, self.out_features)
 
     def nbytes(self) -> int:
         t = self.raw if self.native else self.weight
@@ -80,8 +88,12 @@ class GGMLEmbedding(nn.Module):
         super().__init__()
         self.qtype, self.dtype = stored.qtype, dtype
         self.num_embeddings, self.embedding_dim = stored.shape
-        self.register_buffer("raw", stored.data, persistent=False)
+        if stored.qtype in ggml.TYPES:
+            self.register_buffer("raw", stored.data, persistent=False)
+        else:  # a float table (or a type without a kernel) is held as one
+            self.register_buffer("raw", _dequantize_other(stored).to(dtype), persistent=False)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        rows = ggml_types.rows(self.raw, self.qtype, ids.reshape(-1), self.embedding_dim)
-        return rows.to(self.dtype).view(*ids.shape, self.embedding_dim)
+        if self.raw.dtype != torch.uint8:
+            return F.embedding(ids, self.raw)
+        return ggml.rows(self.raw, self.qtype, ids).to(self.dtype)
