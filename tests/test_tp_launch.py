@@ -198,3 +198,28 @@ def test_no_rank_outlives_ctrl_c_while_starting(tmp_path):
         assert gone_within(pid, 5)
     finally:
         end(proc)
+
+
+def test_rank_options_survive_the_command_line():
+    import torch
+
+    from qwq.config import EngineConfig
+    from qwq.distributed.launch import RankOptions
+    for dtype in ("auto", "bfloat16", torch.float32):
+        opts = RankOptions("/models/x", dtype, "cpu", EngineConfig(quantize="int8",
+                                                                  max_model_len=99))
+        assert RankOptions.from_json(json.loads(json.dumps(opts.to_json()))) == opts
+
+
+@pytest.mark.parametrize("bad,why", [
+    (["--rank", "0"], "--rank must lie in 1..1"),
+    (["--qwq-root", "/elsewhere"], "rank 0 from /elsewhere"),
+])
+def test_a_worker_refuses_a_bad_command_line(bad, why):
+    from qwq.distributed.ranks import qwq_root
+    args = {"--rank": "1", "--size": "2", "--port": "1", "--parent-pid": str(os.getpid()),
+            "--options": "{}", "--qwq-root": qwq_root(), **dict(zip(bad[::2], bad[1::2]))}
+    r = subprocess.run([sys.executable, "-m", "qwq.distributed.worker",
+                        *[x for kv in args.items() for x in kv]],
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 2 and why in r.stderr, r.stderr

@@ -47,7 +47,7 @@ class RankOptions:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RankOptions:
         dtype = data["dtype"]
-        if dtype.startswith("torch."):  # a torch.dtype given by the caller, e.g. torch.float32
+        if isinstance(dtype, str) and dtype.startswith("torch."):  # a torch.dtype given by the caller, e.g. torch.float32
             dtype = getattr(torch, dtype.removeprefix("torch."))
         return cls(data["path"], dtype, data["device"], EngineConfig(**data["engine_config"]))
 
