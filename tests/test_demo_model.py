@@ -85,7 +85,7 @@ def test_model_card_api_as_written(capsys):
     response = tokenizer.batch_decode(generated_ids, skip_special_tokens=True)[0]
     print(response)
     assert "<|im_start|>" in text and text.endswith("<|im_start|>assistant\n")
-    assert "strawberry" in response.lower() or "r" in response.lower()
+    assert "strawberry" in response.lower()  # greedy: it answers about the word asked
     assert len(response.split()) > 5
 
 

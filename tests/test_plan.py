@@ -23,7 +23,7 @@ def test_two_gpus_halve_weights_and_kv_per_rank():
     one, two = plan(QWQ, 1, 80e9), plan(QWQ, 2, 80e9)
     assert abs(two.weights_per_rank * 2 - one.weights_per_rank) < 1
     assert two.kv_bytes_per_token_per_rank == 128 * 1024
-    assert one.kv_tokens == 0 or one.kv_tokens < two.kv_tokens
+    assert 0 < one.kv_tokens < two.kv_tokens  # 80 GB holds the weights and some cache
 
 
 def test_int4_on_a_24gb_gpu():

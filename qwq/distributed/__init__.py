@@ -2,9 +2,11 @@
 
     llm = qwq.LLM("qwq-demo", tensor_parallel_size=2)
 
-group.py: the ranks (spawned or torchrun), the watchdog; shard.py: one rank's shard of the
+group.py: the process groups (started ranks or torchrun's) and stopping them; ranks.py: the
+rank processes rank 0 starts (`python -m qwq.distributed.worker`, so any script, `python -`
+or a notebook can start them), their stderr, the watchdogs; shard.py: one rank's shard of the
 network and its collectives; steps.py: rank 0's step broadcasts; launch.py: building the
-engine on rank 0 and the followers on the others.
+engine on rank 0 and the followers on the others; worker.py: a started rank's entry point.
 """
 
 from qwq.distributed.group import TensorParallelError

@@ -1,10 +1,11 @@
-"""The ranks of a tensor-parallel run: how they start, how rank 0 watches them, how they stop.
+"""The process groups of a tensor-parallel run, and how rank 0 stops the other ranks.
 
 Two process groups span the same ranks. `compute` (NCCL on CUDA, gloo on CPU) carries the
 all-reduces and the logits gather inside the forward, under a short timeout (QWQ_TP_TIMEOUT,
 default 60 s). `control` (always gloo, on CPU) carries rank 0's step broadcasts; the other
 ranks wait on it while a server idles, so its timeout is long. A rank that dies is noticed by
-the watchdog on rank 0 (when rank 0 started the ranks) and by gloo's closed connections.
+the watchdog on rank 0 (when rank 0 started the ranks, see ranks.py) and by gloo's closed
+connections.
 """
 
 from __future__ import annotations
@@ -12,11 +13,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-import signal
-import sys
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +26,7 @@ log = logging.getLogger("qwq.distributed")
 
 CONTROL_TIMEOUT = datetime.timedelta(days=30)
 STOP = 0  # control-group header codes (see qwq.distributed.steps)
+HEADER = 5  # a step header's length: [code, T, B, W, N]
 
 
 class TensorParallelError(QwQError):
@@ -62,8 +60,9 @@ class TPGroup:
     device: torch.device
     compute: Any = None  # the process group of the forward's collectives
     control: Any = None  # the process group of step broadcasts (gloo)
-    workers: list[Any] = field(default_factory=list)  # rank 0: the processes it started
+    workers: list[Any] = field(default_factory=list)  # rank 0: the RankProcess it started
     failure: str | None = None  # set by the watchdog: which rank died, how
+    exit_on_failure: bool = False  # a started server: a dead rank ends this process
     closed: bool = False
 
     def check_alive(self) -> None:
@@ -80,23 +79,25 @@ class TPGroup:
         return TensorParallelError(f"tensor-parallel collective failed on rank {self.rank} "
                                    f"(is another rank dead?): {e}")
 
-    def close(self) -> None:
-        """Rank 0: tell the other ranks to stop, wait for them, leave the process groups."""
+    def close(self, graceful: bool = True) -> None:
+        """Rank 0: tell the other ranks to stop (graceful: they follow its steps) and wait for
+        them, else kill them (start-up failed: they may be anywhere in their start); then
+        leave the process groups."""
         if self.closed:
             return
         self.closed = True
-        if self.rank == 0 and not self.failure:
-            from qwq.distributed.steps import send_stop
+        if graceful and self.rank == 0 and not self.failure and dist.is_initialized():
             try:
                 send_stop(self)
             except RuntimeError:
                 pass
         for proc in self.workers:
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.kill()
+            proc.stop(timeout=10 if graceful else 0)
         if dist.is_initialized():
             dist.destroy_process_group()
+        # Free the groups here, on this thread: the watchdog thread holds this object too,
+        # and a group freed by a thread while the interpreter exits aborts it (std::terminate)
+        self.compute = self.control = None
 
 
 def join(tp: TPGroup, store: Any = None) -> TPGroup:
@@ -119,84 +120,6 @@ def join(tp: TPGroup, store: Any = None) -> TPGroup:
     return tp
 
 
-def spawn_workers(tp: TPGroup, target: Callable, args: tuple) -> Any:
-    """Rank 0: start ranks 1..size-1 as fresh processes running target(rank, size, port,
-    parent pid, *args), and the store they meet at; returns the store."""
-    import torch.multiprocessing as mp
-    store = dist.TCPStore("127.0.0.1", 0, tp.size, is_master=True, wait_for_workers=False,
-                          timeout=compute_timeout())
-    ctx = mp.get_context("spawn")
-    for rank in range(1, tp.size):
-        proc = ctx.Process(target=target, args=(rank, tp.size, store.port, os.getpid(), *args),
-                           name=f"qwq-tp-rank{rank}", daemon=True)
-        proc.start()
-        print(f"qwq: tensor-parallel rank {rank} runs as pid {proc.pid}", file=sys.stderr,
-              flush=True)
-        tp.workers.append(proc)
-    return store
-
-
-def worker_store(rank: int, size: int, port: int) -> Any:
-    """A spawned rank: connect to rank 0's store and say so."""
-    store = dist.TCPStore("127.0.0.1", port, size, is_master=False, timeout=compute_timeout())
-    store.set(f"qwq/started/{rank}", "1")
-    return store
-
-
-def wait_for_workers(tp: TPGroup, store: Any) -> None:
-    """Rank 0: wait until every spawned rank has reached the store, failing as soon as one
-    dies (they import torch first: seconds)."""
-    keys = [f"qwq/started/{r}" for r in range(1, tp.size)]
-    deadline = time.monotonic() + compute_timeout().total_seconds()
-    while not store.check(keys):
-        tp.check_alive()
-        if time.monotonic() > deadline:
-            raise TensorParallelError("the tensor-parallel ranks did not start in time")
-        time.sleep(0.05)
-
-
-def _how(exitcode: int) -> str:
-    if exitcode < 0:
-        try:
-            return f"was killed by {signal.Signals(-exitcode).name}"
-        except ValueError:
-            return f"was killed by signal {-exitcode}"
-    return f"exited with code {exitcode}"
-
-
-def watch(tp: TPGroup, exit_process: bool) -> None:
-    """Rank 0: a thread that notices a rank's death within a fraction of a second. It records
-    the failure (the engine's next or current step raises TensorParallelError naming the rank);
-    with exit_process (the server) it also stops this process a moment later, so a collective
-    that would hang (NCCL) cannot keep a dead server listening."""
-
-    def loop() -> None:
-        while not tp.closed:
-            for rank, proc in enumerate(tp.workers, start=1):
-                if proc.exitcode is not None and not tp.closed:
-                    tp.failure = (f"tensor-parallel rank {rank} (pid {proc.pid}) "
-                                  f"{_how(proc.exitcode)}; the engine cannot continue")
-                    print(f"qwq: error: {tp.failure}", file=sys.stderr, flush=True)
-                    if exit_process:
-                        time.sleep(2)  # the failing step reports the error to open requests
-                        for other in tp.workers:
-                            if other.is_alive():
-                                other.kill()
-                        print("qwq: the server stops", file=sys.stderr, flush=True)
-                        os._exit(1)
-                    return
-            time.sleep(0.2)
-
-    threading.Thread(target=loop, name="qwq-tp-watchdog", daemon=True).start()
-
-
-def watch_parent(parent_pid: int) -> None:
-    """A spawned rank: exit when the process that started it is gone (even after SIGKILL)."""
-
-    def loop() -> None:
-        while True:
-            if os.getppid() != parent_pid:
-                os._exit(1)
-            time.sleep(0.5)
-
-    threading.Thread(target=loop, name="qwq-tp-parent", daemon=True).start()
+def send_stop(tp: TPGroup) -> None:
+    """Rank 0: the step header that tells the other ranks to stop."""
+    dist.broadcast(torch.tensor([STOP] + [0] * (HEADER - 1)), 0, group=tp.control)

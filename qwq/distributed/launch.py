@@ -1,50 +1,55 @@
 """Starting a tensor-parallel engine: rank 0 holds the engine, the other ranks follow it.
 
 Rank 0 (the process that called `qwq.LLM(..., tensor_parallel_size=N)` or `qwq serve
---tensor-parallel-size N`) starts ranks 1..N-1 itself (torch.multiprocessing, spawn), or,
-under torchrun, every rank runs the same command and ranks other than 0 follow rank 0 and
-exit when it stops. Every rank opens the checkpoint, loads only its shard, quantizes it and
-allocates a KV cache for its heads; the block count is agreed (the smallest any rank affords)
-so that rank 0's block tables mean the same slots everywhere. Rank 0 builds the usual engine
-(scheduler, runner, sampler) over its shard.
+--tensor-parallel-size N`) starts ranks 1..N-1 itself (`python -m qwq.distributed.worker`, see
+ranks.py), or, under torchrun, every rank runs the same command and ranks other than 0 follow
+rank 0 and exit when it stops. Every rank opens the checkpoint, loads only its shard, quantizes
+it and allocates a KV cache for its heads; the block count is agreed (the smallest any rank
+affords) so that rank 0's block tables mean the same slots everywhere. Rank 0 builds the usual
+engine (scheduler, runner, sampler) over its shard. If rank 0's start fails, the ranks it
+started are killed before the error is raised.
 """
 
 from __future__ import annotations
 
 import atexit
 import dataclasses
-import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from qwq.config import EngineConfig
-from qwq.distributed.group import (
-    TensorParallelError,
-    TPGroup,
-    join,
-    rank_device,
-    spawn_workers,
-    torchrun_env,
-    wait_for_workers,
-    watch,
-    watch_parent,
-    worker_store,
-)
+from qwq.distributed.group import TensorParallelError, TPGroup, join, rank_device, torchrun_env
+from qwq.distributed.ranks import dead_rank_error, start_ranks, wait_for_ranks, watch
 from qwq.distributed.shard import build_shard_model, check_tp_size
 
 
 @dataclass
 class RankOptions:
-    """What every rank needs to build its shard the same way (picklable, sent to spawned
-    ranks)."""
+    """What every rank needs to build its shard the same way (sent to started ranks as JSON
+    on their command line)."""
 
     path: str
     dtype: str | torch.dtype
     device: str | None
     engine_config: EngineConfig
+
+    def to_json(self) -> dict[str, Any]:
+        # extra is rank 0's engine's business; the ranks only build shards and KV caches
+        cfg = {k: v for k, v in dataclasses.asdict(self.engine_config).items() if k != "extra"}
+        dtype = str(self.dtype) if isinstance(self.dtype, torch.dtype) else self.dtype
+        return {"path": self.path, "dtype": dtype, "device": self.device, "engine_config": cfg}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RankOptions:
+        dtype = data["dtype"]
+        if isinstance(dtype, str) and dtype.startswith("torch."):  # a torch.dtype given by the caller, e.g. torch.float32
+            dtype = getattr(torch, dtype.removeprefix("torch."))
+        return cls(data["path"], dtype, data["device"], EngineConfig(**data["engine_config"]))
 
 
 def load_tp_engine(model, *, dtype: str | torch.dtype = "auto", device: str | None = "auto",
@@ -52,12 +57,13 @@ def load_tp_engine(model, *, dtype: str | torch.dtype = "auto", device: str | No
                    exit_on_rank_failure: bool = False):
     """(engine, tokenizer, resolved name) on rank 0, over N ranks; ranks other than 0 (under
     torchrun) follow rank 0's steps here and exit the process when it stops."""
-    from qwq.heap import weights_in_own_mappings
-    from qwq.models import _tokenizer_of, engine_for, resolve
+    from qwq.models import resolve
     from qwq.weights import open_checkpoint
     size = tensor_parallel_size
     resolved = resolve(model)
-    opts = RankOptions(str(resolved.path), dtype, device, engine_config or EngineConfig())
+    # absolute: a started rank need not share this process's working directory's meaning
+    opts = RankOptions(str(Path(resolved.path).resolve()), dtype, device,
+                       engine_config or EngineConfig())
     env = torchrun_env()
     if env is not None:
         rank, world, local_rank = env
@@ -72,21 +78,48 @@ def load_tp_engine(model, *, dtype: str | torch.dtype = "auto", device: str | No
     check_tp_size(ckpt.config, size)
     if env is None:
         tp = TPGroup(0, size, rank_device(device, 0))
-        store = spawn_workers(tp, run_worker, (opts,))
-        watch(tp, exit_on_rank_failure)
-        try:
-            wait_for_workers(tp, store)
-            join(tp, store)
-        except (RuntimeError, TensorParallelError) as e:
-            tp.close()
-            raise e if isinstance(e, TensorParallelError) else tp.error_from(e) from e
+    try:
+        if env is None:
+            start_and_join(tp, opts)
+        engine, tokenizer = build_engine(ckpt, opts, tp)
+    except BaseException as e:  # Ctrl-C included: no rank may outlive a failed start
+        err = startup_error(tp, e)
+        if err is e:
+            raise
+        raise err from e
+    tp.exit_on_failure = exit_on_rank_failure
     atexit.register(tp.close)
+    return engine, tokenizer, resolved
+
+
+def start_and_join(tp: TPGroup, opts: RankOptions) -> None:
+    """Rank 0: start ranks 1..N-1, watch them, and form the process groups with them."""
+    store = start_ranks(tp, opts.to_json())
+    watch(tp)
+    wait_for_ranks(tp, store)
+    join(tp, store)
+
+
+def startup_error(tp: TPGroup, e: BaseException) -> BaseException:
+    """Rank 0's start failed with e: kill the ranks it started; the error to raise, which
+    names a rank that died and ends with its stderr (the reason is there, not here)."""
+    if isinstance(e, RuntimeError):  # a collective failed: is a rank dead?
+        e = tp.error_from(e)
+    dead = dead_rank_error(tp)
+    tp.close(graceful=False)
+    return dead or e
+
+
+def build_engine(ckpt, opts: RankOptions, tp: TPGroup):
+    """Rank 0: its shard, the tokenizer and the engine over them."""
+    from qwq.heap import weights_in_own_mappings
+    from qwq.models import _tokenizer_of, engine_for
     tokenizer = _tokenizer_of(ckpt)
     with weights_in_own_mappings():
         net, cfg = build_rank(ckpt, opts, tp)
         # every rank runs each step eagerly: the other ranks mirror rank 0's steps op by op
         engine = engine_for(net, tokenizer, cfg, ckpt.generation_config, decode_graphs=False)
-    return engine, tokenizer, resolved
+    return engine, tokenizer
 
 
 def build_rank(ckpt, opts: RankOptions, tp: TPGroup):
@@ -110,8 +143,8 @@ def follow(tp: TPGroup, opts: RankOptions) -> None:
     checkpoint (its mapping, its parsed metadata) is released once the shard is loaded."""
     from qwq.distributed.steps import serve_steps
     from qwq.engine.runner import ModelRunner
-    from qwq.model.quant import quantize_model
     from qwq.heap import weights_in_own_mappings
+    from qwq.model.quant import quantize_model
     from qwq.weights import open_checkpoint
     with weights_in_own_mappings():
         net, cfg = build_rank(open_checkpoint(opts.path), opts, tp)
@@ -124,14 +157,6 @@ def follow(tp: TPGroup, opts: RankOptions) -> None:
         print(f"qwq: tensor-parallel rank {tp.rank} stops: {e}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
     dist.destroy_process_group()
-
-
-def run_worker(rank: int, size: int, port: int, parent_pid: int, opts: RankOptions) -> None:
-    """The entry point of a rank that rank 0 spawned."""
-    watch_parent(parent_pid)
-    os.environ["QWQ_NO_PROGRESS"] = "1"
-    tp = join(TPGroup(rank, size, rank_device(opts.device, rank)), worker_store(rank, size, port))
-    follow(tp, opts)
 
 
 def shutdown(engine) -> None:

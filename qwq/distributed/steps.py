@@ -11,11 +11,10 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from qwq.distributed.group import STOP, TPGroup
+from qwq.distributed.group import HEADER, STOP, TPGroup
 from qwq.model import AttentionMetadata
 
 FORWARD = 1
-HEADER = 5
 
 
 def send_step(tp: TPGroup, input_ids: torch.Tensor, meta: AttentionMetadata) -> None:
@@ -26,10 +25,6 @@ def send_step(tp: TPGroup, input_ids: torch.Tensor, meta: AttentionMetadata) -> 
         meta.context_lens_t, meta.block_tables, meta.logits_indices)]).long()
     dist.broadcast(header, 0, group=tp.control)
     dist.broadcast(payload, 0, group=tp.control)
-
-
-def send_stop(tp: TPGroup) -> None:
-    dist.broadcast(torch.tensor([STOP] + [0] * (HEADER - 1)), 0, group=tp.control)
 
 
 def recv_step(tp: TPGroup) -> tuple[torch.Tensor, AttentionMetadata] | None:
