@@ -44,9 +44,10 @@ def test_a_missing_build_says_how_to_build(tmp_path, monkeypatch):
 
 
 def test_describe_exit():
-    assert llama_cpp.describe_exit(-11) == "killed by SIGSEGV (exit -11)"
-    assert llama_cpp.describe_exit(-4) == "killed by SIGILL (exit -4)"
-    assert llama_cpp.describe_exit(2) == "exit 2"
+    from qwq.procs import describe_exit
+    assert describe_exit(-11) == "killed by SIGSEGV (exit -11)"
+    assert describe_exit(-4) == "killed by SIGILL (exit -4)"
+    assert describe_exit(2) == "exited with code 2"
 
 
 def test_cmake_options_follow_the_cpu_and_never_amx():

@@ -23,7 +23,6 @@ import os
 import re
 import resource
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from qwq.demo import cache_dir
 from qwq.errors import QwQError
 from qwq.kernels import cpu_flags
 from qwq.models import resolve
+from qwq.procs import describe_exit
 
 VERSION = "11434.0.0"
 SDIST_SHA256 = "b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45"
@@ -92,16 +92,6 @@ def tool(name: str) -> Path:
 
 def available() -> bool:
     return all(os.access(bin_dir() / t, os.X_OK) for t in TOOLS)
-
-
-def describe_exit(code: int) -> str:
-    """'killed by SIGSEGV (exit -11)' or 'exit 1'."""
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name} (exit {code})"
-        except ValueError:
-            return f"killed by signal {-code} (exit {code})"
-    return f"exit {code}"
 
 
 def tail(text: str, lines: int = TAIL_LINES) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import signal
 import site
 import subprocess
 import sys
@@ -23,8 +22,8 @@ from typing import Any
 
 import torch.distributed as dist
 
-import qwq
 from qwq.distributed.group import TensorParallelError, TPGroup, compute_timeout
+from qwq.procs import describe_exit
 
 TAIL_LINES = 20  # lines of a rank's stderr kept for the error that reports its death
 
@@ -56,12 +55,7 @@ class RankProcess:
 
     def how_it_ended(self) -> str:
         code = self.popen.returncode
-        if code is not None and code < 0:
-            try:
-                return f"was killed by {signal.Signals(-code).name}"
-            except ValueError:
-                return f"was killed by signal {-code}"
-        return f"exited with code {code}"
+        return "is still running" if code is None else describe_exit(code)
 
     def stderr_tail(self) -> str:
         """The last lines the rank wrote to stderr (once it has exited: all of them)."""
@@ -80,7 +74,7 @@ class RankProcess:
 
 def qwq_root() -> str:
     """The folder this process imported the qwq package from."""
-    return str(Path(qwq.__file__).resolve().parent.parent)
+    return str(Path(__file__).resolve().parents[2])  # .../qwq/distributed/ranks.py
 
 
 def rank_argv(rank: int, size: int, port: int, options: dict[str, Any]) -> list[str]:
