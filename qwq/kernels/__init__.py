@@ -14,6 +14,7 @@ instructions or a compiler simply does not get the kernel, and callers take thei
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import platform
 import shutil
@@ -28,6 +29,15 @@ _SOURCES = [str(Path(__file__).with_name(f)) for f in ("blocks.cpp", "layers.cpp
 _FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
           "-mavx512vnni", "-mfma", "-mf16c"]
 _CPU_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "fma", "f16c"}
+
+
+def _headers_flag() -> str:
+    """A define holding the headers' digest: torch's loader rebuilds when the sources or flags
+    change, and would otherwise keep a stale build after a change to a header alone."""
+    digest = hashlib.sha256()
+    for header in sorted(Path(__file__).parent.glob("*.h")):
+        digest.update(header.read_bytes())
+    return f"-DQWQ_KERNEL_HEADERS={digest.hexdigest()[:16]}"
 
 
 def cpu_flags() -> set[str]:
@@ -53,7 +63,8 @@ def kernels_available() -> bool:
     try:
         from torch.utils import cpp_extension
 
-        cpp_extension.load(name="qwq_kernels", sources=_SOURCES, extra_cflags=_FLAGS,
+        cpp_extension.load(name="qwq_kernels", sources=_SOURCES,
+                           extra_cflags=[*_FLAGS, _headers_flag()],
                            extra_ldflags=["-fopenmp"],
                            is_python_module=False, verbose=False)
     except (RuntimeError, OSError, ImportError, subprocess.SubprocessError) as e:

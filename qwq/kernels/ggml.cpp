@@ -29,7 +29,7 @@ namespace {
 
 using namespace qwq::ggml;
 
-constexpr int kTokens = 8;               // tokens in a register tile
+constexpr int kTokens = 16;              // tokens in a register tile, at most
 constexpr int64_t kTileBytes = 1 << 20;  // activation records a token tile keeps in L2
 
 // A tensor's rows: `full` whole chunks, then `tail` bytes of a last, short chunk (32-input
@@ -51,20 +51,25 @@ void quantize_token(const T* x, const Shape<F>& s, uint8_t* rec) {
   for (int64_t c = 0; c < s.chunks; ++c) F::quantize(&xf[c * F::kChunk], rec + c * F::kRecBytes);
 }
 
+// One chunk of a row (n bytes at p) against NT tokens: acc[t] += row . token t.
+template <typename F, int NT>
+__attribute__((always_inline)) inline void chunk_tokens(const uint8_t* p, int n, const uint8_t* rec,
+                                                        int64_t token_bytes, __m512 (&acc)[NT]) {
+  const auto w = F::decode(p, n);
+#pragma GCC unroll 16
+  for (int t = 0; t < NT; ++t) acc[t] = F::dot(w, rec + t * token_bytes, acc[t]);
+}
+
 // Row `row` against NT tokens whose records start at recs, token_bytes apart: sums[t].
 template <typename F, int NT>
 void row_tokens(const uint8_t* row, const Shape<F>& s, const uint8_t* recs, int64_t token_bytes,
                 float* sums) {
   __m512 acc[NT];
   for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
-  auto chunk = [&](int64_t c, int n) {
-    const auto w = F::decode(row + c * F::kChunkBytes, n);
-    const uint8_t* rec = recs + c * F::kRecBytes;
-#pragma GCC unroll 8
-    for (int t = 0; t < NT; ++t) acc[t] = F::dot(w, rec + t * token_bytes, acc[t]);
-  };
-  for (int64_t c = 0; c < s.full; ++c) chunk(c, F::kChunkBytes);
-  if (s.tail) chunk(s.full, s.tail);
+  for (int64_t c = 0; c < s.full; ++c)
+    chunk_tokens<F, NT>(row + c * F::kChunkBytes, F::kChunkBytes, recs + c * F::kRecBytes, token_bytes, acc);
+  if (s.tail)
+    chunk_tokens<F, NT>(row + s.full * F::kChunkBytes, s.tail, recs + s.full * F::kRecBytes, token_bytes, acc);
   for (int t = 0; t < NT; ++t) sums[t] = _mm512_reduce_add_ps(acc[t]);
 }
 
@@ -79,9 +84,13 @@ void row_tile(int nt, const uint8_t* row, const Shape<F>& s, const uint8_t* recs
     case 5: row_tokens<F, 5>(row, s, recs, token_bytes, sums); break;
     case 6: row_tokens<F, 6>(row, s, recs, token_bytes, sums); break;
     case 7: row_tokens<F, 7>(row, s, recs, token_bytes, sums); break;
-    default: row_tokens<F, 8>(row, s, recs, token_bytes, sums); break;
+    case 8: row_tokens<F, 8>(row, s, recs, token_bytes, sums); break;
+    default: row_tokens<F, 16>(row, s, recs, token_bytes, sums); break;
   }
 }
+
+// Tokens in the next register tile, of `left`: 16 while they last, then 8, then the rest.
+inline int tile_tokens(int64_t left) { return left >= 16 ? 16 : left > 8 ? 8 : static_cast<int>(left); }
 
 template <typename F, typename T>
 void linear_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
@@ -108,8 +117,8 @@ void linear_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bia
       const int64_t t1 = std::min(M, t0 + tile);
       for (int64_t n = n0; n < n1; ++n) {
         const float b = bp ? bp[n] : 0.f;
-        for (int64_t m = t0; m < t1; m += kTokens) {
-          const int nt = static_cast<int>(std::min<int64_t>(kTokens, t1 - m));
+        for (int64_t m = t0, nt; m < t1; m += nt) {
+          nt = tile_tokens(t1 - m);
           row_tile<F>(nt, wp + n * row_stride, s, ap + m * token_bytes, token_bytes, sums);
           for (int t = 0; t < nt; ++t) op[(m + t) * N + n] = static_cast<T>(sums[t] + b);
         }

@@ -181,6 +181,11 @@ def rows(raw: torch.Tensor, t: GGMLType | str | int, ids: torch.Tensor) -> torch
     return dequantize(raw[ids.reshape(-1)], t).view(*ids.shape, cols)
 
 
+def _over(c: float, t: torch.Tensor) -> torch.Tensor:
+    """c / t rounded once, as C's float division (torch's `c / t` is reciprocal(t) * c)."""
+    return torch.full_like(t, c) / t
+
+
 def quantize_activations(x: torch.Tensor, t: GGMLType | str | int
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """(m, k) activations -> (q, d): q (m, k) float32 holding the int8 values, d (m, k / block)
@@ -192,11 +197,11 @@ def quantize_activations(x: torch.Tensor, t: GGMLType | str | int
     if t.activation_block == 32:
         amax = b.abs().amax(-1)
         d = (amax / 127).to(torch.float16).float()
-        inv = torch.where(amax != 0, 127 / amax, torch.zeros_like(amax))
+        inv = torch.where(amax != 0, _over(127, amax), torch.zeros_like(amax))
         return (b * inv[..., None]).round_().view(m, k), d
     peak = b.gather(-1, b.abs().argmax(-1, keepdim=True)).squeeze(-1)  # first of largest |x|
-    iscale = torch.where(peak != 0, -127 / peak, torch.zeros_like(peak))
-    d = torch.where(peak != 0, 1 / iscale, torch.zeros_like(peak))
+    iscale = torch.where(peak != 0, _over(-127, peak), torch.zeros_like(peak))
+    d = torch.where(peak != 0, _over(1, iscale), torch.zeros_like(peak))
     return (iscale[..., None] * b).round_().clamp_(max=127).view(m, k), d
 
 

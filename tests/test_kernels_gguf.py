@@ -1,0 +1,212 @@
+"""GGUF tensors computed in their own block formats (qwq/kernels/ggml.py and ggml.cpp).
+
+The torch dequantization is held to the gguf package's (an independent reference), the kernels
+to the same product written in torch (`ggml.linear_reference`), on random valid blocks and on the
+demo GGUF's own tensors read in place from the file; outputs are checked for batch invariance and
+the kernels for never reading past a tensor's last byte."""
+
+import subprocess
+import sys
+import textwrap
+
+import gguf
+import pytest
+import torch
+
+from qwq.kernels import _CPU_FLAGS, cpu_flags, ggml, kernels_available
+
+TYPES = list(ggml.TYPES.values())
+K_QUANTS = [t for t in TYPES if t.block == 256]
+has_vnni = _CPU_FLAGS <= cpu_flags()
+kernel = pytest.mark.skipif(not has_vnni, reason="the CPU lacks AVX-512 VNNI")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _built():
+    # a CPU with the instructions must get the kernels (and torch.ops.qwq.ggml_linear loaded)
+    assert kernels_available() or not has_vnni
+
+
+def _ids(t):
+    return t.name
+
+
+def _blocks(t, rows, cols, seed=0):
+    return ggml.random_blocks(t, rows, cols, torch.Generator().manual_seed(seed))
+
+
+def _assert_matches_reference(got, x, raw, t, bias):
+    """Within float32 summation error of the reference: 1e-5 of the sum of |terms|."""
+    want = ggml.linear_reference(x.float(), raw, t, None if bias is None else bias.float(),
+                                 raw.shape[0])
+    q, d = ggml.quantize_activations(x, t)
+    xq = (q.view(x.shape[0], -1, t.activation_block) * d[..., None]).view(x.shape)
+    bound = 1e-5 * (xq.abs() @ ggml.dequantize(raw, t).abs().T) + 1e-6
+    if x.dtype != torch.float32:  # both round to the 16-bit output
+        bound += want.abs() * 2 ** -7
+    assert got.dtype == x.dtype and got.shape == want.shape
+    assert ((got.float() - want).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("t", TYPES, ids=_ids)
+def test_dequantize_matches_gguf(t):
+    raw = _blocks(t, 9, 2 * 256)
+    want = gguf.quants.dequantize(raw.numpy(), gguf.GGMLQuantizationType[t.name])
+    assert torch.equal(ggml.dequantize(raw, t), torch.from_numpy(want.copy()))
+
+
+@pytest.mark.parametrize("t", [ggml.TYPES["Q4_K"], ggml.TYPES["Q8_0"]], ids=_ids)
+def test_rows_dequantize_only_the_looked_up_rows(t):
+    raw = _blocks(t, 50, 256)
+    ids = torch.tensor([[3, 49], [0, 3]])
+    got = ggml.rows(raw, t, ids)
+    assert got.shape == (2, 2, 256)
+    assert torch.equal(got, ggml.dequantize(raw, t)[ids])
+
+
+def test_q8_k_activations_follow_llama_cpp():
+    """Q8_K scales by -127 / the first value of largest magnitude (sign included), so that value
+    becomes -127; an all-zero block has scale 0."""
+    x = torch.zeros(1, 512)
+    x[0, 5], x[0, 9], x[0, 10] = -2.0, 2.0, 0.5
+    q, d = ggml.quantize_activations(x, "Q4_K")
+    assert q[0, 5] == -127 and q[0, 9] == 127 and q[0, 10] == 32
+    assert d[0, 0] == 1 / torch.tensor(63.5) and d[0, 1] == 0 and (q[0, 256:] == 0).all()
+
+
+def test_q8_0_activations_round_half_to_even_with_an_fp16_scale():
+    x = torch.tensor([[127.0, 0.5, 1.5, -2.5] + [0.0] * 28])
+    q, d = ggml.quantize_activations(x, "Q4_0")
+    assert q[0, :4].tolist() == [127, 0, 2, -2] and d.item() == 1.0
+
+
+@kernel
+@pytest.mark.parametrize("t", TYPES, ids=_ids)
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 8, 16, 17, 64])
+def test_kernel_matches_reference(t, m):
+    k = 768 if t in K_QUANTS else 416  # 32-blocks: 3 chunks of 128 and a short one of 32
+    torch.manual_seed(m)
+    raw = _blocks(t, 37, k, seed=m)
+    x = torch.randn(m, k)
+    bias = torch.randn(37)
+    _assert_matches_reference(torch.ops.qwq.ggml_linear(x, raw, t.id, bias, 37), x, raw, t,
+                              bias)
+
+
+@kernel
+@pytest.mark.parametrize("t,k", [(t, k) for t in TYPES for k in (256, 1280, 96, 896)
+                                 if k % t.block == 0], ids=lambda v: getattr(v, "name", v))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_kernel_takes_16_bit_activations_and_any_whole_blocks(t, k, dtype):
+    raw = _blocks(t, 19, k)
+    x = torch.randn(5, k).to(dtype)
+    bias = torch.randn(19).to(dtype)
+    _assert_matches_reference(torch.ops.qwq.ggml_linear(x, raw, t.id, bias, 19), x, raw, t,
+                              bias)
+
+
+@kernel
+@pytest.mark.parametrize("t", TYPES, ids=_ids)
+def test_kernel_is_batch_invariant(t):
+    """A token's output has the same bits alone, in any batch and at any thread count."""
+    raw = _blocks(t, 45, 512)
+    x = torch.randn(70, 512, dtype=torch.bfloat16) * 3
+    full = torch.ops.qwq.ggml_linear(x, raw, t.id, None, 45)
+    for lo, hi in [(0, 1), (5, 6), (3, 7), (10, 27), (40, 70)]:
+        assert torch.equal(torch.ops.qwq.ggml_linear(x[lo:hi], raw, t.id, None, 45), full[lo:hi])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert torch.equal(torch.ops.qwq.ggml_linear(x, raw, t.id, None, 45), full)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@kernel
+def test_kernel_handles_zero_and_tied_activations():
+    """All-zero activation blocks (scale 0) and ties for the largest magnitude."""
+    for t in (ggml.TYPES["Q4_K"], ggml.TYPES["Q6_K"], ggml.TYPES["Q5_0"]):
+        raw = _blocks(t, 8, 512)
+        x = torch.zeros(3, 512)
+        x[1, 7], x[1, 300] = 1.0, -1.0
+        x[2] = torch.randint(-3, 4, (512,)).float()
+        _assert_matches_reference(torch.ops.qwq.ggml_linear(x, raw, t.id, None, 8), x, raw, t,
+                                  None)
+
+
+@pytest.fixture(scope="module")
+def demo_tensors(demo_gguf):
+    return {t.name: t for t in gguf.GGUFReader(str(demo_gguf)).tensors}
+
+
+@kernel
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")
+@pytest.mark.parametrize("name", ["blk.0.ffn_down.weight", "blk.2.ffn_down.weight",
+                                  "blk.0.ffn_gate.weight", "output.weight"])
+def test_demo_gguf_tensors_run_in_place(demo_tensors, name):
+    """The demo GGUF's Q6_K, Q4_K, Q5_0 and Q8_0 tensors, viewed read-only in the file's mmap,
+    against the reference."""
+    tensor = demo_tensors[name]
+    t = ggml.ggml_type(tensor.tensor_type)
+    raw = torch.from_numpy(tensor.data)[:3000]  # a view of the mapping: nothing is copied
+    x = torch.randn(3, t.cols(raw.shape[1]), dtype=torch.bfloat16)
+    _assert_matches_reference(ggml.linear(x, raw, t, None, raw.shape[0]), x, raw, t, None)
+
+
+_GUARD_PAGE_CHILD = textwrap.dedent("""
+    import ctypes, mmap, torch
+    from qwq.kernels import ggml, kernels_available
+    assert kernels_available()
+    libc = ctypes.CDLL(None)
+    for t in ggml.TYPES.values():
+        for k in ([256, 512] if t.block == 256 else [128, 96, 160]):
+            raw = ggml.random_blocks(t, 5, k).view(-1)
+            page = mmap.PAGESIZE
+            mm = mmap.mmap(-1, 2 * page)
+            base = ctypes.addressof(ctypes.c_char.from_buffer(mm))
+            assert libc.mprotect(ctypes.c_void_p(base + page), page, 0) == 0  # PROT_NONE
+            w = torch.frombuffer(mm, dtype=torch.uint8, count=raw.numel(),
+                                 offset=page - raw.numel())
+            w.copy_(raw)
+            y = torch.ops.qwq.ggml_linear(torch.randn(3, k), w.view(5, -1), t.id, None, 5)
+            assert torch.isfinite(y).all()
+    print("ok")
+""")
+
+
+@kernel
+def test_kernel_reads_nothing_past_the_tensor():
+    """A tensor ending just before an unreadable page (as the last tensor of a mapped file may):
+    the kernels stop at its last byte. In a child process, since a stray read would kill it."""
+    res = subprocess.run([sys.executable, "-c", _GUARD_PAGE_CHILD], capture_output=True,
+                         text=True, timeout=600, check=False)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
+
+
+@kernel
+def test_kernel_errors_name_the_type():
+    raw = _blocks(ggml.TYPES["Q4_K"], 4, 512)
+    x = torch.randn(2, 512)
+    with pytest.raises(RuntimeError, match="Q4_K rows of 512 inputs are 288 bytes, got 287"):
+        torch.ops.qwq.ggml_linear(x, raw[:, :287], 12, None, 4)
+    with pytest.raises(RuntimeError, match="Q4_K takes inputs in whole blocks of 256; x has 384"):
+        torch.ops.qwq.ggml_linear(torch.randn(2, 384), raw, 12, None, 4)
+    with pytest.raises(RuntimeError, match="GGML type 10 has no kernel"):  # Q2_K
+        torch.ops.qwq.ggml_linear(x, raw, 10, None, 4)
+    with pytest.raises(RuntimeError, match="out_features is 5"):
+        torch.ops.qwq.ggml_linear(x, raw, 12, None, 5)
+
+
+def test_python_errors_name_the_type():
+    raw = _blocks(ggml.TYPES["Q6_K"], 4, 256)
+    with pytest.raises(ValueError, match="Q6_K rows hold whole blocks of 210 bytes"):
+        ggml.dequantize(raw[:, :200], "Q6_K")
+    with pytest.raises(ValueError, match="Q6_K rows hold whole blocks of 256 inputs"):
+        ggml.random_blocks("Q6_K", 2, 300)
+    with pytest.raises(ValueError, match="GGML type Q2_K has no qwq kernel"):
+        ggml.ggml_type(gguf.GGMLQuantizationType.Q2_K)
+    with pytest.raises(ValueError, match="Q6_K weights take 256 inputs; x has 512"):
+        ggml.linear(torch.randn(1, 512), raw, "Q6_K", None, 4)
+    with pytest.raises(ValueError, match="Q6_K weights take 256 inputs; x has 512"):
+        ggml.linear_reference(torch.randn(1, 512), raw, "Q6_K", None, 4)
