@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from qwq.engine.async_engine import AsyncEngine
 from qwq.engine.engine import LLMEngine
-from qwq.server import chat, completions, errors
+from qwq.server import anthropic, chat, completions, errors
 from qwq.server.guard import APIKeyGuard, BodyLimit
 from qwq.server.state import ServerConfig, ServerState, state_of
 
@@ -47,6 +47,7 @@ def create_app(engine: LLMEngine, config: ServerConfig | None = None,
     errors.install(app)
     app.include_router(chat.router)
     app.include_router(completions.router)
+    app.include_router(anthropic.router)
     _add_routes(app, state)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
