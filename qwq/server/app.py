@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from qwq.engine.async_engine import AsyncEngine
 from qwq.engine.engine import LLMEngine
-from qwq.server import anthropic, chat, completions, errors, responses
+from qwq.server import anthropic, chat, completions, errors, ollama, ollama_info, responses
 from qwq.server.guard import APIKeyGuard, BodyLimit
 from qwq.server.state import ServerConfig, ServerState, state_of
 
@@ -49,6 +49,8 @@ def create_app(engine: LLMEngine, config: ServerConfig | None = None,
     app.include_router(completions.router)
     app.include_router(anthropic.router)
     app.include_router(responses.router)
+    app.include_router(ollama.router)
+    app.include_router(ollama_info.router)
     _add_routes(app, state)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)

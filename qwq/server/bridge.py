@@ -12,12 +12,12 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from qwq.engine.async_engine import EngineDeadError
 from qwq.outputs import CompletionOutput
@@ -32,6 +32,7 @@ from qwq.server.state import ServerState, state_of, tenant_of
 from qwq.server.streaming import ClientGone, Stream, start_tracked, watch
 from qwq.server.tools import ToolCallStream
 
+M = TypeVar("M", bound=BaseModel)
 # fields of the OpenAI chat body that other APIs' bodies may carry as extras: qwq's reasoning
 # controls and vLLM's sampling extras, under the same names everywhere
 PASSTHROUGH = ("max_thinking_tokens", "reasoning_effort", "loop_control", "language", "guard",
@@ -40,14 +41,22 @@ PASSTHROUGH = ("max_thinking_tokens", "reasoning_effort", "loop_control", "langu
                "chat_template_kwargs")
 
 
-def chat_request(data: dict[str, Any], extras: dict[str, Any] | None = None
-                 ) -> ChatCompletionRequest:
-    """A validated chat request from a translated body; a bad value is a 400 naming it."""
-    passed = {k: v for k, v in (extras or {}).items() if k in PASSTHROUGH}
+def validated(model: type[M], data: dict[str, Any]) -> M:
+    """A translated body, validated; a bad value is a 400 naming it."""
     try:
-        return ChatCompletionRequest.model_validate({**passed, **data})
+        return model.model_validate(data)
     except ValidationError as e:
         raise validation_error(RequestValidationError(e.errors())) from None
+
+
+def passthrough(extras: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (extras or {}).items() if k in PASSTHROUGH}
+
+
+def chat_request(data: dict[str, Any], extras: dict[str, Any] | None = None
+                 ) -> ChatCompletionRequest:
+    """A validated chat request from a translated body and the extras it carried."""
+    return validated(ChatCompletionRequest, {**passthrough(extras), **data})
 
 
 @dataclass
