@@ -56,7 +56,7 @@ def _card(state: ServerState, name: str) -> dict[str, Any]:
 
 
 def _names(state: ServerState) -> list[str]:
-    return [f"{state.config.model_name}:latest"]
+    return [f"{name}:latest" for name in state.config.served_names]
 
 
 @router.get("/api/version")

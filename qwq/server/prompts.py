@@ -4,9 +4,12 @@ fill-in-the-middle for completions with a suffix."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from qwq.errors import RequestError
+from qwq.chat_template import ChatTemplate
+from qwq.errors import QwQError, RequestError, TemplateError
+from qwq.reasoning.controls import ControlFactory
 from qwq.server.protocol import ChatCompletionRequest
 from qwq.server.sampling import template_message
 from qwq.server.state import ServerState
@@ -61,3 +64,22 @@ def fim_ids(tokenizer: Tokenizer, prefix: str, suffix: str) -> list[int]:
     pre, suf, mid = ids
     return [pre, *tokenizer.encode(prefix), suf, *tokenizer.encode(suffix), mid]
 
+
+
+def use_chat_template(engine: Any, template: str, reasoning_parser: str = "auto") -> None:
+    """--chat-template: a file, or the template text itself, replaces the checkpoint's. It is
+    compiled now, so a broken template fails at start-up, not on the first request."""
+    path = Path(template).expanduser()
+    if path.is_file():
+        text = path.read_text(encoding="utf-8")
+    elif "{{" in template or "{%" in template:
+        text = template
+    else:
+        raise QwQError(f"--chat-template {template!r}: no such file (and not a template)")
+    try:
+        ChatTemplate(text)
+    except TemplateError as e:
+        raise QwQError(f"--chat-template: {e}") from None
+    engine.tokenizer.chat_templates = {"default": text}
+    if reasoning_parser == "auto":  # the reasoning style is read from the template
+        engine.control_factory = ControlFactory.for_tokenizer(engine.tokenizer, "auto")
