@@ -198,6 +198,12 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="requests that may wait; beyond that, 429 with Retry-After")
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="seconds SIGTERM waits for open requests")
+    p.add_argument("--served-model-name", nargs="+", default=None, metavar="NAME",
+                   help="the names the model answers to (/v1/models lists them all); "
+                        "default: --model's")
+    p.add_argument("--chat-template", default=None, metavar="FILE_OR_TEMPLATE",
+                   help="a Jinja chat template (a file, or the text) instead of the "
+                        "checkpoint's")
     p.add_argument("--guard-file", default=None,
                    help="JSON or YAML file of guard policies that requests may name in `guard`")
 

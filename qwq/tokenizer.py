@@ -288,14 +288,21 @@ class Tokenizer:
 
     def apply_chat_template(self, messages: Any, *, add_generation_prompt: bool = True,
                             tools: list | None = None, default_system: str | None = None,
+                            continue_final_message: bool = False,
                             **template_kwargs: Any) -> str:
-        """The prompt text (render only). Tokenize it with encode_chat, not encode."""
+        """The prompt text (render only). Tokenize it with encode_chat, not encode.
+        continue_final_message: the prompt ends inside the last (assistant) message, so the
+        model goes on with its text (prefill)."""
         given, own = self._chat_variables(messages, tools, default_system, template_kwargs)
-        return self._template_for(tools).render(**{**own, **given},
+        given, add_generation_prompt, final = _continuation(given, add_generation_prompt,
+                                                            continue_final_message)
+        text = self._template_for(tools).render(**{**own, **given},
                                                 add_generation_prompt=add_generation_prompt)
+        return _cut_after(text, final) if final else text
 
     def encode_chat(self, messages: Any, *, add_generation_prompt: bool = True,
                     tools: list | None = None, default_system: str | None = None,
+                    continue_final_message: bool = False,
                     **template_kwargs: Any) -> list[int]:
         """Prompt ids where control tokens come only from the template itself: a special-token
         string inside any message, tool or argument is tokenized as the text it is.
@@ -307,13 +314,17 @@ class Tokenizer:
         special-token strings this equals encode(apply_chat_template(...), allow_special=True).
         """
         given, own = self._chat_variables(messages, tools, default_system, template_kwargs)
+        given, add_generation_prompt, final = _continuation(given, add_generation_prompt,
+                                                            continue_final_message)
         template = self._template_for(tools)
         if self._special_re is None:
-            return self.encode(template.render(**{**own, **given},
-                                               add_generation_prompt=add_generation_prompt))
+            text = template.render(**{**own, **given}, add_generation_prompt=add_generation_prompt)
+            return self.encode(_cut_after(text, final) if final else text)
         swap = _Swap(self._special_re, self._special, _strings(given, template.source))
         text = template.render(**{**own, **swap.hide(given)},
                                add_generation_prompt=add_generation_prompt)
+        if final:
+            text = _cut_after(text, swap.hide(final))
         ids: list[int] = []
         for i, piece in enumerate(self._special_re.split(text)):
             if i % 2:  # the split's captured separators: the template's special tokens
@@ -321,6 +332,35 @@ class Tokenizer:
             elif piece:
                 ids.extend(self.encode(swap.restore(piece)))
         return ids
+
+
+def _continuation(given: dict[str, Any], add_generation_prompt: bool,
+                  continue_final: bool) -> tuple[dict[str, Any], bool, str | None]:
+    """(template variables, add_generation_prompt, text to end the prompt after) for a render
+    that continues the last message. An empty last message is the same as a generation prompt."""
+    if not continue_final:
+        return given, add_generation_prompt, None
+    messages = given["messages"]
+    last = messages[-1] if messages else {}
+    if last.get("role") != "assistant":
+        raise TemplateError("continue_final_message needs the last message to be the "
+                            "assistant's")
+    content = last.get("content")
+    if not isinstance(content, str):
+        raise TemplateError("continue_final_message needs the last message's content to be text")
+    if not content:
+        return {**given, "messages": messages[:-1]}, True, None
+    return given, False, content
+
+
+def _cut_after(text: str, final: str) -> str:
+    """The rendered prompt cut right after the last message's text (templates may strip it)."""
+    for probe in (final, final.strip()):
+        at = text.rfind(probe) if probe else -1
+        if at >= 0:
+            return text[:at + len(probe)]
+    raise TemplateError("the chat template does not reproduce the last assistant message's "
+                        "text, so the answer cannot continue it")
 
 
 def _strings(*values: Any) -> Iterator[str]:

@@ -20,7 +20,16 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from qwq.engine.async_engine import AsyncEngine
 from qwq.engine.engine import LLMEngine
-from qwq.server import chat, completions, errors
+from qwq.server import (
+    anthropic,
+    chat,
+    completions,
+    errors,
+    ollama,
+    ollama_info,
+    responses,
+    tokens,
+)
 from qwq.server.guard import APIKeyGuard, BodyLimit
 from qwq.server.state import ServerConfig, ServerState, state_of
 
@@ -47,6 +56,11 @@ def create_app(engine: LLMEngine, config: ServerConfig | None = None,
     errors.install(app)
     app.include_router(chat.router)
     app.include_router(completions.router)
+    app.include_router(anthropic.router)
+    app.include_router(responses.router)
+    app.include_router(ollama.router)
+    app.include_router(ollama_info.router)
+    app.include_router(tokens.router)
     _add_routes(app, state)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
@@ -54,8 +68,8 @@ def create_app(engine: LLMEngine, config: ServerConfig | None = None,
     return app
 
 
-def _model_card(state: ServerState) -> dict:
-    return {"id": state.config.model_name, "object": "model", "created": int(time.time()),
+def _model_card(state: ServerState, name: str) -> dict:
+    return {"id": name, "object": "model", "created": int(time.time()),
             "owned_by": "qwq", "max_model_len": state.max_model_len}
 
 
@@ -69,12 +83,12 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/v1/models")
     async def list_models() -> dict:
-        return {"object": "list", "data": [_model_card(state)]}
+        return {"object": "list",
+                "data": [_model_card(state, n) for n in state.config.served_names]}
 
     @app.get("/v1/models/{model:path}")
     async def get_model(model: str, request: Request) -> dict:
-        state_of(request).model_name(model)
-        return _model_card(state)
+        return _model_card(state, state_of(request).model_name(model))
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -22,6 +22,7 @@ from qwq.reasoning.parser import ReasoningStreamer, extract_boxed
 from qwq.sampling_params import SamplingParams
 from qwq.server.errors import APIError, error_body, from_exception
 from qwq.server.metrics import RequestTrack
+from qwq.server.prompts import encode_messages
 from qwq.server.protocol import ChatCompletionRequest
 from qwq.server.render import (
     chat_logprobs,
@@ -30,7 +31,7 @@ from qwq.server.render import (
     logprob_entries,
 )
 from qwq.server.sampling import chat_logprobs as logprobs_of
-from qwq.server.sampling import chat_tools, resolve_max_tokens, sampling_params, template_message
+from qwq.server.sampling import chat_tools, resolve_max_tokens, sampling_params
 from qwq.server.state import ServerState, state_of, tenant_of
 from qwq.server.streaming import DONE, ClientGone, SSEResponse, Stream, sse, start_tracked, watch
 from qwq.server.tools import ToolCallStream, parse_tool_calls
@@ -73,10 +74,7 @@ async def _constraint(state: ServerState, body: ChatCompletionRequest,
 async def prepare(state: ServerState, body: ChatCompletionRequest, model: str,
                   tenant: str | None) -> ChatJob:
     tools = chat_tools(body)
-    messages = [template_message(m) for m in body.messages]
-    ids = await anyio.to_thread.run_sync(lambda: state.tokenizer.encode_chat(
-        messages, add_generation_prompt=True, tools=tools,
-        default_system=state.config.default_system))
+    ids = await anyio.to_thread.run_sync(encode_messages, state, body, tools)
     asked, param = (body.max_completion_tokens, "max_completion_tokens") \
         if body.max_completion_tokens is not None else (body.max_tokens, "max_tokens")
     max_tokens = resolve_max_tokens(asked, len(ids), state.max_model_len, "messages", param)

@@ -18,6 +18,7 @@ from qwq.errors import RequestError
 from qwq.outputs import CompletionOutput
 from qwq.server.errors import APIError, error_body, from_exception
 from qwq.server.metrics import RequestTrack
+from qwq.server.prompts import fim_ids
 from qwq.server.protocol import CompletionRequest
 from qwq.server.render import completion_logprobs, ending, finish_reason, logprob_entries
 from qwq.server.sampling import resolve_max_tokens, sampling_params
@@ -64,12 +65,23 @@ def _prompts(state: ServerState, prompt: Any) -> list[Prompt]:
 
 
 async def _prepare(state: ServerState, body: CompletionRequest, model: str) -> CompletionJob:
-    if body.suffix:
-        raise RequestError("suffix is not supported", param="suffix")
     if body.best_of is not None and body.best_of != body.n:
         raise RequestError("best_of must equal n (or be left out)", param="best_of")
-    prompts = await anyio.to_thread.run_sync(_prompts, state, body.prompt)
+    if body.suffix is not None:
+        prompts = await anyio.to_thread.run_sync(_fim_prompts, state, body.prompt, body.suffix)
+        if body.conclude is None:  # code in the middle: no end-of-reasoning marker forced in
+            body.conclude = False
+    else:
+        prompts = await anyio.to_thread.run_sync(_prompts, state, body.prompt)
     return CompletionJob(state, body, model, prompts)
+
+
+def _fim_prompts(state: ServerState, prompt: Any, suffix: str) -> list[Prompt]:
+    """Fill-in-the-middle: each text prompt is the code before the gap, suffix the code after."""
+    texts = [prompt] if isinstance(prompt, str) else prompt
+    if not all(isinstance(t, str) for t in texts):
+        raise RequestError("suffix needs text prompts, not token ids", param="prompt")
+    return [Prompt(t, fim_ids(state.tokenizer, t, suffix)) for t in texts]
 
 
 @router.post("/v1/completions")

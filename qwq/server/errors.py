@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -44,8 +45,10 @@ class APIError(Exception):
     def body(self) -> dict[str, Any]:
         return error_body(self.status, self.message, self.param, self.code)
 
-    def response(self) -> Response:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+    def response(self, path: str = "") -> Response:
+        """The error as an HTTP response, in the shape of the API that path belongs to."""
+        body = body_for(path, self.status, self.message, self.param, self.code)
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
 def error_body(status: int, message: str, param: str | None = None,
@@ -56,8 +59,24 @@ def error_body(status: int, message: str, param: str | None = None,
                       "param": param, "code": code}}
 
 
-def error_bytes(status: int, message: str, code: str | None = None) -> bytes:
-    return json.dumps(error_body(status, message, code=code)).encode()
+def error_bytes(status: int, message: str, code: str | None = None, path: str = "") -> bytes:
+    return json.dumps(body_for(path, status, message, code=code)).encode()
+
+
+# Other APIs (Anthropic's, Ollama's) answer errors in their own shapes: their modules register
+# a shape for their path prefix, fn(status, message, param, code) -> body.
+ErrorShape = Callable[[int, str, str | None, str | None], dict[str, Any]]
+ERROR_SHAPES: dict[str, ErrorShape] = {}
+
+
+def body_for(path: str, status: int, message: str, param: str | None = None,
+             code: str | None = None) -> dict[str, Any]:
+    """The error body for a request to path: OpenAI's shape unless another API owns path."""
+    for prefix, shape in ERROR_SHAPES.items():
+        if path.startswith(prefix):
+            cut = message[:MAX_MESSAGE] + "…" if len(message) > MAX_MESSAGE else message
+            return shape(status, cut, param, code)
+    return error_body(status, message, param, code)
 
 
 def from_exception(e: BaseException) -> APIError:
@@ -113,23 +132,24 @@ def install(app: FastAPI) -> None:
     """Route every error through error_body."""
 
     @app.exception_handler(APIError)
-    async def _api(_: Request, e: APIError) -> Response:
-        return e.response()
+    async def _api(r: Request, e: APIError) -> Response:
+        return e.response(r.url.path)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, e: RequestValidationError) -> Response:
-        return validation_error(e).response()
+    async def _invalid(r: Request, e: RequestValidationError) -> Response:
+        return validation_error(e).response(r.url.path)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, e: StarletteHTTPException) -> Response:
+    async def _http(r: Request, e: StarletteHTTPException) -> Response:
         message = e.detail if isinstance(e.detail, str) else "request failed"
-        return APIError(e.status_code, message, headers=dict(e.headers or {})).response()
+        return APIError(e.status_code, message, headers=dict(e.headers or {})).response(
+            r.url.path)
 
     @app.exception_handler(QwQError)
     @app.exception_handler(EngineDeadError)
-    async def _engine(_: Request, e: Exception) -> Response:
-        return from_exception(e).response()
+    async def _engine(r: Request, e: Exception) -> Response:
+        return from_exception(e).response(r.url.path)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, e: Exception) -> Response:
-        return from_exception(e).response()
+    async def _unexpected(r: Request, e: Exception) -> Response:
+        return from_exception(e).response(r.url.path)

@@ -35,10 +35,11 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 
 
 def _presented_key(scope: Scope) -> bytes | None:
-    """The key from `Authorization: Bearer KEY` or, for browsers, `Basic base64(user:KEY)`."""
+    """The key from `Authorization: Bearer KEY`, Anthropic's `x-api-key: KEY` or, for
+    browsers, `Basic base64(user:KEY)`."""
     auth = _header(scope, b"authorization")
     if not auth:
-        return None
+        return _header(scope, b"x-api-key")
     scheme, _, value = auth.strip().partition(b" ")
     if scheme.lower() == b"bearer":
         return value.strip()
@@ -61,8 +62,8 @@ def match_key(presented: bytes | None, keys: list[bytes]) -> int | None:
 
 
 async def _send_error(send: Callable, status: int, message: str, code: str,
-                      headers: list[tuple[bytes, bytes]] = ()) -> None:
-    body = error_bytes(status, message, code)
+                      headers: list[tuple[bytes, bytes]] = (), path: str = "") -> None:
+    body = error_bytes(status, message, code, path)
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()), *headers]})
@@ -86,7 +87,7 @@ class APIKeyGuard:
             challenge = b'Basic realm="qwq", charset="UTF-8"' if page else b"Bearer"
             return await _send_error(send, 401, "a valid API key is required (Authorization: "
                                      "Bearer KEY)", "invalid_api_key",
-                                     [(b"www-authenticate", challenge)])
+                                     [(b"www-authenticate", challenge)], scope["path"])
         scope[TENANT_KEY] = self.tenants[index]
         await self.app(scope, receive, send)
 
@@ -106,7 +107,7 @@ class BodyLimit:
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             return await _send_error(send, 413, f"the request body is larger than "
                                      f"{self.max_bytes} bytes", "request_too_large",
-                                     [(b"connection", b"close")])
+                                     [(b"connection", b"close")], scope["path"])
         seen = 0
 
         async def limited() -> dict:

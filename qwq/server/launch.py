@@ -93,7 +93,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.model, dtype=args.dtype, device=args.device,
         engine_config=EngineConfig(max_waiting=args.max_waiting, **engine_options(args)),
         tensor_parallel_size=args.tensor_parallel_size, exit_on_rank_failure=True)
-    config = ServerConfig(model_name=resolved.name, api_keys=keys,
+    names = args.served_model_name or [resolved.name]
+    if args.chat_template:
+        from qwq.server.prompts import use_chat_template
+        use_chat_template(engine, args.chat_template, args.reasoning_parser)
+    config = ServerConfig(model_name=names[0], aliases=names[1:], api_keys=keys,
                           price_input=args.price_input, price_output=args.price_output,
                           default_system=resolved.default_system,
                           drain_timeout=args.drain_timeout)

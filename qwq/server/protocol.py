@@ -144,6 +144,11 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
     response_format: ResponseFormat | None = None
+    # vLLM's template controls: extra template variables, and assistant prefill (the answer
+    # continues the last assistant message)
+    chat_template_kwargs: dict[str, Any] | None = None
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
 
 
 # -- completions --------------------------------------------------------------------------------

@@ -26,6 +26,11 @@ class ServerConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY
     default_system: str | None = None  # the checkpoint's default system prompt, if any
     drain_timeout: float = 30.0  # seconds SIGTERM waits for in-flight requests
+    aliases: list[str] = field(default_factory=list)  # more names the model answers to
+
+    @property
+    def served_names(self) -> list[str]:
+        return list(dict.fromkeys([self.model_name, *self.aliases]))
 
 
 class ServerState:
@@ -51,12 +56,16 @@ class ServerState:
         return self.engine.max_model_len
 
     def model_name(self, asked: str | None) -> str:
-        """The served name; 404 for any other. Names are only compared, never resolved as
-        paths, so `../x` or `/etc/passwd` reach no file."""
-        if asked is None or asked == self.config.model_name:
+        """The name asked for when it is one the model is served under (the first served
+        name when none is asked); 404 for any other. Names are only compared, never resolved
+        as paths, so `../x` or `/etc/passwd` reach no file."""
+        if asked is None:
             return self.config.model_name
+        if asked in self.config.served_names:
+            return asked
         raise APIError(404, f"the model {asked[:100]!r} does not exist; this server serves "
-                       f"{self.config.model_name!r}", "model", "model_not_found")
+                       f"{', '.join(map(repr, self.config.served_names))}", "model",
+                       "model_not_found")
 
     def check_open(self) -> None:
         if self.draining:
