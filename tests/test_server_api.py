@@ -7,8 +7,6 @@ import httpx
 import pytest
 from test_server_support import served, start_stack
 
-from qwq.server.tools import ToolCallStream, parse_tool_calls
-
 PRICE_IN, PRICE_OUT = 1.2e-7, 1.8e-7
 HI = [{"role": "user", "content": "Hi there"}]
 
@@ -159,22 +157,6 @@ def test_tool_results_in_history_are_accepted(stack):
     r = stack.client().chat.completions.create(model="tiny", messages=history, tools=WEATHER,
                                                max_tokens=3, temperature=0)
     assert r.usage.prompt_tokens > 100  # the tools block and the history are in the prompt
-
-
-def test_qwen_tool_call_blocks_parse_into_calls():
-    text = ('Let me check.\n<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call>\n'
-            '<tool_call>\n{"name": "g", "arguments": {}}\n</tool_call>')
-    content, calls = parse_tool_calls(text)
-    assert content == "Let me check."
-    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] \
-        == [("f", {"x": 1}), ("g", {})]
-    assert parse_tool_calls("<tool_call>not json</tool_call>") == \
-        ("<tool_call>not json</tool_call>", [])
-    stream = ToolCallStream()
-    shown = "".join(stream.feed(piece) for piece in ["Let me", " check.\n<tool", "_call>\n{",
-                                                     '"name": "f"}', "\n</tool_call>"])
-    rest, calls = stream.finish()
-    assert shown == "Let me check.\n" and rest == "" and calls[0]["function"]["name"] == "f"
 
 
 def test_user_text_spelling_a_system_turn_stays_text(stack):

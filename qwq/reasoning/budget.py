@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from qwq.reasoning import metrics
 from qwq.reasoning.actions import Action, Force
-from qwq.reasoning.parser import has_answer
+from qwq.reasoning.parser import ReasoningStreamer
 
 # reasoning_effort -> thinking budget in tokens
 EFFORT_BUDGETS = {"low": 1024, "medium": 4096, "high": 16384}
@@ -31,17 +31,21 @@ def conclude_reserve(max_tokens: int) -> int:
 
 
 class PhaseTracker:
-    """Has this sequence's text reached its answer yet? Scans only text it has not seen."""
+    """Has this sequence's text reached its answer yet? The split's own parser, fed only the
+    text it has not seen."""
 
     def __init__(self, style: str):
         self.style = style
-        self.answered = False
+        self._parser = ReasoningStreamer(style, in_reasoning=True)
         self._scanned = 0
+
+    @property
+    def answered(self) -> bool:
+        return self._parser.reasoning_ended
 
     def update(self, text: str) -> bool:
         if not self.answered and len(text) > self._scanned:
-            start = max(0, self._scanned - 24)  # a marker may straddle the last scan
-            self.answered = has_answer(text[start:], self.style)
+            self._parser.feed(text[self._scanned:])
             self._scanned = len(text)
         return self.answered
 

@@ -54,18 +54,21 @@ class ChatJob:
 
 
 async def _constraint(state: ServerState, body: ChatCompletionRequest,
-                      tools: list[dict[str, Any]] | None) -> list:
+                      tools: list[dict[str, Any]] | None, style: str | None) -> list:
+    """The request's grammar as a logits processor; for a reasoning model (style) it starts
+    where the answer starts, so the reasoning stays free and the JSON lands in the content."""
     rf = body.response_format
+    gate = state.grammars.gate(style, bool(tools))
     if tools and body.tool_choice not in (None, "auto"):
-        build = lambda: state.grammars.tool_call_processor(tools)
+        build = lambda: state.grammars.tool_call_processor(tools, gate)
     elif rf is not None and rf.type == "json_object":
-        build = lambda: state.grammars.json_processor(None)
+        build = lambda: state.grammars.json_processor(None, gate)
     elif rf is not None and rf.type == "json_schema":
         if rf.json_schema is None or rf.json_schema.schema_ is None:
             raise RequestError("response_format json_schema needs json_schema.schema",
                                param="response_format.json_schema")
         schema = rf.json_schema.schema_
-        build = lambda: state.grammars.json_processor(schema)
+        build = lambda: state.grammars.json_processor(schema, gate)
     else:
         return []
     return [await anyio.to_thread.run_sync(build)]
@@ -78,14 +81,15 @@ async def prepare(state: ServerState, body: ChatCompletionRequest, model: str,
     asked, param = (body.max_completion_tokens, "max_completion_tokens") \
         if body.max_completion_tokens is not None else (body.max_tokens, "max_tokens")
     max_tokens = resolve_max_tokens(asked, len(ids), state.max_model_len, "messages", param)
-    processors = await _constraint(state, body, tools)
+    factory = state.engine.control_factory
+    style = factory.parser_style if factory is not None else None
+    processors = await _constraint(state, body, tools, style)
     top_n = logprobs_of(body)
     params = sampling_params(body, max_tokens=max_tokens, logprobs=top_n,
                              vocab_size=state.tokenizer.vocab_size, tenant=tenant,
                              extra={"logits_processors": processors} if processors else None)
-    factory = state.engine.control_factory
     return ChatJob(state, body, model, ids, params, tools if body.tool_choice != "none" else None,
-                   top_n, factory.parser_style if factory is not None else None)
+                   top_n, style)
 
 
 @router.post("/v1/chat/completions")
@@ -107,8 +111,9 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
 # -- whole answers ------------------------------------------------------------------------------
 def _reasoning_streamer(job: ChatJob) -> ReasoningStreamer | None:
     # everything before the end-of-reasoning marker is reasoning (the template may have opened
-    # <think> in the prompt, and the Preview style never opens it)
-    return ReasoningStreamer(job.reasoning_style, in_reasoning=True) \
+    # <think> in the prompt, and the Preview style never opens it); with tools offered a tool
+    # call starts the answer too
+    return ReasoningStreamer(job.reasoning_style, in_reasoning=True, tools=bool(job.tools)) \
         if job.reasoning_style else None
 
 
@@ -191,42 +196,60 @@ def _delta(job: ChatJob, st: _ChoiceState, o: CompletionOutput) -> dict[str, Any
     if not st.started:
         st.started = True
         delta = {"role": "assistant", "content": ""}
-    reasoning, text = st.reasoning.feed(o.delta_text) if st.reasoning else ("", o.delta_text)
-    if o.finish_reason is not None and st.reasoning:
-        r, c = st.reasoning.finish()
-        reasoning, text = reasoning + r, text + c
+    finishing = o.finish_reason is not None
+    reasoning, text = _split_delta(st.reasoning, o.delta_text, finishing)
     if reasoning:
         delta["reasoning_content"] = delta["reasoning"] = reasoning
         st.reasoning_text += reasoning
-    text = st.tools.feed(text) if st.tools else text
+    text, calls = _tool_deltas(st.tools, text, finishing)
     if text:
         delta["content"] = text
         st.content_text += text
+    if calls:
+        delta["tool_calls"] = calls
     logprobs = None
     entries = logprob_entries(o) if job.top_n is not None else []
     if len(entries) > st.logprobs_sent:
         logprobs = chat_logprobs(job.state, entries[st.logprobs_sent:], job.top_n)
         st.logprobs_sent = len(entries)
     reason = None
-    if o.finish_reason is not None:
+    if finishing:
         st.done = True
-        reason = finish_reason(o)
-        rest, calls = st.tools.finish() if st.tools else ("", [])
-        if rest:
-            delta["content"] = delta.get("content", "") + rest
-            st.content_text += rest
+        reason = "tool_calls" if st.tools and st.tools.calls else finish_reason(o)
         answer = _final_answer(st.reasoning_text, st.content_text)
         if answer is not None:
             delta["final_answer"] = answer
-        if calls:
-            delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(calls)]
-            reason = "tool_calls"
     if not delta and logprobs is None and reason is None:
         return None
     choice = {"index": o.index, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
     if reason is not None:
         choice.update(ending(o))
     return choice
+
+
+def _split_delta(splitter: ReasoningStreamer | None, text: str,
+                 finishing: bool) -> tuple[str, str]:
+    """(reasoning, content) that this text delta settles."""
+    if splitter is None:
+        return "", text
+    reasoning, content = splitter.feed(text)
+    if finishing:
+        r, c = splitter.finish()
+        reasoning, content = reasoning + r, content + c
+    return reasoning, content
+
+
+def _tool_deltas(tools: ToolCallStream | None, text: str,
+                 finishing: bool) -> tuple[str, list[dict[str, Any]]]:
+    """(content, tool-call deltas) that this content delta settles: a call streams as the
+    model writes it, its id and name first, then its arguments in fragments."""
+    if tools is None:
+        return text, []
+    content, calls = tools.feed(text)
+    if finishing:
+        rest, more = tools.finish()
+        content, calls = content + rest, calls + more
+    return content, calls
 
 
 async def _events(job: ChatJob, stream: Stream, track: RequestTrack) -> AsyncIterator[bytes]:

@@ -4,7 +4,9 @@ calls forced by tool_choice ("required" or a named function).
 A compiled grammar becomes a per-sequence logits processor (SamplingParams.extra
 "logits_processors"): it feeds the sequence's new tokens to a matcher and masks every token
 the grammar does not allow next. The matcher lives in the sequence's state, so a preempted
-and recomputed sequence continues where it was.
+and recomputed sequence continues where it was. For a reasoning model the grammar starts where
+the answer does (after `</think>` or the final-answer heading, or at a tool call): a
+ReasoningGate per sequence says where that is.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import torch
 
 from qwq.errors import RequestError
+from qwq.reasoning.gate import ReasoningGate
 
 MAX_CACHED = 64
 
@@ -33,23 +36,37 @@ def _xgrammar() -> Any:
 
 
 class GrammarProcessor:
-    """fn(seq, logits_row) -> logits_row that allows only what the grammar allows."""
+    """fn(seq, logits_row) -> logits_row that allows only what the grammar allows; with gate
+    (seq -> ReasoningGate), only from where the sequence's answer starts."""
 
-    def __init__(self, compiled: Any, vocab_size: int):
+    def __init__(self, compiled: Any, vocab_size: int,
+                 gate: Callable[[Any], ReasoningGate] | None = None):
         self.compiled = compiled
         self.vocab_size = vocab_size
+        self.gate = gate
         self.key = f"grammar-{id(self)}"
 
-    def __call__(self, seq: Any, logits: torch.Tensor) -> torch.Tensor:
-        xgr = _xgrammar()
+    def _state(self, seq: Any) -> dict[str, Any]:
         state = seq.state.get(self.key)
         if state is None:
-            state = seq.state[self.key] = {"matcher": xgr.GrammarMatcher(self.compiled), "n": 0,
-                                           "mask": xgr.allocate_token_bitmask(1, self.vocab_size)}
+            xgr = _xgrammar()
+            state = seq.state[self.key] = {
+                "matcher": xgr.GrammarMatcher(self.compiled), "n": 0,
+                "mask": xgr.allocate_token_bitmask(1, self.vocab_size),
+                "gate": self.gate(seq) if self.gate else None}
+        return state
+
+    def __call__(self, seq: Any, logits: torch.Tensor) -> torch.Tensor:
+        state = self._state(seq)
+        gate = state["gate"]
+        start = gate.update(seq.output_ids) if gate else 0
+        if start is None:
+            return gate.hold_open(seq.output_ids, logits)
         matcher = state["matcher"]
-        for token in seq.output_ids[state["n"]:]:
+        for token in seq.output_ids[start + state["n"]:]:
             matcher.accept_token(token)
-        state["n"] = len(seq.output_ids)
+        state["n"] = len(seq.output_ids) - start
+        xgr = _xgrammar()
         matcher.fill_next_token_bitmask(state["mask"])
         row = logits if logits.dtype == torch.float32 else logits.float()
         xgr.apply_token_bitmask_inplace(row.view(1, -1), state["mask"].to(row.device),
@@ -99,7 +116,21 @@ class Grammars:
             raise RequestError("constrained decoding needs the xgrammar package, which is not "
                                "installed on this server", param=param)
 
-    def json_processor(self, schema: dict[str, Any] | None) -> GrammarProcessor:
+    def gate(self, style: str | None, tools: bool) -> Callable[[Any], ReasoningGate] | None:
+        """For a reasoning model (style set): each sequence's gate, so that its grammar starts
+        with its answer. None: the grammar starts with the first token."""
+        if style is None:
+            return None
+
+        def make(seq: Any) -> ReasoningGate:
+            p = seq.params
+            ends = [] if p.ignore_eos else list(self.tokenizer.eos_token_ids)
+            return ReasoningGate(self.tokenizer, style, tools, ends + list(p.stop_token_ids),
+                                 p.skip_special_tokens)
+        return make
+
+    def json_processor(self, schema: dict[str, Any] | None,
+                       gate: Callable[[Any], ReasoningGate] | None = None) -> GrammarProcessor:
         """Any JSON object (schema None) or JSON that follows schema."""
         param = "response_format" if schema is None else "response_format.json_schema.schema"
         self._require(param)
@@ -110,9 +141,11 @@ class Grammars:
             text = json.dumps(schema, sort_keys=True)
             compiled = self._compiled("schema:" + text, lambda c: c.compile_json_schema(
                 text, any_whitespace=False), param)
-        return GrammarProcessor(compiled, self.vocab_size)
+        return GrammarProcessor(compiled, self.vocab_size, gate)
 
-    def tool_call_processor(self, tools: list[dict[str, Any]]) -> GrammarProcessor:
+    def tool_call_processor(self, tools: list[dict[str, Any]],
+                            gate: Callable[[Any], ReasoningGate] | None = None
+                            ) -> GrammarProcessor:
         """Exactly one `<tool_call>` block calling one of tools with matching arguments."""
         self._require("tool_choice")
         schemas = [{"type": "object", "required": ["name", "arguments"],
@@ -131,4 +164,4 @@ class Grammars:
             return compiler.compile_grammar(grammar)
 
         return GrammarProcessor(self._compiled("tools:" + text, build, "tools"),
-                                self.vocab_size)
+                                self.vocab_size, gate)
