@@ -18,16 +18,12 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_average, machine, today  # noqa: E402
-
-from qwq.benchmark import prompt_ids  # noqa: E402
+from qwq.benchmark import load_average, machine, prompt_ids, today
 
 
 async def stream(client: httpx.AsyncClient, path: str, body: dict) -> tuple[float, dict]:
