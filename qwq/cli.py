@@ -206,6 +206,37 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                         "checkpoint's")
     p.add_argument("--guard-file", default=None,
                    help="JSON or YAML file of guard policies that requests may name in `guard`")
+    g = p.add_argument_group("engine capacity")
+    g.add_argument("--kv-cache-memory", type=_size, default=None, metavar="SIZE",
+                   help="memory for the KV cache, e.g. 512MiB, 2GB (default: 1 GiB on CPU, "
+                        "85%% of free GPU memory); less memory, more preemption")
+    g.add_argument("--num-kv-blocks", type=int, default=None, metavar="N",
+                   help="KV-cache blocks (of 16 tokens); overrides --kv-cache-memory")
+    g.add_argument("--max-num-seqs", type=int, default=64, help="sequences run in one step")
+    g.add_argument("--max-num-batched-tokens", type=int, default=None, metavar="N",
+                   help="tokens one step computes (default: 512 on CPU, 2048 on GPU)")
+    g.add_argument("--long-prefill-token-threshold", type=int, default=None, metavar="N",
+                   help="most prompt tokens one request computes in a step others share, so "
+                        "a long prompt never stalls short ones (default: a quarter of "
+                        "--max-num-batched-tokens; 0: no cap)")
+    c = p.add_argument_group("connections")
+    c.add_argument("--max-connections", type=int, default=1024,
+                   help="connections open at once; more get 503 with Retry-After")
+    c.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="a request's headers must arrive within this, else 408 and close")
+    c.add_argument("--body-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="its body must arrive within this after them, else 408 and close")
+    c.add_argument("--max-body-size", type=_size, default=4 << 20, metavar="SIZE",
+                   help="larger request bodies get 413 before they are read (default 4MiB)")
+
+
+def _size(text: str) -> int:
+    """A byte count for argparse: 512MiB, 2GB, 1048576."""
+    from qwq.plan import parse_size
+    try:
+        return int(parse_size(text))
+    except (ValueError, KeyError, IndexError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 512MiB or 2GB") from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -120,6 +120,9 @@ class EngineConfig:
     # token budget of one step (prefill chunks + decodes); None: 512 on CPU (faster there than
     # bigger chunks, and a quarter of the activation memory), 2048 on GPU
     max_num_batched_tokens: int | None = None
+    # most prefill tokens one sequence takes in a step that others share, so a long prompt
+    # never holds up short ones (vLLM's name); None: a quarter of the step budget, 0: no cap
+    long_prefill_token_threshold: int | None = None
     max_model_len: int | None = None  # None: the model's context length
     max_waiting: int = 1024  # bounded waiting queue
     enable_prefix_caching: bool = True

@@ -27,3 +27,12 @@ class RequestError(QwQError, ValueError):
 
 class QueueFullError(QwQError):
     """The engine's waiting queue is full: the caller should retry later."""
+
+
+class TooManyTokens(QwQError):
+    """A text holds more tokens than the caller allowed; it was refused without being encoded
+    in full."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"more than {limit} tokens")
+        self.limit = limit

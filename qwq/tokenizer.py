@@ -24,7 +24,7 @@ from qwq.chat_template import (
     plain_data,
     prepare_messages,
 )
-from qwq.errors import CheckpointError, TemplateError
+from qwq.errors import CheckpointError, TemplateError, TooManyTokens
 
 # How Qwen2's merges were learned: letters, single digits, punctuation runs, newline runs, spaces.
 QWEN2_SPLIT_PATTERN = (
@@ -36,6 +36,11 @@ TOKEN_TYPE_CONTROL = 3  # llama.cpp's token types: control tokens are special ad
 TOKEN_TYPE_USER_DEFINED = 4  # user-defined ones are added tokens matched whole but not special
 _STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")  # end a turn / a document in every Qwen2 model
 _MAX_VOCAB = 1 << 22
+# Long texts are encoded a piece of about this many characters at a time (~20 ms each), cut
+# only at a space between two non-spaces: Qwen2's split always cuts there, so the pieces' ids
+# add up to the whole text's, and a count past a limit can stop early.
+PIECE_CHARS = 1 << 14
+_CUT = re.compile(r"(?<=\S) (?=\S)")
 
 
 # -- GGUF ---------------------------------------------------------------------------------------
@@ -148,6 +153,8 @@ class Tokenizer:
         self._plain_backend: tokenizers.Tokenizer | None = None
         self._lock = threading.Lock()
         self._byte_tables: dict[bool, list[bytes] | None] = {}
+        self._max_token_chars: int | None = None
+        self._can_cut: bool | None = None
         self.vocab_size: int = backend.get_vocab_size(with_added_tokens=True)
         self.eos_token, self.bos_token, self.pad_token = eos_token, bos_token, pad_token
         eos_id = backend.token_to_id(eos_token)
@@ -239,11 +246,74 @@ class Tokenizer:
     def special_token_ids(self) -> set[int]:
         return set(self._special.values())
 
-    def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
+    def encode(self, text: str, *, allow_special: bool = False,
+               max_tokens: int | None = None) -> list[int]:
         """Token ids of `text`. Special-token strings in it are plain text unless allow_special
-        (which prompts written by the operator, not by users, may set)."""
+        (which prompts written by the operator, not by users, may set).
+
+        With max_tokens, a text of more tokens raises TooManyTokens without being encoded in
+        full: at once when it has more characters than max_tokens of the longest token spell,
+        else as soon as the pieces encoded so far pass the limit. Long texts are encoded
+        outside the GIL (encode_batch releases it, encode does not), so a server thread doing
+        this never stalls the event loop."""
         backend = self._backend if allow_special else self._plain()
-        return backend.encode(text, add_special_tokens=False).ids
+        if max_tokens is not None and len(text) > max_tokens * self.max_token_chars:
+            raise TooManyTokens(max_tokens)
+        if len(text) <= PIECE_CHARS:
+            ids = backend.encode(text, add_special_tokens=False).ids
+        else:
+            ids = []
+            for piece in self._pieces(text):
+                ids += backend.encode_batch([piece], add_special_tokens=False)[0].ids
+                if max_tokens is not None and len(ids) > max_tokens:
+                    break
+        if max_tokens is not None and len(ids) > max_tokens:
+            raise TooManyTokens(max_tokens)
+        return ids
+
+    @property
+    def max_token_chars(self) -> int:
+        """The most characters one token can stand for (its bytes bound them)."""
+        if self._max_token_chars is None:
+            table = self.token_bytes(False)
+            self._max_token_chars = max(map(len, table)) if table else 1 << 30
+        return self._max_token_chars
+
+    def _pieces(self, text: str) -> Iterator[str]:
+        """text in pieces of about PIECE_CHARS, cut where the pre-tokenizer always cuts; one
+        piece when this tokenizer is not one where that is known to hold."""
+        if not self._cuttable():
+            yield text
+            return
+        start = 0
+        while len(text) - start > PIECE_CHARS:
+            cut = _CUT.search(text, start + PIECE_CHARS)
+            if cut is None:
+                break
+            yield text[start:cut.start()]
+            start = cut.start()
+        yield text[start:]
+
+    def _cuttable(self) -> bool:
+        """Whether ids add up over pieces cut at `_CUT`: Qwen2's split (no lookbehind, and
+        every alternative that holds a non-space stops before a space), NFC or no normalizer,
+        and no added token that holds or strips a space."""
+        if self._can_cut is None:
+            pre = json.loads(self._backend.pre_tokenizer.__getstate__()) \
+                if self._backend.pre_tokenizer is not None else {}
+            steps = pre.get("pretokenizers", [pre])
+            split = [p for p in steps if p.get("type") == "Split"]
+            norm = self._backend.normalizer
+            added = self._backend.get_added_tokens_decoder().values()
+            self._can_cut = (
+                len(split) == 1 and split[0].get("pattern") == {"Regex": QWEN2_SPLIT_PATTERN}
+                and split[0].get("behavior") == "Isolated" and not split[0].get("invert")
+                and all(p.get("type") in ("Split", "ByteLevel") and not p.get("use_regex")
+                        for p in steps)
+                and (norm is None or json.loads(norm.__getstate__()).get("type") == "NFC")
+                and not any(" " in t.content or t.lstrip or t.rstrip or t.single_word
+                            for t in added))
+        return self._can_cut
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         ids = ids.tolist() if hasattr(ids, "tolist") else ids
@@ -302,7 +372,7 @@ class Tokenizer:
 
     def encode_chat(self, messages: Any, *, add_generation_prompt: bool = True,
                     tools: list | None = None, default_system: str | None = None,
-                    continue_final_message: bool = False,
+                    continue_final_message: bool = False, max_tokens: int | None = None,
                     **template_kwargs: Any) -> list[int]:
         """Prompt ids where control tokens come only from the template itself: a special-token
         string inside any message, tool or argument is tokenized as the text it is.
@@ -312,6 +382,7 @@ class Tokenizer:
         cut at the special tokens (all of them now the template's own), and each piece between
         gets its swapped strings back and is encoded with special tokens off. For data with no
         special-token strings this equals encode(apply_chat_template(...), allow_special=True).
+        max_tokens: as in encode, for the whole prompt.
         """
         given, own = self._chat_variables(messages, tools, default_system, template_kwargs)
         given, add_generation_prompt, final = _continuation(given, add_generation_prompt,
@@ -319,18 +390,23 @@ class Tokenizer:
         template = self._template_for(tools)
         if self._special_re is None:
             text = template.render(**{**own, **given}, add_generation_prompt=add_generation_prompt)
-            return self.encode(_cut_after(text, final) if final else text)
+            return self.encode(_cut_after(text, final) if final else text, max_tokens=max_tokens)
         swap = _Swap(self._special_re, self._special, _strings(given, template.source))
         text = template.render(**{**own, **swap.hide(given)},
                                add_generation_prompt=add_generation_prompt)
         if final:
             text = _cut_after(text, swap.hide(final))
+        if max_tokens is not None and len(text) > max_tokens * self.max_token_chars:
+            raise TooManyTokens(max_tokens)
         ids: list[int] = []
         for i, piece in enumerate(self._special_re.split(text)):
             if i % 2:  # the split's captured separators: the template's special tokens
                 ids.append(self._special[piece])
             elif piece:
-                ids.extend(self.encode(swap.restore(piece)))
+                room = None if max_tokens is None else max(0, max_tokens - len(ids))
+                ids.extend(self.encode(swap.restore(piece), max_tokens=room))
+            if max_tokens is not None and len(ids) > max_tokens:
+                raise TooManyTokens(max_tokens)
         return ids
 
 

@@ -5,6 +5,12 @@ step hands out tokens from a budget. Running sequences go first (a decode is one
 unfinished prefill its next chunk), then waiting ones in arrival order. When KV blocks run out,
 the most recently admitted running sequence is preempted: its blocks are released and it waits
 to be recomputed (its prefix-cached blocks often survive, which makes that cheap).
+
+One long prompt must not stall everyone (vLLM's long_prefill_token_threshold): a prefill chunk
+takes at most `long_prefill_token_threshold` tokens a step, so the budget always has room to
+admit new requests and the step stays short while decodes and short prompts share it. Only a
+step made of nothing but capped prefills (no one else is waiting for it) is filled up to the
+budget, so a long prompt alone still prefills at full speed.
 """
 
 from __future__ import annotations
@@ -49,13 +55,29 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
+    @property
+    def prefill_cap(self) -> int:
+        """Most prefill tokens one sequence takes in a shared step (the whole budget when 0)."""
+        budget = self.config.max_num_batched_tokens
+        cap = self.config.long_prefill_token_threshold
+        if cap is None:
+            cap = max(1, budget // 4)
+        return min(cap, budget) if cap > 0 else budget
+
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
-        budget = self.config.max_num_batched_tokens
+        budget = self._schedule_running(out, self.config.max_num_batched_tokens)
+        if not out.preempted:
+            budget = self._admit(out, budget)
+            self._fill_up(out, budget)
+        return out
+
+    def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
+        cap = self.prefill_cap
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            n = min(seq.num_uncomputed, budget)
+            n = min(seq.num_uncomputed, budget, cap)
             draft = self._draft(seq, budget - n) if n == seq.num_uncomputed == 1 else []
             if not self._make_room(seq, seq.num_computed + n + len(draft), out):
                 break  # seq itself was preempted
@@ -64,9 +86,27 @@ class Scheduler:
             out.num_new.append(n + len(draft))
             budget -= n + len(draft)
             i += 1
-        if not out.preempted:
-            budget = self._admit(out, budget)
-        return out
+        return budget
+
+    def _fill_up(self, out: SchedulerOutput, budget: int) -> None:
+        """When every sequence in the step is a prefill cut at the cap, nobody is waiting on
+        a short step: hand them the rest of the budget, in order, as far as free blocks go
+        (never by preempting)."""
+        cap = self.prefill_cap
+        capped = all(not seq.draft_ids and n == cap < seq.num_uncomputed
+                     for seq, n in zip(out.seqs, out.num_new))
+        if not out.seqs or not capped:
+            return
+        for i, seq in enumerate(out.seqs):
+            if budget <= 0:
+                return
+            n = out.num_new[i]
+            more = min(seq.num_uncomputed - n, budget,
+                       self._largest_fitting(seq, seq.num_uncomputed) - n)
+            if more > 0:
+                self.blocks.allocate(seq, seq.num_computed + n + more)
+                out.num_new[i] += more
+                budget -= more
 
     def _draft(self, seq: Sequence, room: int) -> list[int]:
         """Prompt-lookup draft tokens for a decoding sequence: never more than fit the budget,
@@ -100,13 +140,14 @@ class Scheduler:
         self.waiting.appendleft(seq)
 
     def _admit(self, out: SchedulerOutput, budget: int) -> int:
+        cap = self.prefill_cap
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
             if seq.num_computed == 0 and not seq.block_ids:
                 seq.num_computed = self.blocks.match_prefix(seq)
                 if seq.num_preemptions == 0:
                     seq.num_cached_prompt = seq.num_computed
-            n = min(seq.num_uncomputed, budget)
+            n = min(seq.num_uncomputed, budget, cap)
             if not self.blocks.can_allocate(seq, seq.num_computed + n):
                 if not self.running and not out.seqs:
                     # alone and still too big: take what fits, the rest comes next steps

@@ -63,7 +63,7 @@ def create_app(engine: LLMEngine, config: ServerConfig | None = None,
     app.include_router(tokens.router)
     _add_routes(app, state)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, timeout=config.body_timeout)
     app.add_middleware(APIKeyGuard, keys=list(config.api_keys))
     return app
 

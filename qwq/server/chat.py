@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from qwq.engine.async_engine import EngineDeadError
-from qwq.errors import RequestError
+from qwq.errors import RequestError, TooManyTokens
 from qwq.outputs import CompletionOutput
 from qwq.reasoning.parser import ReasoningStreamer, extract_boxed
 from qwq.sampling_params import SamplingParams
@@ -31,7 +31,7 @@ from qwq.server.render import (
     logprob_entries,
 )
 from qwq.server.sampling import chat_logprobs as logprobs_of
-from qwq.server.sampling import chat_tools, resolve_max_tokens, sampling_params
+from qwq.server.sampling import chat_tools, prompt_too_long, resolve_max_tokens, sampling_params
 from qwq.server.state import ServerState, state_of, tenant_of
 from qwq.server.streaming import DONE, ClientGone, SSEResponse, Stream, sse, start_tracked, watch
 from qwq.server.tools import ToolCallStream, parse_tool_calls
@@ -77,7 +77,10 @@ async def _constraint(state: ServerState, body: ChatCompletionRequest,
 async def prepare(state: ServerState, body: ChatCompletionRequest, model: str,
                   tenant: str | None) -> ChatJob:
     tools = chat_tools(body)
-    ids = await anyio.to_thread.run_sync(encode_messages, state, body, tools)
+    try:  # refused as soon as the prompt surely passes the context
+        ids = await anyio.to_thread.run_sync(encode_messages, state, body, tools)
+    except TooManyTokens:
+        raise prompt_too_long(state.max_model_len, "messages") from None
     asked, param = (body.max_completion_tokens, "max_completion_tokens") \
         if body.max_completion_tokens is not None else (body.max_tokens, "max_tokens")
     max_tokens = resolve_max_tokens(asked, len(ids), state.max_model_len, "messages", param)

@@ -14,14 +14,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from qwq.engine.async_engine import EngineDeadError
-from qwq.errors import RequestError
+from qwq.errors import RequestError, TooManyTokens
 from qwq.outputs import CompletionOutput
 from qwq.server.errors import APIError, error_body, from_exception
 from qwq.server.metrics import RequestTrack
 from qwq.server.prompts import fim_ids
 from qwq.server.protocol import CompletionRequest
 from qwq.server.render import completion_logprobs, ending, finish_reason, logprob_entries
-from qwq.server.sampling import resolve_max_tokens, sampling_params
+from qwq.server.sampling import prompt_too_long, resolve_max_tokens, sampling_params
 from qwq.server.state import ServerState, state_of, tenant_of
 from qwq.server.streaming import DONE, ClientGone, SSEResponse, Stream, sse, start_tracked, watch
 
@@ -46,15 +46,21 @@ class CompletionJob:
 
 def _prompts(state: ServerState, prompt: Any) -> list[Prompt]:
     """Every form of `prompt` as (text, ids); text is tokenized with special tokens read as
-    such (the caller writes the raw prompt, template tokens included)."""
-    tok = state.tokenizer
+    such (the caller writes the raw prompt, template tokens included). A prompt beyond the
+    context is refused as soon as that is certain, without tokenizing the rest of it."""
+    tok, limit = state.tokenizer, state.max_model_len - 1
     if isinstance(prompt, str) or prompt and isinstance(prompt[0], int):
         prompt = [prompt]
     out = []
     for p in prompt:
         if isinstance(p, str):
-            out.append(Prompt(p, tok.encode(p, allow_special=True)))
+            try:
+                out.append(Prompt(p, tok.encode(p, allow_special=True, max_tokens=limit)))
+            except TooManyTokens:
+                raise prompt_too_long(state.max_model_len, "prompt") from None
         else:
+            if len(p) > limit:
+                raise prompt_too_long(state.max_model_len, "prompt")
             if any(t >= tok.vocab_size for t in p):
                 raise RequestError(f"prompt token ids must lie in [0, {tok.vocab_size})",
                                    param="prompt")

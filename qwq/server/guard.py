@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ctypes
+import ctypes.util
 import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
 from starlette.exceptions import HTTPException
 
 from qwq.server.errors import error_bytes
@@ -92,13 +95,30 @@ class APIKeyGuard:
         await self.app(scope, receive, send)
 
 
+TRIM_AFTER_BYTES = 1 << 20  # bodies this big leave megabytes behind in malloc's free lists
+
+
+def _malloc_trim() -> Callable[[], Any] | None:
+    path = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(path), "malloc_trim", None) if path else None
+    return (lambda: trim(0)) if trim is not None else None  # glibc only
+
+
+_TRIM = _malloc_trim()
+
+
 class BodyLimit:
     """Refuse bodies over max_bytes with 413: by Content-Length before reading anything, or,
-    for chunked bodies, as soon as the bytes read pass the limit."""
+    for chunked bodies, as soon as the bytes read pass the limit. A body that has not all
+    arrived `timeout` seconds after its headers gets 408 and the connection closes (a client
+    sending a byte every few seconds would otherwise hold it for ever). After a request with a
+    body of a megabyte or more, malloc's free memory goes back to the system: otherwise the
+    megabytes of its text (bytes, JSON string, tokenizer buffers) stay resident."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float = 30.0):
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -108,11 +128,19 @@ class BodyLimit:
             return await _send_error(send, 413, f"the request body is larger than "
                                      f"{self.max_bytes} bytes", "request_too_large",
                                      [(b"connection", b"close")], scope["path"])
-        seen = 0
+        seen, done = 0, False
+        deadline = anyio.current_time() + self.timeout
 
         async def limited() -> dict:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, done
+            if done:  # the body is in: what is left to receive is the client hanging up
+                return await receive()
+            with anyio.move_on_after(deadline - anyio.current_time()) as wait:
+                message = await receive()
+            if wait.cancelled_caught:
+                raise HTTPException(408, f"the request body did not arrive within "
+                                         f"{self.timeout:g} s", headers={"Connection": "close"})
+            done = message["type"] != "http.request" or not message.get("more_body", False)
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
@@ -120,4 +148,9 @@ class BodyLimit:
                                              f"{self.max_bytes} bytes")
             return message
 
-        await self.app(scope, limited, send)
+        try:
+            await self.app(scope, limited, send)
+        finally:
+            if _TRIM is not None and seen >= TRIM_AFTER_BYTES:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(_TRIM)

@@ -50,7 +50,8 @@ def encode_messages(state: ServerState, body: ChatCompletionRequest,
     return state.tokenizer.encode_chat(
         messages, add_generation_prompt=body.add_generation_prompt and not prefill,
         tools=tools, default_system=state.config.default_system,
-        continue_final_message=prefill, **template_kwargs(body.chat_template_kwargs))
+        continue_final_message=prefill, max_tokens=state.max_model_len - 1,
+        **template_kwargs(body.chat_template_kwargs))
 
 
 def fim_ids(tokenizer: Tokenizer, prefix: str, suffix: str) -> list[int]:

@@ -31,6 +31,13 @@ def resolve_max_tokens(asked: int | None, prompt_len: int, max_model_len: int,
     return asked
 
 
+def prompt_too_long(max_model_len: int, param: str) -> RequestError:
+    """The error for a prompt refused while it was being counted (Tokenizer's TooManyTokens)."""
+    return RequestError(f"the prompt has more than {max_model_len - 1} tokens; this model's "
+                        f"context holds {max_model_len} (prompt plus at least one new token)",
+                        param=param)
+
+
 def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
     if not bias:
         return None

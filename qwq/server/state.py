@@ -26,6 +26,9 @@ class ServerConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY
     default_system: str | None = None  # the checkpoint's default system prompt, if any
     drain_timeout: float = 30.0  # seconds SIGTERM waits for in-flight requests
+    max_connections: int = 1024  # open at once; more get 503 (qwq.server.connections)
+    header_timeout: float = 10.0  # seconds for a request's headers to arrive, else 408
+    body_timeout: float = 30.0  # seconds for its body to arrive after them, else 408
     aliases: list[str] = field(default_factory=list)  # more names the model answers to
 
     @property
