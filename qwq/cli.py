@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from qwq.errors import QwQError
+from qwq.model.kv_quant import KV_CACHE_DTYPES
 from qwq.model.quant import QUANT_MODES
 from qwq.reasoning.options import add_reasoning_args, reasoning_fields
 
@@ -25,6 +26,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "checkpoints stay float), q5_0 / q8_0 (GGUF's blocks of 32, int8 "
                         "activation blocks; q5_0 keeps a q8_0 head), int8 (weights only), w8a8 "
                         "(int8 weights and per-token int8 activations), int4 (groups of 128)")
+    add_kv_cache_arg(p)
     p.add_argument("--reasoning-parser", default="auto",
                    choices=["auto", "think", "plain", "none"],
                    help="how answers split into reasoning and content: auto (from the chat "
@@ -39,6 +41,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tensor-parallel-size", "--tp", type=int, default=1, metavar="N",
                    help="split the model over N ranks (GPUs, or CPU processes with gloo); "
                         "under torchrun, N must equal WORLD_SIZE")
+
+
+def add_kv_cache_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES,
+                   help="KV cache storage: auto (the model's dtype), bfloat16, int8 (CPU) or "
+                        "fp8 (GPU): 8-bit codes with a scale per token and KV head, half the "
+                        "memory, twice the tokens")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -68,6 +77,7 @@ def sampling_params(args: argparse.Namespace):
 def engine_options(args: argparse.Namespace) -> dict:
     """The EngineConfig fields that add_model_args sets (generate, chat, serve, eval)."""
     return {"max_model_len": args.max_model_len, "quantize": args.quantize,
+            "kv_cache_dtype": args.kv_cache_dtype,
             "speculative_ngram": args.speculative_ngram,
             "reasoning_parser": args.reasoning_parser, "cuda_graphs": not args.enforce_eager}
 
@@ -162,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--gpu-memory", default="80GB", help="per GPU, e.g. 80GB, 141GB, 24GB")
     pl.add_argument("--quantize", default="none", choices=list(QUANT_MODES))
     pl.add_argument("--context", type=int, default=None, help="tokens per sequence")
+    add_kv_cache_arg(pl)
     pl.set_defaults(func=cmd_plan)
     from qwq.benchmark.cli import add_parser as add_bench_parser
     add_bench_parser(sub)
@@ -181,8 +192,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         memory = parse_size(args.gpu_memory)
     except (ValueError, IndexError):
         raise QwQError(f"--gpu-memory {args.gpu_memory!r} is not a size like 80GB") from None
-    print(describe(plan(cfg, args.gpus, memory, args.quantize, args.context), args.gpus,
-                   args.quantize))
+    print(describe(plan(cfg, args.gpus, memory, args.quantize, args.context,
+                        kv_cache_dtype=args.kv_cache_dtype), args.gpus, args.quantize))
     return 0
 
 

@@ -127,6 +127,9 @@ class EngineConfig:
     max_waiting: int = 1024  # bounded waiting queue
     enable_prefix_caching: bool = True
     dtype: str = "auto"
+    # the KV cache's storage: auto (the model's dtype), bfloat16, int8 or fp8 (8-bit codes with a
+    # scale per token and KV head: half the memory of 16 bits, so twice the tokens fit)
+    kv_cache_dtype: str = "auto"
     quantize: str = "auto"  # auto: from the checkpoint (GGUF types); none, int8, w8a8, int4
     head_quantize: str | None = None  # the output head's format; None: as quantize
     # how answers split into reasoning and content, and which marker closes the reasoning:

@@ -26,12 +26,14 @@ class LLM:
                  quantize: str = "auto", tensor_parallel_size: int = 1, device: str = "auto",
                  max_model_len: int | None = None, max_num_seqs: int = 64,
                  kv_cache_memory: int | None = None, enable_prefix_caching: bool = True,
-                 block_size: int = 16, **engine_options: Any):
+                 block_size: int = 16, kv_cache_dtype: str = "auto", **engine_options: Any):
+        """kv_cache_dtype: auto (the model's dtype), bfloat16, int8 or fp8; the 8-bit ones hold
+        twice the tokens in kv_cache_memory."""
         from qwq.models import load_engine
         cfg = EngineConfig(block_size=block_size, max_model_len=max_model_len,
                            max_num_seqs=max_num_seqs, kv_cache_memory=kv_cache_memory,
                            enable_prefix_caching=enable_prefix_caching, quantize=quantize,
-                           **engine_options)
+                           kv_cache_dtype=kv_cache_dtype, **engine_options)
         self.engine, self.tokenizer, self.model_info = load_engine(
             model, dtype=dtype, device=device, engine_config=cfg,
             tensor_parallel_size=tensor_parallel_size)

@@ -97,9 +97,12 @@ def build_model(ckpt, dtype: torch.dtype, device: torch.device, block_scales: bo
 
 def num_kv_blocks(config: ModelConfig, engine: EngineConfig, dtype: torch.dtype,
                   device: torch.device) -> int:
+    """Blocks that fit engine.kv_cache_memory in engine.kv_cache_dtype (dtype: the model's)."""
     from qwq.model import KVCache
+    from qwq.model.kv_quant import kv_storage_dtype
     per_block = KVCache.bytes_per_block(config.num_hidden_layers, engine.block_size,
-                                        config.num_key_value_heads, config.head_dim, dtype)
+                                        config.num_key_value_heads, config.head_dim,
+                                        kv_storage_dtype(engine.kv_cache_dtype, dtype))
     if engine.num_kv_blocks:
         return engine.num_kv_blocks
     budget = engine.kv_cache_memory
@@ -124,6 +127,8 @@ def load_engine(model: str | os.PathLike | None = None, *, dtype: str | torch.dt
     if cfg.reasoning_parser not in REASONING_PARSERS:
         raise QwQError(f"reasoning_parser={cfg.reasoning_parser!r} is not known; choose "
                        f"{', '.join(REASONING_PARSERS)}")
+    from qwq.model.kv_quant import kv_storage_dtype
+    kv_storage_dtype(cfg.kv_cache_dtype, torch.bfloat16)  # a bad name fails before loading
     if tensor_parallel_size != 1:
         from qwq.distributed import load_tp_engine
         return load_tp_engine(model, dtype=dtype, device=device, engine_config=cfg,
@@ -164,8 +169,10 @@ def engine_for(net, tokenizer, cfg: EngineConfig, generation_config: dict | None
     max_len = min(cfg.max_model_len or ctx, ctx)
     if decode_graphs is None:
         decode_graphs = cfg.cuda_graphs and dev.type == "cuda"
+    from qwq.model.kv_quant import kv_storage_dtype
     runner = ModelRunner(net, num_kv_blocks(net.config, cfg, dtype, dev), cfg.block_size,
-                         dtype, dev, decode_graphs=decode_graphs,
+                         kv_storage_dtype(cfg.kv_cache_dtype, dtype), dev,
+                         decode_graphs=decode_graphs,
                          max_batch=cfg.max_num_seqs, max_model_len=max_len)
     from qwq.reasoning.controls import ControlFactory
     return LLMEngine(runner, tokenizer, cfg, max_len,

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from qwq.config import ModelConfig
 from qwq.kernels.blocks import FORMATS
+from qwq.model.kv_quant import kv_storage_dtype, row_bytes
 
 GIB = 1 << 30
 # bytes per weight of each format, scales included (int4: a bf16 scale and zero per 128;
@@ -23,6 +26,7 @@ class Plan:
     kv_tokens: int
     max_seqs: int
     context: int
+    kv_cache_dtype: str = "auto"
 
 
 def param_counts(cfg: ModelConfig) -> tuple[int, int, int]:
@@ -39,19 +43,22 @@ def param_counts(cfg: ModelConfig) -> tuple[int, int, int]:
 
 def plan(cfg: ModelConfig, gpus: int, gpu_memory: float, quantize: str = "none",
          context: int | None = None, utilization: float = 0.9,
-         reserve: float = 2 * GIB) -> Plan:
-    """gpu_memory in bytes per GPU; reserve: activations and workspace per GPU."""
+         reserve: float = 2 * GIB, kv_cache_dtype: str = "auto") -> Plan:
+    """gpu_memory in bytes per GPU; reserve: activations and workspace per GPU;
+    kv_cache_dtype as the engine takes it (auto: the checkpoint's 16 bits)."""
     embed, head, layers = param_counts(cfg)
     per_weight = BYTES_PER_WEIGHT[quantize]
     # the embedding is a lookup table and stays 16-bit; projections and head take the format
     weights = embed * 2 + (head + layers) * per_weight
     per_rank = weights / gpus
     kv_heads_per_rank = max(1, cfg.num_key_value_heads // gpus)
-    kv_token = 2 * cfg.num_hidden_layers * kv_heads_per_rank * cfg.head_dim * 2
+    kv_dtype = kv_storage_dtype(kv_cache_dtype, torch.bfloat16)
+    kv_token = 2 * cfg.num_hidden_layers * kv_heads_per_rank * row_bytes(cfg.head_dim, kv_dtype)
     free = gpu_memory * utilization - per_rank - reserve
     tokens = max(0, int(free // kv_token))
     ctx = context or cfg.max_position_embeddings
-    return Plan(embed + head + layers, per_rank, kv_token, tokens, tokens // ctx, ctx)
+    return Plan(embed + head + layers, per_rank, kv_token, tokens, tokens // ctx, ctx,
+                kv_cache_dtype)
 
 
 def parse_size(text: str) -> float:
@@ -68,7 +75,8 @@ def describe(p: Plan, gpus: int, quantize: str) -> str:
     return "\n".join([
         f"parameters:           {p.params / 1e9:.2f} B",
         f"weights per GPU:      {p.weights_per_rank / 1e9:.2f} GB ({quantize}, {gpus} GPU(s))",
-        f"KV cache per token:   {p.kv_bytes_per_token_per_rank / 1024:.0f} KiB per GPU",
+        f"KV cache per token:   {p.kv_bytes_per_token_per_rank / 1024:.0f} KiB per GPU "
+        f"({p.kv_cache_dtype})",
         f"KV tokens that fit:   {p.kv_tokens:,}",
         f"sequences at {p.context:,} tokens: {p.max_seqs}",
     ])

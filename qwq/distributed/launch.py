@@ -144,13 +144,15 @@ def follow(tp: TPGroup, opts: RankOptions) -> None:
     from qwq.distributed.steps import serve_steps
     from qwq.engine.runner import ModelRunner
     from qwq.heap import weights_in_own_mappings
+    from qwq.model.kv_quant import kv_storage_dtype
     from qwq.model.quant import quantize_model
     from qwq.weights import open_checkpoint
     with weights_in_own_mappings():
         net, cfg = build_rank(open_checkpoint(opts.path), opts, tp)
         quantize_model(net, cfg.quantize, cfg.head_quantize)
         dtype = net.embed_tokens.weight.dtype
-        runner = ModelRunner(net, cfg.num_kv_blocks, cfg.block_size, dtype, tp.device)
+        kv_dtype = kv_storage_dtype(cfg.kv_cache_dtype, dtype)  # as rank 0's engine_for
+        runner = ModelRunner(net, cfg.num_kv_blocks, cfg.block_size, kv_dtype, tp.device)
     try:
         serve_steps(tp, net, runner.kv)
     except RuntimeError as e:  # rank 0 went away: say so in one line, not a traceback

@@ -16,7 +16,8 @@ class ModelRunner:
     def __init__(self, model: Qwen2Model, num_blocks: int, block_size: int,
                  kv_dtype: torch.dtype, device: torch.device | str = "cpu", *,
                  decode_graphs: bool = False, max_batch: int = 64, max_model_len: int = 0):
-        """decode_graphs: replay decode steps from CUDA graphs (qwq.engine.graphs) of up to
+        """kv_dtype: the cache's storage (qwq.model.kv_quant: 16-bit values, int8 or fp8 codes).
+        decode_graphs: replay decode steps from CUDA graphs (qwq.engine.graphs) of up to
         max_batch sequences and max_model_len tokens; off CUDA the same padded buffers run
         eagerly (what the tests compare with the plain path)."""
         cfg = model.config

@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "simd.h"
@@ -22,15 +23,58 @@ using qwq::exp_nonpositive;
 using qwq::load16;
 using qwq::store16;
 
+// Cache rows as decode_attention reads them: `row` finds a (slot, kv head) row, `load` gives
+// 16 of its numbers as floats and `scale` the factor they all take. Scores and weights take
+// the scale once per row (q . (c k) = c (q . k)) instead of once per number.
 template <typename T>
-void decode_attention_impl(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc,
-                           const at::Tensor& tables, const at::Tensor& lens, int64_t bs,
-                           double scale, at::Tensor& out) {
-  const int64_t B = q.size(0), H = q.size(1), D = q.size(2), KVH = kc.size(1);
-  const int64_t G = H / KVH, maxb = tables.size(1), slots = kc.size(0);
+struct FloatRows {  // float32, bfloat16 or float16 values
+  const T* p;
+  int64_t width;
+  const T* row(int64_t r) const { return p + r * width; }
+  float scale(const T*) const { return 1.f; }
+  static __m512 load(const T* row, int64_t d) { return load16(row + d); }
+};
+
+struct Int8Codes {
+  static __m512 load16(const uint8_t* c) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c))));
+  }
+};
+
+struct Fp8Codes {  // float8 e4m3fn
+  // The bits s.eeee.mmm placed at a float32's sign bit and at the low end of its exponent and
+  // the top of its mantissa read as the code times 2^-120 (exponent bias 127 against 7), the
+  // subnormal codes too; one multiply restores the scale. (With denormals flushed, codes under
+  // 2^-6, 1/28000 of a row's largest, would read 0.)
+  static __m512 load16(const uint8_t* c) {
+    const __m512i x = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c)));
+    const __m512i sign = _mm512_slli_epi32(_mm512_and_si512(x, _mm512_set1_epi32(0x80)), 24);
+    const __m512i rest = _mm512_slli_epi32(_mm512_and_si512(x, _mm512_set1_epi32(0x7f)), 20);
+    return _mm512_mul_ps(_mm512_castsi512_ps(_mm512_or_si512(sign, rest)), _mm512_set1_ps(0x1p120f));
+  }
+};
+
+// Quantized rows (qwq/model/kv_quant.py): D one-byte codes, then the row's float16 scale.
+template <typename Codes>
+struct QuantRows {
+  const uint8_t* p;
+  int64_t width;  // D + 2
+  const uint8_t* row(int64_t r) const { return p + r * width; }
+  float scale(const uint8_t* row) const {
+    uint16_t h;
+    std::memcpy(&h, row + width - 2, 2);
+    return _cvtsh_ss(h);
+  }
+  static __m512 load(const uint8_t* row, int64_t d) { return Codes::load16(row + d); }
+};
+
+template <typename T, typename Rows>
+void decode_attention_impl(const at::Tensor& q, const Rows& kr, const Rows& vr, int64_t KVH,
+                           int64_t slots, const at::Tensor& tables, const at::Tensor& lens,
+                           int64_t bs, double scale, at::Tensor& out) {
+  const int64_t B = q.size(0), H = q.size(1), D = q.size(2);
+  const int64_t G = H / KVH, maxb = tables.size(1);
   const T* qp = q.data_ptr<T>();
-  const T* kp = kc.data_ptr<T>();
-  const T* vp = vc.data_ptr<T>();
   const int64_t* tp = tables.data_ptr<int64_t>();
   const int64_t* lp = lens.data_ptr<int64_t>();
   T* op = out.data_ptr<T>();
@@ -50,11 +94,12 @@ void decode_attention_impl(const at::Tensor& q, const at::Tensor& kc, const at::
       for (int64_t l = 0; l < L; ++l) {
         const int64_t slot = tp[b * maxb + l / bs] * bs + l % bs;
         TORCH_CHECK(slot >= 0 && slot < slots, "decode_attention: slot ", slot, " out of range");
-        const T* k = kp + (slot * KVH + kh) * D;
+        const auto* k = kr.row(slot * KVH + kh);
+        const float ks = kr.scale(k);
         for (int64_t g = 0; g < G; ++g) {
           __m512 a = _mm512_setzero_ps();
-          for (int64_t d = 0; d < D; d += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(&qf[g * D + d]), load16(k + d), a);
-          s[g * L + l] = _mm512_reduce_add_ps(a);
+          for (int64_t d = 0; d < D; d += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(&qf[g * D + d]), Rows::load(k, d), a);
+          s[g * L + l] = ks * _mm512_reduce_add_ps(a);
         }
       }
       // softmax numerators (the division waits for the end)
@@ -83,11 +128,12 @@ void decode_attention_impl(const at::Tensor& q, const at::Tensor& kc, const at::
       std::fill(acc.begin(), acc.end(), 0.f);
       for (int64_t l = 0; l < L; ++l) {
         const int64_t slot = tp[b * maxb + l / bs] * bs + l % bs;
-        const T* v = vp + (slot * KVH + kh) * D;
+        const auto* v = vr.row(slot * KVH + kh);
+        const float vs = vr.scale(v);
         for (int64_t d = 0; d < D; d += 16) {
-          const __m512 vv = load16(v + d);
+          const __m512 vv = Rows::load(v, d);
           for (int64_t g = 0; g < G; ++g)
-            _mm512_storeu_ps(&acc[g * D + d], _mm512_fmadd_ps(_mm512_set1_ps(s[g * L + l]), vv,
+            _mm512_storeu_ps(&acc[g * D + d], _mm512_fmadd_ps(_mm512_set1_ps(s[g * L + l] * vs), vv,
                                                               _mm512_loadu_ps(&acc[g * D + d])));
         }
       }
@@ -100,15 +146,57 @@ void decode_attention_impl(const at::Tensor& q, const at::Tensor& kc, const at::
   });
 }
 
+#define QWQ_FLOAT_TYPES(dtype, NAME, ...)                                   \
+  switch (dtype) {                                                          \
+    case at::kFloat: { using scalar = float; __VA_ARGS__; break; }          \
+    case at::kBFloat16: { using scalar = c10::BFloat16; __VA_ARGS__; break; } \
+    case at::kHalf: { using scalar = c10::Half; __VA_ARGS__; break; }       \
+    default: TORCH_CHECK(false, NAME ": float32, bfloat16 or float16");     \
+  }
+
+// q in T; the caches in their own storage: float values of any width, or int8 / fp8 codes
+template <typename T>
+void decode_attention_over(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc,
+                           const at::Tensor& tables, const at::Tensor& lens, int64_t bs,
+                           double scale, at::Tensor& out) {
+  const int64_t KVH = kc.size(1), slots = kc.size(0), width = kc.size(2);
+  auto bytes = [](const at::Tensor& t) { return static_cast<const uint8_t*>(t.data_ptr()); };
+  switch (kc.scalar_type()) {
+    case at::kChar: {
+      using Rows = QuantRows<Int8Codes>;
+      decode_attention_impl<T>(q, Rows{bytes(kc), width}, Rows{bytes(vc), width}, KVH, slots,
+                               tables, lens, bs, scale, out);
+      break;
+    }
+    case at::kFloat8_e4m3fn: {
+      using Rows = QuantRows<Fp8Codes>;
+      decode_attention_impl<T>(q, Rows{bytes(kc), width}, Rows{bytes(vc), width}, KVH, slots,
+                               tables, lens, bs, scale, out);
+      break;
+    }
+    default:
+      QWQ_FLOAT_TYPES(kc.scalar_type(), "decode_attention caches", {
+        using Rows = FloatRows<scalar>;
+        decode_attention_impl<T>(q, Rows{kc.data_ptr<scalar>(), width},
+                                 Rows{vc.data_ptr<scalar>(), width}, KVH, slots, tables, lens,
+                                 bs, scale, out);
+      });
+  }
+}
+
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                             const at::Tensor& block_tables, const at::Tensor& context_lens,
                             int64_t block_size, double scale) {
   TORCH_CHECK(q.dim() == 3 && k_cache.dim() == 3 && v_cache.sizes() == k_cache.sizes(),
-              "decode_attention: q (B, H, D), caches (slots, kv_heads, D)");
-  TORCH_CHECK(q.size(2) % 16 == 0 && k_cache.size(2) == q.size(2) && q.size(1) % k_cache.size(1) == 0,
+              "decode_attention: q (B, H, D), caches (slots, kv_heads, row width)");
+  TORCH_CHECK(q.size(2) % 16 == 0 && q.size(1) % k_cache.size(1) == 0,
               "decode_attention: head_dim must be a multiple of 16 and heads a multiple of kv_heads");
-  TORCH_CHECK(q.scalar_type() == k_cache.scalar_type() && v_cache.scalar_type() == q.scalar_type(),
-              "decode_attention: q and the caches must share a dtype");
+  const auto cache_type = k_cache.scalar_type();
+  const bool quantized = cache_type == at::kChar || cache_type == at::kFloat8_e4m3fn;
+  TORCH_CHECK(v_cache.scalar_type() == cache_type, "decode_attention: the caches must share a dtype");
+  TORCH_CHECK(k_cache.size(2) == q.size(2) + (quantized ? 2 : 0),
+              "decode_attention: cache rows of head_dim values, or of head_dim int8/fp8 codes and "
+              "a float16 scale");
   TORCH_CHECK(q.is_contiguous() && k_cache.is_contiguous() && v_cache.is_contiguous(),
               "decode_attention: contiguous tensors");
   TORCH_CHECK(block_tables.scalar_type() == at::kLong && context_lens.scalar_type() == at::kLong &&
@@ -116,12 +204,9 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, cons
                   context_lens.numel() == q.size(0) && block_tables.is_contiguous() && context_lens.is_contiguous(),
               "decode_attention: int64 block_tables (B, max_blocks) and context_lens (B,)");
   at::Tensor out = at::empty_like(q);
-  switch (q.scalar_type()) {
-    case at::kFloat: decode_attention_impl<float>(q, k_cache, v_cache, block_tables, context_lens, block_size, scale, out); break;
-    case at::kBFloat16: decode_attention_impl<c10::BFloat16>(q, k_cache, v_cache, block_tables, context_lens, block_size, scale, out); break;
-    case at::kHalf: decode_attention_impl<c10::Half>(q, k_cache, v_cache, block_tables, context_lens, block_size, scale, out); break;
-    default: TORCH_CHECK(false, "decode_attention: float32, bfloat16 or float16");
-  }
+  QWQ_FLOAT_TYPES(q.scalar_type(), "decode_attention",
+      decode_attention_over<scalar>(q, k_cache, v_cache, block_tables, context_lens, block_size,
+                                    scale, out));
   return out;
 }
 
@@ -159,13 +244,6 @@ void check_norm(const at::Tensor& x, const at::Tensor& w) {
               "rms_norm: x (rows, D) contiguous, D a multiple of 16, weight (D,) in x's dtype");
 }
 
-#define QWQ_FLOAT_TYPES(dtype, NAME, ...)                                   \
-  switch (dtype) {                                                          \
-    case at::kFloat: { using scalar = float; __VA_ARGS__; break; }          \
-    case at::kBFloat16: { using scalar = c10::BFloat16; __VA_ARGS__; break; } \
-    case at::kHalf: { using scalar = c10::Half; __VA_ARGS__; break; }       \
-    default: TORCH_CHECK(false, NAME ": float32, bfloat16 or float16");     \
-  }
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
   check_norm(x, w);

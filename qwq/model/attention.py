@@ -2,7 +2,8 @@
 
 The cache of each layer is one preallocated tensor of slots (num_blocks * block_size slots);
 a sequence owns a list of blocks (its block table). New keys/values are written at their slots,
-then each sequence attends over the blocks its table names.
+then each sequence attends over the blocks its table names. The cache may hold 16-bit values or
+8-bit codes with a scale per row (qwq.model.kv_quant): written quantized, read back as values.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from qwq.kernels import fused_layers_take
+from qwq.model.kv_quant import row_bytes, row_width, values, write
 
 
 @dataclass
@@ -38,11 +40,12 @@ class AttentionMetadata:
 
 
 class KVCache:
-    """K and V slots for every layer: (layers, num_blocks * block_size, kv_heads, head_dim)."""
+    """K and V slots for every layer: (layers, num_blocks * block_size, kv_heads, row width),
+    a row being head_dim values, or head_dim codes and their scale (dtype int8 or fp8)."""
 
     def __init__(self, num_layers: int, num_blocks: int, block_size: int, kv_heads: int,
                  head_dim: int, dtype: torch.dtype, device: torch.device | str = "cpu"):
-        shape = (num_layers, num_blocks * block_size, kv_heads, head_dim)
+        shape = (num_layers, num_blocks * block_size, kv_heads, row_width(head_dim, dtype))
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.block_size = block_size
@@ -51,7 +54,7 @@ class KVCache:
     @staticmethod
     def bytes_per_block(num_layers: int, block_size: int, kv_heads: int, head_dim: int,
                         dtype: torch.dtype) -> int:
-        return 2 * num_layers * block_size * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+        return 2 * num_layers * block_size * kv_heads * row_bytes(head_dim, dtype)
 
 
 def _gather(cache: torch.Tensor, block_tables: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -65,8 +68,8 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
                     v_cache: torch.Tensor, meta: AttentionMetadata, block_size: int,
                     scale: float) -> torch.Tensor:
     """q: (T, H, D); k, v: (T, KVH, D) for the new tokens. Returns (T, H, D)."""
-    k_cache.index_copy_(0, meta.slot_mapping, k)
-    v_cache.index_copy_(0, meta.slot_mapping, v)
+    write(k_cache, meta.slot_mapping, k)
+    write(v_cache, meta.slot_mapping, v)
     if meta.decode_only:
         return _decode(q, k_cache, v_cache, meta, block_size, scale)
     out = torch.empty_like(q)
@@ -84,8 +87,9 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
         table = meta.block_tables[i: i + 1, : (ctx + block_size - 1) // block_size]
         # 4-D (batch of one): torch's CPU flash kernel takes only 4-D inputs; 3-D ones fall to
         # the math path, which materializes (H, n, ctx) scores (500 MB and 6x the time at 2K)
-        keys = _gather(k_cache, table, block_size)[:, :ctx].transpose(1, 2)  # (1, KVH, ctx, D)
-        vals = _gather(v_cache, table, block_size)[:, :ctx].transpose(1, 2)
+        keys = values(_gather(k_cache, table, block_size)[:, :ctx], q.dtype).transpose(1, 2)
+        vals = values(_gather(v_cache, table, block_size)[:, :ctx], q.dtype).transpose(1, 2)
+        # keys, vals: (1, KVH, ctx, D)
         qi = q[start: start + n].transpose(0, 1).unsqueeze(0)  # (1, H, n, D)
         if n == ctx:
             o = F.scaled_dot_product_attention(qi, keys, vals, is_causal=True, scale=scale,
@@ -138,10 +142,10 @@ def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     # float32 from the gather on: CPU bf16 matmuls on these strided shapes cost more than the
     # conversion (96 against 158 us a layer at 100 tokens), and one dtype at every batch size
     # keeps a sequence's numbers the same alone or batched
-    keys = (k_cache.index_select(0, slots).float().view(B, length, *k_cache.shape[1:])
-            .permute(0, 2, 3, 1))
-    vals = (v_cache.index_select(0, slots).float().view(B, length, *v_cache.shape[1:])
-            .transpose(1, 2))
+    keys = (values(k_cache.index_select(0, slots), torch.float32)
+            .view(B, length, k_cache.shape[1], D).permute(0, 2, 3, 1))
+    vals = (values(v_cache.index_select(0, slots), torch.float32)
+            .view(B, length, v_cache.shape[1], D).transpose(1, 2))
     kvh = keys.shape[1]  # keys: (B, KVH, D, L), vals: (B, KVH, L, D)
     scores = torch.matmul(q.float().view(B, kvh, H // kvh, D), keys).mul_(scale)
     if B > 1 or length != meta.context_lens[0] or meta.padded:
