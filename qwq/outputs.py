@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,3 +36,13 @@ class RequestOutput:
     # per prompt token: {token id: logprob} (None for the first), when prompt_logprobs is set
     prompt_logprobs: list[dict[int, float] | None] | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+def merge_outputs(earlier: RequestOutput, later: RequestOutput) -> RequestOutput:
+    """One output standing for two successive outputs of a request that nobody has read yet:
+    the later one's state, with the deltas of both (a consumer that fell behind reads them
+    as one)."""
+    joined = [dataclasses.replace(b, delta_text=a.delta_text + b.delta_text,
+                                  delta_token_ids=a.delta_token_ids + b.delta_token_ids)
+              for a, b in zip(earlier.outputs, later.outputs)]
+    return dataclasses.replace(later, outputs=joined)
