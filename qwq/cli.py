@@ -21,9 +21,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-model-len", type=int, default=None, help="cap the context length")
     p.add_argument("--quantize", "-q", default="auto",
                    choices=["auto", *QUANT_MODES],
-                   help="weight format: auto (from the checkpoint: 4-6 bit GGUF -> q5_0 on "
-                        "CPUs with AVX-512 VNNI, else w8a8 on CPU and int8 on GPU; float "
-                        "checkpoints stay float), q5_0 / q8_0 (GGUF's blocks of 32, int8 "
+                   help="weight format: auto (from the checkpoint: a GGUF on CPU as shipped, "
+                        "each tensor in its own block type; int8 on GPU; an AWQ directory as "
+                        "q5_0; float checkpoints stay float), gguf (as shipped), q5_0 / q8_0 "
+                        "(GGUF's blocks of 32 repacked, int8 "
                         "activation blocks; q5_0 keeps a q8_0 head), int8 (weights only), w8a8 "
                         "(int8 weights and per-token int8 activations), int4 (groups of 128)")
     add_kv_cache_arg(p)
