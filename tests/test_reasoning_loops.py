@@ -218,3 +218,69 @@ def test_a_line_with_no_sentence_end_is_not_rescanned_forever():
     for i in range(5000):
         det.push_text(f" w{i}", i)
     assert len(det._pending) <= det.max_sentence_chars + 10
+
+
+NAMES = ["Dutch", "Polish", "Greek", "Czech", "Danish", "Irish", "Welsh", "Basque", "Catalan",
+         "Breton", "Maltese", "Latvian", "Slovak", "Croatian", "Serbian", "Bosnian"]
+THINGS = ["bread", "cheese", "tulips", "bikes", "canals", "windmills", "herring", "clogs"]
+
+
+def _item(i):
+    """The i-th of up to 128 distinct list items."""
+    return f"**{NAMES[i % 16]}** is known for its {THINGS[i // 16 % 8]} and {THINGS[i % 8]}"
+
+
+def _counter_cycle(period, style, copies=6, start=1):
+    """A list whose `period` lines repeat, copy after copy, with the counter running on."""
+    lines = []
+    n = start
+    for _ in range(copies):
+        for i in range(period // 2 if style == "two-line" else period):
+            if style == "numbered":
+                lines.append(f"{n}. {_item(i)}.")
+            elif style == "step":
+                lines.append(f"Step {n}: consider how {_item(i)}.")
+            elif style == "table":
+                lines.append(f"| {n} | {_item(i)} | yes |")
+            else:  # two-line items: a numbered title, its description on the next line
+                lines += [f"{n}. **Fact {NAMES[i % 16]}**", f"   It is known for its "
+                                                             f"{THINGS[i % 8]} and {THINGS[i // 8]}."]
+            n += 1
+    return lines
+
+
+@pytest.mark.parametrize("period,style", [(2, "two-line"), (3, "step"), (5, "table"),
+                                          (9, "numbered"), (16, "two-line"), (24, "step"),
+                                          (33, "numbered"), (48, "table"), (64, "two-line"),
+                                          (64, "step")])
+def test_counter_cycles_up_to_64_lines_are_caught_within_three_cycles(period, style):
+    tok = FakeTokenizer()
+    lines = _counter_cycle(period, style)
+    text = prose(40) + "\n" + "\n".join(lines) + "\n"
+    fired = first_event(text, tok)
+    three_copies = len(tok.encode(prose(40) + "\n" + "\n".join(lines[:3 * period]) + "\n"))
+    assert fired is not None and fired <= three_copies + 2, (fired, three_copies)
+
+
+def _countries():
+    names = [f"{a}{b}land" for a in ("Nor", "Swe", "Fin", "Ice", "Ger", "Pol", "Hun", "Ire")
+             for b in ("a", "o", "e", "i", "u", "y", "ar", "or")]
+    return "\n".join(f"{i}. **{name}**: capital {name[:3]}ville" for i, name in
+                     enumerate(names, 1))
+
+
+def _template(lines_per_item):
+    """A template of a few lines filled in with a counter: counting, not a loop."""
+    shape = ["Week {n}:", "- Read chapter {n} of the book and take notes.",
+             "- Solve exercise set {n} from the workbook."][:lines_per_item]
+    return "\n".join(line.format(n=n) for n in range(1, 60) for line in shape)
+
+
+def _squares():
+    return "\n".join(f"{n}. The square of {n} is {n * n}." for n in range(1, 80))
+
+
+@pytest.mark.parametrize("make", [_countries, lambda: _template(2), lambda: _template(3),
+                                  _squares, _times_table, _counting, _primes])
+def test_lists_that_progress_stay_quiet(make):
+    assert first_event(make()) is None

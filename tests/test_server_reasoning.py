@@ -2,6 +2,7 @@
 random Qwen2 served as a think-style reasoning model: the text is noise, the structure is
 real)."""
 
+import json
 import re
 
 import httpx
@@ -104,3 +105,20 @@ def test_unknown_guard_is_a_400_naming_the_field(stack):
     with pytest.raises(Exception) as e:
         ask(stack, guard="nope")
     assert getattr(e.value, "status_code", None) == 400 and "guard" in str(e.value)
+
+
+def test_json_starts_after_the_reasoning_even_where_the_model_would_stop(stack):
+    """A model that would end at once, inside its reasoning: the grammar waits for the answer,
+    so the gate writes `</think>` where the end token was the likeliest, then the JSON
+    follows and lands in the content."""
+    eos = stack.engine.tokenizer.eos_token_ids[0]
+    schema = {"type": "object", "required": ["ok"], "additionalProperties": False,
+              "properties": {"ok": {"type": "boolean"}}}
+    r = ask(stack, max_tokens=60, logit_bias={str(eos): 100}, return_token_ids=True,
+            response_format={"type": "json_schema", "json_schema": {"name": "x",
+                                                                     "schema": schema}})
+    choice = r.choices[0]
+    close = stack.engine.tokenizer.encode("\n</think>\n\n", allow_special=True)
+    assert extra(choice, "token_ids")[:len(close)] == close
+    assert isinstance(json.loads(choice.message.content)["ok"], bool)
+    assert choice.finish_reason == "stop"

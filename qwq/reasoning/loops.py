@@ -6,13 +6,17 @@ Two detectors, each O(1)-ish per token:
   candidate dies at its first mismatch, so few are alive at a time. Catches greedy loops,
   including cycles of several sentences (the period is then the cycle's length).
 - SentenceLoopDetector: completed sentences, normalized (case, spacing, punctuation), compared
-  as word sets with their numbers kept exact. Fires on a cycle of 1-8 near-identical sentences
-  repeated, or on one long sentence recurring many times in a window. Catches loops that are
-  not token-exact. Lines count as sentences (a list item, a CSV row, a line of code) with
-  their own leading counter or bullet left out.
+  as word sets with their numbers kept exact. Fires on a cycle of 1-64 near-identical sentences
+  repeated (at its third copy), or on one long sentence recurring many times in a window.
+  Catches loops that are not token-exact. Lines count as sentences (a list item, a CSV row, a
+  line of code) with their own leading counter or bullet left out. A cycle of 2 or more lines
+  may also differ from its last copy by a counter that runs on: every number that changed,
+  changed by the same step of 2 or more (a list of 9 items repeating as items 55-63, 64-72).
 
 Legitimate structured repetition (counting, a list of primes, a table) repeats its shape but
-not its content: numbers differ, so neither token runs nor number-exact sentences match.
+not its content: numbers differ, so neither token runs nor number-exact sentences match. A
+template filled in with a counter ("Week 1 / Read chapter 1", "Week 2 / ...") repeats with a
+step of 1 per copy of its smallest period, which is counting, not a loop.
 """
 
 from __future__ import annotations
@@ -105,6 +109,7 @@ _LEAD = re.compile(r"^\s*(?:(?:\d+[.),:]?|[-*•>#|]+)\s*)?(?:(?:wait|hmm+|so|ok
 @dataclass
 class _Sentence:
     key: str  # normalized text
+    shape: str  # the key with each number as "#"
     words: frozenset[str]
     numbers: tuple[str, ...]
     end_token: int  # output length when the sentence completed
@@ -117,9 +122,20 @@ class _Sentence:
         union = len(self.words | other.words)
         return len(self.words & other.words) / union >= threshold
 
+    def counter_step(self, other: _Sentence) -> int | None:
+        """The step by which every number that differs from other's has moved on, when the
+        two differ in nothing else and all by the same step; None otherwise."""
+        if self.shape != other.shape:
+            return None
+        moved = [(a, b) for a, b in zip(self.numbers, other.numbers) if a != b]
+        if not all(a.isdigit() and b.isdigit() for a, b in moved):
+            return None
+        steps = {int(a) - int(b) for a, b in moved}
+        return steps.pop() if len(steps) == 1 else None
+
 
 class SentenceLoopDetector:
-    def __init__(self, max_cycle: int = 8, repeats: int = 3, min_chars: int = 3,
+    def __init__(self, max_cycle: int = 64, repeats: int = 3, min_chars: int = 3,
                  min_span_chars: int = 120, similarity: float = 0.85, recur: int = 5,
                  recur_min_chars: int = 40, window: int = 80, max_sentence_chars: int = 1000):
         self.max_cycle, self.repeats, self.min_chars = max_cycle, repeats, min_chars
@@ -128,11 +144,13 @@ class SentenceLoopDetector:
         self.recur, self.recur_min_chars = recur, recur_min_chars
         self.sentences: deque[_Sentence] = deque(maxlen=max(window, max_cycle * repeats + 1))
         self._counts: Counter[str] = Counter()
-        self._runs = [0] * (max_cycle + 1)
+        self._runs = [0] * (max_cycle + 1)  # per cycle length m: sentences matching m back
+        self._steps = [0] * (max_cycle + 1)  # and the counter step of that run (0: none)
         self._pending = ""
 
     def reset(self) -> None:
         self._runs = [0] * (self.max_cycle + 1)
+        self._steps = [0] * (self.max_cycle + 1)
         self._counts.clear()
         self.sentences.clear()
 
@@ -158,7 +176,7 @@ class SentenceLoopDetector:
         key = _NON_WORD.sub(" ", _LEAD.sub("", raw.lower(), count=1)).strip()
         if len(key) < self.min_chars:
             return None
-        s = _Sentence(key, frozenset(_NUMBER.sub(" ", key).split()),
+        s = _Sentence(key, _NUMBER.sub("#", key), frozenset(_NUMBER.sub(" ", key).split()),
                       tuple(_NUMBER.findall(key)), num_tokens)
         if len(self.sentences) == self.sentences.maxlen:
             self._counts[self.sentences[0].key] -= 1
@@ -167,20 +185,50 @@ class SentenceLoopDetector:
         return self._cycle(num_tokens) or self._recurrence(s, num_tokens)
 
     def _cycle(self, num_tokens: int) -> LoopEvent | None:
-        seq = self.sentences
+        seq = list(self.sentences)
         last = seq[-1]
-        for m in range(1, self.max_cycle + 1):
-            hit = len(seq) > m and last.similar(seq[-1 - m], self.similarity)
-            self._runs[m] = self._runs[m] + 1 if hit else 0
+        for m in range(1, min(self.max_cycle, len(seq) - 1) + 1):
+            if not self._extend(m, self._step(last, seq[-1 - m], m)):
+                continue
             run = self._runs[m]
             if run < (self.repeats - 1) * m:
                 continue
-            span = list(seq)[-(run + m):]
-            if sum(len(x.key) for x in span) >= self.min_span_chars:
-                start = seq[-(run + m) - 1].end_token if len(seq) > run + m else 0
-                period = max(1, last.end_token - seq[-1 - m].end_token)
-                return LoopEvent("sentences", period, (run + m) / m, start, num_tokens)
+            if sum(len(x.key) for x in seq[-(run + m):]) < self.min_span_chars:
+                continue
+            if self._steps[m] and not self._counter_loop(seq, m):
+                continue
+            start = seq[-(run + m) - 1].end_token if len(seq) > run + m else 0
+            period = max(1, last.end_token - seq[-1 - m].end_token)
+            return LoopEvent("sentences", period, (run + m) / m, start, num_tokens)
         return None
+
+    def _step(self, last: _Sentence, other: _Sentence, m: int) -> int | None:
+        """0: the sentence repeats the one m back; a counter step: it repeats it but for a
+        counter (cycles of 2 or more only: one line with a counter is counting); None."""
+        if last.similar(other, self.similarity):
+            return 0
+        return last.counter_step(other) if m >= 2 else None
+
+    def _extend(self, m: int, step: int | None) -> bool:
+        """Grow (or end) the run of cycle length m; a new counter step starts a new run."""
+        if step is None:
+            self._runs[m] = self._steps[m] = 0
+            return False
+        if step and self._steps[m] not in (0, step):
+            self._runs[m] = 0
+        self._steps[m] = step or self._steps[m]
+        self._runs[m] += 1
+        return True
+
+    def _counter_loop(self, seq: list[_Sentence], m: int) -> bool:
+        """A cycle of m lines that differs from its last copy by a counter is a loop when the
+        counter moves on by 2 or more (several items per cycle) and m is the cycle's smallest
+        length: a template of q lines filled in with a counter also matches at m = 2q, 3q..."""
+        if self._steps[m] < 2:
+            return False
+        shapes = [x.shape for x in seq[-2 * m:]]
+        return not any(m % q == 0 and all(shapes[-j] == shapes[-j - q] for j in range(1, m + 1))
+                       for q in range(1, m))
 
     def _recurrence(self, s: _Sentence, num_tokens: int) -> LoopEvent | None:
         if len(s.key) < self.recur_min_chars or self._counts[s.key] < self.recur:

@@ -51,7 +51,10 @@ function addMessage(role, text) {
 }
 
 function render(div, reasoningText, content) {
-  const parts = splitReasoning(content);
+  // A server that splits reasoning (reasoning_content) has split it by its one rule: its
+  // content is all answer. Only a model the server does not split is folded here.
+  const parts = reasoningText ? { reasoning: "", answer: content, thinking: !content }
+                              : splitReasoning(content);
   const reasoning = (reasoningText + parts.reasoning).trim();
   const details = div.querySelector(".reasoning");
   details.hidden = !reasoning;
