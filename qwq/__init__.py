@@ -4,6 +4,7 @@ from qwq.compat import AutoModelForCausalLM, AutoTokenizer
 from qwq.llm import LLM
 from qwq.outputs import CompletionOutput, RequestOutput
 from qwq.sampling_params import SamplingParams
+from qwq.streamers import TextIteratorStreamer, TextStreamer
 
 __all__ = [
            "LLM",
@@ -12,5 +13,7 @@ __all__ = [
            "CompletionOutput",
            "RequestOutput",
            "SamplingParams",
+           "TextIteratorStreamer",
+           "TextStreamer",
 ]
 __version__ = "0.1.0"

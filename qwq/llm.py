@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from qwq.config import EngineConfig
@@ -56,22 +56,25 @@ class LLM:
 
     def generate(self, prompts: str | list[int] | Iterable[str | list[int]],
                  sampling_params: SamplingParams | list[SamplingParams] | None = None,
-                 ) -> list[RequestOutput]:
-        """Prompts are text (special tokens recognized) or token id lists."""
+                 use_tqdm: bool | Callable[..., Any] = True) -> list[RequestOutput]:
+        """Prompts are text (special tokens recognized) or token id lists. With more than one
+        prompt a progress bar shows (use_tqdm=False: none; a callable: it makes the bar,
+        taking tqdm's arguments)."""
         if isinstance(prompts, str) or (isinstance(prompts, list) and prompts
                                         and isinstance(prompts[0], int)):
             prompts = [prompts]
-        return self._run(list(prompts), sampling_params)
+        return self._run(list(prompts), sampling_params, use_tqdm)
 
     def chat(self, messages: list[Message] | list[list[Message]],
              sampling_params: SamplingParams | list[SamplingParams] | None = None,
              tools: list[dict] | None = None, add_generation_prompt: bool = True,
+             use_tqdm: bool | Callable[..., Any] = True,
              **template_kwargs: Any) -> list[RequestOutput]:
         """One conversation (a list of messages) or many; message text is never control tokens."""
         convs = [messages] if messages and isinstance(messages[0], dict) else messages
         ids = [self.encode_chat(c, tools, add_generation_prompt, **template_kwargs)
                for c in convs]
-        return self._run(ids, sampling_params)
+        return self._run(ids, sampling_params, use_tqdm)
 
     def stream(self, prompt: str | list[int],
                sampling_params: SamplingParams | None = None) -> Iterator[RequestOutput]:
@@ -89,18 +92,53 @@ class LLM:
                 self.engine.abort(rid)
                 self._drain()
 
-    def _run(self, prompts: list, params) -> list[RequestOutput]:
+    def _run(self, prompts: list, params, use_tqdm: bool | Callable[..., Any] = False,
+             ) -> list[RequestOutput]:
         plist = params if isinstance(params, list) else [params] * len(prompts)
         if len(plist) != len(prompts):
             raise QwQError(f"{len(plist)} sampling params for {len(prompts)} prompts")
-        return run_to_completion(self.engine, prompts, plist)
+        if not use_tqdm or len(prompts) < 2:
+            return run_to_completion(self.engine, prompts, plist)
+        progress = Progress(len(prompts), use_tqdm)
+        try:
+            return run_to_completion(self.engine, prompts, plist, progress)
+        finally:
+            progress.close()
 
     def _drain(self) -> None:
         self.engine.step()  # applies the aborts
 
 
-def run_to_completion(engine, prompts: list, params: list) -> list[RequestOutput]:
-    """Add every prompt, step until all finish; on any error abort what is left."""
+class Progress:
+    """vLLM's progress bar over a batch: prompts done, and input / output tokens per second."""
+
+    def __init__(self, total: int, make: bool | Callable[..., Any] = True):
+        from tqdm.auto import tqdm
+        factory = make if callable(make) else tqdm
+        self.bar = factory(total=total, desc="Processed prompts", unit="prompt",
+                           dynamic_ncols=True)
+        self.tokens_in = self.tokens_out = 0
+
+    def __call__(self, out: RequestOutput) -> bool:
+        if out.finished:
+            self.tokens_in += len(out.prompt_token_ids)
+            self.tokens_out += sum(len(o.token_ids) for o in out.outputs)
+            elapsed = max(self.bar.format_dict.get("elapsed", 0.0), 1e-6)
+            self.bar.set_postfix_str(f"est. speed input: {self.tokens_in / elapsed:.2f} "
+                                     f"toks/s, output: {self.tokens_out / elapsed:.2f} toks/s",
+                                     refresh=False)
+            self.bar.update(1)
+        return False  # it only watches
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_to_completion(engine, prompts: list, params: list,
+                      on_output: Callable[[RequestOutput], bool] | None = None,
+                      ) -> list[RequestOutput]:
+    """Add every prompt, step until all finish; on any error abort what is left.
+    on_output sees every output as it comes; when it returns True, that request is stopped."""
     ids: list[str] = []
     done: dict[str, RequestOutput] = {}
     try:
@@ -108,8 +146,12 @@ def run_to_completion(engine, prompts: list, params: list) -> list[RequestOutput
             ids.append(engine.add_request(p, sp))
         while len(done) < len(ids):
             for out in engine.step():
+                if out.request_id in done:
+                    continue
                 if out.finished:
                     done[out.request_id] = out
+                if on_output is not None and on_output(out) and not out.finished:
+                    engine.abort(out.request_id)
     except BaseException:
         for rid in ids:
             if rid not in done:
