@@ -22,6 +22,7 @@ KV_CACHE_DTYPES = ("auto", "bfloat16", "fp8", "int8")
 LARGEST_CODE = {torch.int8: 127.0, torch.float8_e4m3fn: 448.0}
 SCALE_DTYPE = torch.float16
 SCALE_BYTES = 2
+SMALLEST_SCALE = 2.0 ** -14
 
 
 def kv_storage_dtype(name: str, model_dtype: torch.dtype) -> torch.dtype:
@@ -50,10 +51,11 @@ def quantize(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(..., D) values -> (..., D + 2) rows of dtype: D codes, then the float16 scale's bytes."""
     x = x.float()
     largest = LARGEST_CODE[dtype]
-    scale = (x.abs().amax(-1, keepdim=True) / largest).to(SCALE_DTYPE)
-    # divide by the scale as stored, so that code * scale is what a read gives back; a row of
-    # zeros (scale 0) divides by the smallest float16 instead and stays zeros
-    codes = x / scale.float().clamp_min(torch.finfo(SCALE_DTYPE).tiny)
+    # at least float16's smallest normal number, 2^-14: a subnormal scale would lose its own
+    # precision, and rows that small (zeros too) are then kept within 2^-15 of their values
+    scale = (x.abs().amax(-1, keepdim=True) / largest).clamp_min(SMALLEST_SCALE).to(SCALE_DTYPE)
+    # divide by the scale as stored, so that code * scale is what a read gives back
+    codes = x / scale.float()
     if dtype == torch.int8:
         codes = codes.round_()
     codes = codes.clamp_(-largest, largest).to(dtype)
