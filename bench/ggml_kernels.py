@@ -129,8 +129,8 @@ def main() -> None:
 
 def report(res: dict) -> str:
     bw = res["read_gb_s"]
-    lines = [f"{res['date']}  {res['machine']}  threads {res['threads']}  load "
-             f"{res['load_before']} -> {res['load_after']}",
+    lines = [(f"{res['date']}  {res['machine']}  threads {res['threads']}  load "
+              f"{res['load_before']} -> {res['load_after']}"),
              f"read bandwidth (torch sum over 2 GiB, best of the run): {bw:.1f} GB/s"]
     names = [s[0] for s in SHAPES]
     lines.append(f"{'type':<6}" + "".join(f"{n:>15}" for n in names)
