@@ -123,6 +123,16 @@ def test_kernel_is_batch_invariant(t):
 
 
 @kernel
+@pytest.mark.parametrize("t", [ggml.TYPES["Q6_K"], ggml.TYPES["Q5_0"]], ids=_ids)
+def test_kernel_takes_a_strided_view_of_rows(t):
+    """Rows need not be adjacent (every other row of a tensor, a slice of a fused one)."""
+    raw = _blocks(t, 40, 512)
+    x = torch.randn(3, 512)
+    got = torch.ops.qwq.ggml_linear(x, raw[1::2], t.id, None, 20)
+    assert torch.equal(got, torch.ops.qwq.ggml_linear(x, raw[1::2].contiguous(), t.id, None, 20))
+
+
+@kernel
 def test_kernel_handles_zero_and_tied_activations():
     """All-zero activation blocks (scale 0) and ties for the largest magnitude."""
     for t in (ggml.TYPES["Q4_K"], ggml.TYPES["Q6_K"], ggml.TYPES["Q5_0"]):

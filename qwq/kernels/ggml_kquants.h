@@ -46,8 +46,8 @@ inline void quantize_q8_k(const float* x, uint8_t* rec) {
     const float iscale = -127.f / x[16 * first + lane];
     d = 1.f / iscale;
     for (int i = 0; i < 16; ++i) {
-      const __m512i qi = _mm512_min_epi32(
-          _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_set1_ps(iscale), v[i])), _mm512_set1_epi32(127));
+      const __m512 scaled = _mm512_mul_ps(_mm512_set1_ps(iscale), v[i]);
+      const __m512i qi = _mm512_min_epi32(_mm512_cvtps_epi32(scaled), _mm512_set1_epi32(127));
       _mm_store_si128(reinterpret_cast<__m128i*>(q + 4 * i), _mm512_cvtsepi32_epi8(qi));
       sums[i] = _mm512_reduce_add_epi32(qi);
     }
@@ -70,7 +70,8 @@ inline __m512 dot_k(const KQuant& w, const uint8_t* rec, __m512 acc) {
   const float* f = reinterpret_cast<const float*>(rec + 256);
   __m512i s = kMins ? _mm512_setzero_si512() : _mm512_loadu_si512(f);
   for (int i = 0; i < 4; ++i) s = _mm512_dpbusd_epi32(s, w.w[i], _mm512_loadu_si512(rec + 64 * i));
-  acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(w.scale, _mm512_set1_ps(f[16])), acc);
+  const __m512 scale = _mm512_mul_ps(w.scale, _mm512_set1_ps(f[16]));
+  acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc);
   if constexpr (kMins) acc = _mm512_fnmadd_ps(w.mins, _mm512_loadu_ps(f), acc);
   return acc;
 }
@@ -85,19 +86,28 @@ constexpr Lanes lanes(Fn f) {
 }
 inline __m512i vec(const Lanes& l) { return _mm512_loadu_si512(l.data()); }
 
+inline __m128i load128(const uint8_t* p) {
+  return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+}
+inline __m256i load256(const uint8_t* p) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+}
+
 // Q4_K/Q5_K's 12 bytes of 6-bit scales and mins at p -> bytes 0-7 the scales, 8-15 the mins.
 // Bytes 0-3 hold scales 0-3 and bytes 4-7 mins 0-3 in their low 6 bits; bytes 8-11 hold the low
 // 4 bits of scales 4-7 (low nibble) and mins 4-7 (high nibble), whose top 2 bits are the top
 // bits of bytes 0-3 and 4-7. In 128-bit vector steps, no scalar work: `low` lines up each
-// output's 6-bit field or nibble, `top` its top bits, and the masks keep 6 or 4 bits.
+// output's 6-bit field or nibble, `top` its top bits, and `keep` masks 6 or 4 bits.
 inline __m128i scales_mins_k4(const uint8_t* p) {
-  const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));  // 12 bytes used
-  const __m128i low = _mm_srlv_epi32(_mm_shuffle_epi8(a, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11)),
-                                     _mm_setr_epi32(0, 0, 0, 4));
-  const __m128i top = _mm_shuffle_epi8(a, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
+  const __m128i a = load128(p);  // 12 bytes used
+  const __m128i low = _mm_srlv_epi32(
+      _mm_shuffle_epi8(a, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11)),
+      _mm_setr_epi32(0, 0, 0, 4));
+  const __m128i top =
+      _mm_shuffle_epi8(a, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
   const __m128i keep = _mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f);
-  // (low & keep) | ((top >> 2) & 0x30)
-  return _mm_ternarylogic_epi32(low, keep, _mm_and_si128(_mm_srli_epi32(top, 2), _mm_set1_epi8(0x30)), 0xEA);
+  const __m128i top2 = _mm_and_si128(_mm_srli_epi32(top, 2), _mm_set1_epi8(0x30));
+  return _mm_ternarylogic_epi32(low, keep, top2, 0xEA);  // (low & keep) | top2
 }
 
 // Q4_K/Q5_K: the 128 qs bytes hold sub-blocks 2c (low nibbles) and 2c + 1 (high) in bytes
@@ -108,30 +118,40 @@ inline constexpr Lanes kQsK4 = lanes([](int j) { return 8 * (j % 8 / 2) + 4 * (j
 inline constexpr Lanes kNibbleK4 = lanes([](int j) { return 4 * (j % 2); });
 inline constexpr Lanes kHalves = lanes([](int j) { return j / 8; });
 
+template <int i>
+inline __m512i k4_lanes(__m512i q0, __m512i q1) {
+  const __m512i words = _mm512_permutex2var_epi32(q0, vec(kQsK4<i>), q1);
+  return _mm512_and_si512(_mm512_srlv_epi32(words, vec(kNibbleK4)), _mm512_set1_epi8(15));
+}
+
 inline KQuant decode_k4(const uint8_t* p, const uint8_t* qs) {
   KQuant k;
   const __m512i q0 = _mm512_loadu_si512(qs), q1 = _mm512_loadu_si512(qs + 64);
-  const __m512i low4 = _mm512_set1_epi8(15), shift = vec(kNibbleK4);
-  k.w[0] = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutex2var_epi32(q0, vec(kQsK4<0>), q1), shift), low4);
-  k.w[1] = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutex2var_epi32(q0, vec(kQsK4<1>), q1), shift), low4);
-  k.w[2] = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutex2var_epi32(q0, vec(kQsK4<2>), q1), shift), low4);
-  k.w[3] = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutex2var_epi32(q0, vec(kQsK4<3>), q1), shift), low4);
+  k.w[0] = k4_lanes<0>(q0, q1);
+  k.w[1] = k4_lanes<1>(q0, q1);
+  k.w[2] = k4_lanes<2>(q0, q1);
+  k.w[3] = k4_lanes<3>(q0, q1);
   // [scale 0-7, min 0-7] * [d x8, dmin x8], then each half for both halves of the lanes
   uint32_t d_dmin;
   std::memcpy(&d_dmin, p, 4);
-  const __m512 dm = _mm512_permutexvar_ps(vec(kHalves), _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(d_dmin)))));
-  const __m512 sm = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(scales_mins_k4(p + 4))), dm);
-  k.scale = _mm512_shuffle_f32x4(sm, sm, 0x44);
-  k.mins = _mm512_shuffle_f32x4(sm, sm, 0xEE);
+  const __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(d_dmin)));
+  const __m512 dm = _mm512_permutexvar_ps(vec(kHalves), _mm512_castps128_ps512(dd));
+  const __m512i sm = _mm512_cvtepu8_epi32(scales_mins_k4(p + 4));
+  const __m512 scaled = _mm512_mul_ps(_mm512_cvtepi32_ps(sm), dm);
+  k.scale = _mm512_shuffle_f32x4(scaled, scaled, 0x44);
+  k.mins = _mm512_shuffle_f32x4(scaled, scaled, 0xEE);
   return k;
 }
 
 struct Q4_K {
   static constexpr const char* kName = "Q4_K";
-  static constexpr int kBlock = 256, kBlockBytes = 144, kChunk = 256, kChunkBytes = 144, kRecBytes = 384;
+  static constexpr int kBlock = 256, kBlockBytes = 144;
+  static constexpr int kChunk = 256, kChunkBytes = 144, kRecBytes = 384;
   static KQuant decode(const uint8_t* p, int) { return decode_k4(p, p + 16); }
   static void quantize(const float* x, uint8_t* rec) { quantize_q8_k<true>(x, rec); }
-  static __m512 dot(const KQuant& w, const uint8_t* rec, __m512 acc) { return dot_k<true>(w, rec, acc); }
+  static __m512 dot(const KQuant& w, const uint8_t* rec, __m512 acc) {
+    return dot_k<true>(w, rec, acc);
+  }
 };
 
 // Q5_K's fifth bits: bit k of qh byte l is input l of sub-block k. Lane j (sub-block k = j % 8,
@@ -140,22 +160,29 @@ template <int i>
 inline constexpr Lanes kQhK5 = lanes([](int j) { return 4 * (j / 8) + i; });
 inline constexpr Lanes kRotK5 = lanes([](int j) { return (4 - j % 8) & 31; });
 
+template <int i>
+inline __m512i k5_bits(__m512i w, __m512i qh) {
+  const __m512i bits = _mm512_rolv_epi32(_mm512_permutexvar_epi32(vec(kQhK5<i>), qh), vec(kRotK5));
+  return _mm512_ternarylogic_epi32(w, bits, _mm512_set1_epi8(16), 0xF8);  // w | (bits & 16)
+}
+
 struct Q5_K {
   static constexpr const char* kName = "Q5_K";
-  static constexpr int kBlock = 256, kBlockBytes = 176, kChunk = 256, kChunkBytes = 176, kRecBytes = 384;
+  static constexpr int kBlock = 256, kBlockBytes = 176;
+  static constexpr int kChunk = 256, kChunkBytes = 176, kRecBytes = 384;
   static KQuant decode(const uint8_t* p, int) {
     KQuant k = decode_k4(p, p + 48);
-    const __m512i qh = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16)));
-    const __m512i rot = vec(kRotK5), bit4 = _mm512_set1_epi8(16);
-    // w | (rotated & 0x10 in each byte)
-    k.w[0] = _mm512_ternarylogic_epi32(k.w[0], _mm512_rolv_epi32(_mm512_permutexvar_epi32(vec(kQhK5<0>), qh), rot), bit4, 0xF8);
-    k.w[1] = _mm512_ternarylogic_epi32(k.w[1], _mm512_rolv_epi32(_mm512_permutexvar_epi32(vec(kQhK5<1>), qh), rot), bit4, 0xF8);
-    k.w[2] = _mm512_ternarylogic_epi32(k.w[2], _mm512_rolv_epi32(_mm512_permutexvar_epi32(vec(kQhK5<2>), qh), rot), bit4, 0xF8);
-    k.w[3] = _mm512_ternarylogic_epi32(k.w[3], _mm512_rolv_epi32(_mm512_permutexvar_epi32(vec(kQhK5<3>), qh), rot), bit4, 0xF8);
+    const __m512i qh = _mm512_castsi256_si512(load256(p + 16));
+    k.w[0] = k5_bits<0>(k.w[0], qh);
+    k.w[1] = k5_bits<1>(k.w[1], qh);
+    k.w[2] = k5_bits<2>(k.w[2], qh);
+    k.w[3] = k5_bits<3>(k.w[3], qh);
     return k;
   }
   static void quantize(const float* x, uint8_t* rec) { quantize_q8_k<true>(x, rec); }
-  static __m512 dot(const KQuant& w, const uint8_t* rec, __m512 acc) { return dot_k<true>(w, rec, acc); }
+  static __m512 dot(const KQuant& w, const uint8_t* rec, __m512 acc) {
+    return dot_k<true>(w, rec, acc);
+  }
 };
 
 // Q6_K: input 128h + 32s + l (half h, quarter s, l < 32) is ql byte 64h + 32 (s % 2) + l's
@@ -163,7 +190,8 @@ struct Q5_K {
 // 16j + 15. Lane j = 8h + 2s + g (inputs l = 16g + 4i ..) of vector i takes ql word 16h +
 // 8 (s % 2) + 4g + i and qh word 8h + 4g + i.
 template <int i>
-inline constexpr Lanes kQlQ6 = lanes([](int j) { return 16 * (j / 8) + 8 * (j / 2 % 2) + 4 * (j % 2) + i; });
+inline constexpr Lanes kQlQ6 =
+    lanes([](int j) { return 16 * (j / 8) + 8 * (j / 2 % 2) + 4 * (j % 2) + i; });
 template <int i>
 inline constexpr Lanes kQhQ6 = lanes([](int j) { return 8 * (j / 8) + 4 * (j % 2) + i; });
 inline constexpr Lanes kNibbleQ6 = lanes([](int j) { return 4 * (j / 4 % 2); });
@@ -171,16 +199,17 @@ inline constexpr Lanes kRotQ6 = lanes([](int j) { return (4 - 2 * (j / 2 % 4)) &
 
 template <int i>
 inline __m512i q6_lanes(__m512i ql0, __m512i ql1, __m512i qh) {
-  const __m512i low = _mm512_srlv_epi32(_mm512_permutex2var_epi32(ql0, vec(kQlQ6<i>), ql1), vec(kNibbleQ6));
+  const __m512i low =
+      _mm512_srlv_epi32(_mm512_permutex2var_epi32(ql0, vec(kQlQ6<i>), ql1), vec(kNibbleQ6));
   const __m512i high = _mm512_rolv_epi32(_mm512_permutexvar_epi32(vec(kQhQ6<i>), qh), vec(kRotQ6));
-  // (high & 0x30) | (low & 0x0F) in each byte
-  return _mm512_ternarylogic_epi32(_mm512_and_si512(high, _mm512_set1_epi8(0x30)), low,
-                                   _mm512_set1_epi8(0x0F), 0xF8);
+  const __m512i high2 = _mm512_and_si512(high, _mm512_set1_epi8(0x30));
+  return _mm512_ternarylogic_epi32(high2, low, _mm512_set1_epi8(0x0F), 0xF8);  // high2 | (low & 15)
 }
 
 struct Q6_K {
   static constexpr const char* kName = "Q6_K";
-  static constexpr int kBlock = 256, kBlockBytes = 210, kChunk = 256, kChunkBytes = 210, kRecBytes = 384;
+  static constexpr int kBlock = 256, kBlockBytes = 210;
+  static constexpr int kChunk = 256, kChunkBytes = 210, kRecBytes = 384;
   static KQuant decode(const uint8_t* p, int) {
     KQuant k;
     const __m512i ql0 = _mm512_loadu_si512(p), ql1 = _mm512_loadu_si512(p + 64);
@@ -189,13 +218,15 @@ struct Q6_K {
     k.w[1] = q6_lanes<1>(ql0, ql1, qh);
     k.w[2] = q6_lanes<2>(ql0, ql1, qh);
     k.w[3] = q6_lanes<3>(ql0, ql1, qh);
-    const __m512 sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 192))));
+    const __m512 sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(load128(p + 192)));
     k.scale = _mm512_mul_ps(_mm512_set1_ps(fp16(p + 208)), sc);
     k.mins = _mm512_setzero_ps();
     return k;
   }
   static void quantize(const float* x, uint8_t* rec) { quantize_q8_k<false>(x, rec); }
-  static __m512 dot(const KQuant& w, const uint8_t* rec, __m512 acc) { return dot_k<false>(w, rec, acc); }
+  static __m512 dot(const KQuant& w, const uint8_t* rec, __m512 acc) {
+    return dot_k<false>(w, rec, acc);
+  }
 };
 
 }  // namespace qwq::ggml
