@@ -1,11 +1,23 @@
-"""Loop detection on the demo model at greedy: detection rate, false positives, tokens saved.
+"""Loop detection on the demo model at greedy: detection rate, false alarms, tokens saved; the
+counter-cycle set and synthetic counter cycles of period 2-64; the detector's cost per token.
 
-Every prompt runs once per loop_control mode (off, stop, nudge, penalize), all prompts of a mode
-batched through the engine. Ground truth comes from the "off" run by a retrospective check that
-does not use the online detector: the generation hit max_tokens and most of the last 30%
-of its text (line counters and bullets left out) repeats text written before it.
+Sets:
+- main: 38 prompts (25 that invite loops, 13 of structured repetition), max_tokens 320.
+- counter: list prompts whose greedy answers loop as a cycle of 2 or more lines that repeats
+  with its counter running on, and lists that progress (must stay quiet), max_tokens 800.
+- synthetic: counter cycles of every period 2-64 in four list styles (numbered lines, a counter
+  inside the line, table rows, two-line items), and progressing lists, through the real
+  tokenizer (no model): detected, and after how many copies of the cycle.
 
-    python bench/loops.py [--max-tokens 320] [--modes off,stop,nudge,penalize] [--json out.json]
+Every model prompt runs once per loop_control mode, all prompts of a mode batched through the
+engine. Ground truth comes from the "off" run by retrospective checks that do not use the
+online detector: the generation hit max_tokens and most of the last 30% of its text repeats
+text written before it (line counters and bullets left out), or its last lines repeat as a
+cycle of 2-64 lines that differ only in numbers, with a counter that moves on by 2 or more a
+cycle (several items repeating, not one template filled in with 1, 2, 3...).
+
+    python bench/loops.py [--sets main,counter,synthetic] [--modes off,stop,nudge,penalize]
+                          [--json out.json]
 """
 
 from __future__ import annotations
@@ -49,10 +61,26 @@ STRUCTURED = [
     "List the first 25 even numbers and their cubes.",
     "Give a table of the days of the week in English, French, Spanish and German.",
 ]
-PROMPTS = ([f"Explain the explanation of the explanation of {x}." for x in EXPLAIN]
-           + [f"List every {x}." for x in LIST_EVERY] + OTHER + STRUCTURED)
+MAIN = ([f"Explain the explanation of the explanation of {x}." for x in EXPLAIN]
+        + [f"List every {x}." for x in LIST_EVERY] + OTHER + STRUCTURED)
+# Greedy answers of the demo model that loop as a counter cycle (found by running candidates
+# with loop_control="off"; the period each shows is in BENCHMARKS.md), then lists that progress.
+COUNTER = [
+    "List 100 languages and how to say hello in each.",
+]
+PROGRESS = [
+    "Count from 1 to 300, one number per line.",
+    "List the first 100 prime numbers.",
+    "Write the multiplication tables of 6, 7 and 8, from x1 to x12.",
+    "List 60 countries of the world with their capitals, numbered.",
+    ("Write a 40-week study plan: for each week, a line with the week number and a line with "
+     "the chapter to read."),
+    "List the numbers from 1 to 80 with their squares and cubes.",
+]
+SETS = {"main": (MAIN, 320), "counter": (COUNTER + PROGRESS, 800)}
 
 _COUNTER = re.compile(r"^[ \t]*(?:\d+[.),:]?|[-*•>#|]+)[ \t]*", re.MULTILINE)
+_DIGITS = re.compile(r"\d+")
 
 
 def ends_in_loop(text: str, finish: str, tail: float = 0.3, cover: float = 0.75,
@@ -73,6 +101,29 @@ def ends_in_loop(text: str, finish: str, tail: float = 0.3, cover: float = 0.75,
     return total > 0 and covered / total >= cover
 
 
+def counter_cycle(text: str, finish: str, tail: float = 0.3, max_period: int = 64) -> int | None:
+    """The period in lines of a counter cycle the text ends in: its last lines (the cut-off
+    last one left out) repeat with numbers masked, over at least the tail's share of the lines
+    and two copies, with two or more distinct lines per copy, and the numbers of a line and of
+    its copy one cycle back differ by one step of 2 or more. None when it does not."""
+    if finish != "length":
+        return None
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()][:-1]
+    masked = [_DIGITS.sub("#", ln) for ln in lines]
+    for p in range(1, min(max_period, len(lines) // 3) + 1):
+        run = 0
+        while run < len(lines) - p and masked[-1 - run] == masked[-1 - run - p]:
+            run += 1
+        if run < max(2 * p, tail * len(lines)) or len(set(masked[-p:])) < 2:
+            continue
+        steps = {int(a) - int(b) for j in range(1, run + 1)
+                 for a, b in zip(_DIGITS.findall(lines[-j]), _DIGITS.findall(lines[-j - p]))
+                 if a != b}
+        if len(steps) == 1 and steps.pop() >= 2:
+            return p
+    return None
+
+
 class RecordingFactory:
     """The engine's control factory, keeping each sequence's controls for inspection."""
 
@@ -85,7 +136,7 @@ class RecordingFactory:
         return controls
 
 
-def run_mode(llm, mode: str, max_tokens: int) -> tuple[list[dict], float]:
+def run_mode(llm, prompts: list[str], mode: str, max_tokens: int) -> tuple[list[dict], float]:
     from qwq import SamplingParams
     from qwq.reasoning.loops import LoopControl
     factory = llm.engine.control_factory
@@ -93,35 +144,44 @@ def run_mode(llm, mode: str, max_tokens: int) -> tuple[list[dict], float]:
     params = SamplingParams(temperature=0, max_tokens=max_tokens, loop_control=mode,
                             conclude=False)
     start = time.perf_counter()
-    outs = llm.chat([[{"role": "user", "content": p}] for p in PROMPTS], params)
+    outs = llm.chat([[{"role": "user", "content": p}] for p in prompts], params)
     elapsed = time.perf_counter() - start
     rows = []
-    for prompt, out, controls in zip(PROMPTS, outs, factory.made):
+    for prompt, out, controls in zip(prompts, outs, factory.made):
         c = out.outputs[0]
         loop = next((x for x in controls if isinstance(x, LoopControl)), None)
         event = loop.events[0] if loop and loop.events else None
         rows.append({"prompt": prompt, "tokens": len(c.token_ids), "finish": c.finish_reason,
                      "detected_at": event.end if event else None,
-                     "loop_start": event.start if event else None, "text": c.text})
+                     "loop_start": event.start if event else None, "text": c.text,
+                     "token_ids": list(c.token_ids)})
     return rows, elapsed
+
+
+def truth(row: dict) -> bool:
+    return ends_in_loop(row["text"], row["finish"]) or \
+        counter_cycle(row["text"], row["finish"]) is not None
 
 
 def summarize(results: dict[str, list[dict]]) -> dict:
     off = results["off"]
-    truth = [ends_in_loop(r["text"], r["finish"]) for r in off]
+    looping = [truth(r) for r in off]
     probe = results.get("stop") or results.get("nudge") or results.get("penalize")
     hit = [r["detected_at"] is not None for r in probe]
-    loops = [i for i, t in enumerate(truth) if t]
-    clean = [i for i, t in enumerate(truth) if not t]
+    loops = [i for i, t in enumerate(looping) if t]
+    clean = [i for i, t in enumerate(looping) if not t]
     summary = {"prompts": len(off), "looping": len(loops),
                "detection_rate": sum(hit[i] for i in loops) / max(1, len(loops)),
                "false_positive_rate": sum(hit[i] for i in clean) / max(1, len(clean)),
                "false_positives": [off[i]["prompt"] for i in clean if hit[i]],
+               "missed": [off[i]["prompt"] for i in loops if not hit[i]],
                "detect_latency_tokens": statistics.median(
                    [probe[i]["detected_at"] - probe[i]["loop_start"] for i in loops if hit[i]]
                    or [0]),
                "detected_at_tokens": statistics.median(
                    [probe[i]["detected_at"] for i in loops if hit[i]] or [0]),
+               "periods": {off[i]["prompt"]: counter_cycle(off[i]["text"], off[i]["finish"])
+                           for i in loops},
                "modes": {}}
     base = sum(off[i]["tokens"] for i in loops)
     for mode, rows in results.items():
@@ -130,8 +190,7 @@ def summarize(results: dict[str, list[dict]]) -> dict:
             "loop_prompt_tokens": used,
             "tokens_saved": (base - used) / max(1, base),
             "ended_without_length": sum(rows[i]["finish"] != "length" for i in loops),
-            "still_ends_in_loop": sum(ends_in_loop(rows[i]["text"], rows[i]["finish"])
-                                      for i in loops),
+            "still_ends_in_loop": sum(truth(rows[i]) for i in loops),
             "clean_prompts_acted_on": sum(rows[i]["detected_at"] is not None for i in clean),
             # greedy output that moved with no control acting: batch composition differs
             "clean_prompts_differing": sum(rows[i]["text"] != off[i]["text"]
@@ -139,14 +198,18 @@ def summarize(results: dict[str, list[dict]]) -> dict:
     return summary
 
 
-def print_report(summary: dict, times: dict[str, float], max_tokens: int, quant: str) -> None:
-    print(f"# loop control on the demo model (quantize={quant}), greedy, "
+def print_report(name: str, summary: dict, times: dict[str, float], max_tokens: int,
+                 quant: str) -> None:
+    print(f"\n# set {name}: loop control on the demo model (quantize={quant}), greedy, "
           f"max_tokens={max_tokens} ({today()}, {machine()})")
     print(f"{summary['prompts']} prompts, {summary['looping']} loop at greedy (off run)")
     print(f"detection rate {summary['detection_rate']:.0%}, false-positive rate "
           f"{summary['false_positive_rate']:.0%}, detected a median "
           f"{summary['detect_latency_tokens']} tokens after the loop began "
           f"(at token {summary['detected_at_tokens']})")
+    print(f"missed: {summary['missed']}; false positives: {summary['false_positives']}")
+    print("counter-cycle periods (lines): " + ", ".join(
+        f"{p}" for p in summary["periods"].values() if p))
     print("| mode | tokens on looping prompts | saved | looping prompts that ended | "
           "still looping at the end | clean prompts acted on | clean prompts differing, "
           "no action | wall s |")
@@ -158,9 +221,127 @@ def print_report(summary: dict, times: dict[str, float], max_tokens: int, quant:
               f"{times[mode]:.0f} |")
 
 
+# -- synthetic counter cycles ---------------------------------------------------------------
+LANGS = ["Dutch", "Polish", "Greek", "Czech", "Danish", "Irish", "Welsh", "Basque", "Catalan",
+         "Breton", "Maltese", "Latvian", "Slovak", "Croatian", "Serbian", "Bosnian"]
+GREETINGS = ["hallo", "cześć", "geia", "ahoj", "hej", "dia duit", "helo", "kaixo"]
+STYLES = ("numbered", "inline", "table", "two-line")
+
+
+def _item(i: int) -> str:
+    return f"**{LANGS[i % 16]}**: \"{GREETINGS[i // 16 % 8]}\", or \"{GREETINGS[i % 8]}\""
+
+
+def synthetic_cycle(period: int, style: str, copies: int) -> tuple[str, list[str]]:
+    """(intro, lines): `period` lines that repeat `copies` times, the counter running on."""
+    lines, n = [], 1
+    for _ in range(copies):
+        for i in range(period // 2 if style == "two-line" else period):
+            if style == "numbered":
+                lines.append(f"{n}. {_item(i)}")
+            elif style == "inline":
+                lines.append(f"Greeting {n} - {_item(i)}")
+            elif style == "table":
+                lines.append(f"| {n} | {_item(i)} |")
+            else:
+                lines += [f"{n}. **{LANGS[i % 16]}**",
+                          f"   Say \"{GREETINGS[i % 8]}\" or \"{GREETINGS[i // 8 % 8]}\"."]
+            n += 1
+    return "Here is the list you asked for:\n\n", lines
+
+
+def synthetic_progressions() -> dict[str, str]:
+    """Lists that progress: the detector must stay quiet on each."""
+    primes = [n for n in range(2, 2000) if all(n % d for d in range(2, int(n ** 0.5) + 1))]
+    states = ["Alabama", "Alaska", "Arizona", "Arkansas", "California", "Colorado", "Delaware",
+              "Florida", "Georgia", "Hawaii", "Idaho", "Illinois", "Indiana", "Iowa", "Kansas",
+              "Kentucky", "Louisiana", "Maine", "Maryland", "Michigan", "Minnesota", "Missouri"]
+    return {
+        "counting": "\n".join(str(n) for n in range(1, 400)),
+        "counting in words": "\n".join(f"Number {n} comes after number {n - 1}."
+                                       for n in range(1, 200)),
+        "primes": ", ".join(map(str, primes)),
+        "multiplication table": "\n".join(f"{a} x {b} = {a * b}" for a in range(2, 13)
+                                          for b in range(1, 13)),
+        "squares": "\n".join(f"{n}. The square of {n} is {n * n}." for n in range(1, 150)),
+        "countries": "\n".join(f"{i}. **{s}**: {s[:4]}ville" for i, s in
+                               enumerate(states * 1, 1)),
+        "weekly plan (2-line template)": "\n".join(
+            f"Week {n}:\n- Read chapter {n} and take notes." for n in range(1, 80)),
+        "schedule (3-line template)": "\n".join(
+            f"Day {n}\nMorning: review lesson {n}\nEvening: exercises {n}" for n in range(1, 60)),
+        "binary": "\n".join(f"{n} in binary is {n:b}" for n in range(1, 200)),
+        "table rows": "\n".join(f"| {n} | item {n} | {n * 3} | {n % 7} |" for n in range(1, 150)),
+    }
+
+
+def token_deltas(tokenizer, ids: list[int]) -> list[str]:
+    """The text each token adds, as the engine's detokenizer gives it."""
+    from qwq.tokenizer import IncrementalDetokenizer
+    detok = IncrementalDetokenizer(tokenizer)
+    return [detok.add(t) for t in ids]
+
+
+def first_detection(tokenizer, text: str) -> int | None:
+    from qwq.reasoning.loops import LoopDetector
+    det = LoopDetector()
+    ids = tokenizer.encode(text)
+    for i, (t, delta) in enumerate(zip(ids, token_deltas(tokenizer, ids))):
+        if det.push(t, delta, i + 1):
+            return i + 1
+    return None
+
+
+def run_synthetic(tokenizer, periods: range = range(2, 65)) -> dict:
+    """Each period in each style: caught, and after how many copies of the cycle."""
+    caught, total, copies_needed = 0, 0, []
+    for period in periods:
+        for style in STYLES:
+            if style == "two-line" and (period % 2 or period < 4):
+                continue  # one two-line item a cycle is a template counting up: not a loop
+            total += 1
+            intro, lines = synthetic_cycle(period, style, copies=4)
+            text = intro + "\n".join(lines) + "\n"
+            at = first_detection(tokenizer, text)
+            if at is None:
+                continue
+            caught += 1
+            cycle = len(tokenizer.encode("\n".join(lines[:len(lines) // 4]) + "\n"))
+            copies_needed.append((at - len(tokenizer.encode(intro))) / cycle)
+    quiet = {name: first_detection(tokenizer, text) is None
+             for name, text in synthetic_progressions().items()}
+    return {"cycles": total, "caught": caught, "copies_median": statistics.median(copies_needed),
+            "copies_max": max(copies_needed), "progressions": len(quiet),
+            "false_alarms": [k for k, ok in quiet.items() if not ok]}
+
+
+# -- the detector's cost ----------------------------------------------------------------------
+def detector_cost(llm, rows: list[dict]) -> dict:
+    """Seconds per token of the detector over real answers, against a decode step at batch 1."""
+    from qwq import SamplingParams
+    from qwq.reasoning.loops import LoopDetector
+    tok = llm.tokenizer
+    tokens, spent = 0, 0.0
+    for r in rows:
+        det, deltas = LoopDetector(), token_deltas(tok, r["token_ids"])
+        start = time.perf_counter()
+        for i, (t, d) in enumerate(zip(r["token_ids"], deltas)):
+            det.push(t, d, i + 1)
+        spent += time.perf_counter() - start
+        tokens += len(deltas)
+    params = SamplingParams(temperature=0, max_tokens=64, ignore_eos=True, loop_control="off")
+    ids = llm.encode_chat([{"role": "user", "content": "Tell me about the sea."}])
+    llm.generate([ids], params)  # warm
+    start = time.perf_counter()
+    llm.generate([ids], params)
+    step = (time.perf_counter() - start) / 64
+    return {"tokens": tokens, "detector_us_per_token": 1e6 * spent / max(1, tokens),
+            "decode_step_ms": 1e3 * step, "share_of_step": spent / max(1, tokens) / step}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--max-tokens", type=int, default=320)
+    ap.add_argument("--sets", default="main,counter,synthetic")
     ap.add_argument("--modes", default="off,stop,nudge,penalize")
     ap.add_argument("--json", default=None, help="write every generation and the summary here")
     args = ap.parse_args()
@@ -171,15 +352,27 @@ def main() -> None:
     modes = args.modes.split(",")
     if "off" not in modes:
         modes.insert(0, "off")
-    results, times = {}, {}
-    for mode in modes:
-        results[mode], times[mode] = run_mode(llm, mode, args.max_tokens)
-    summary = summarize(results)
-    print_report(summary, times, args.max_tokens, llm.engine.config.quantize)
+    report: dict = {}
+    rows_seen: list[dict] = []
+    for name in args.sets.split(","):
+        if name == "synthetic":
+            report[name] = run_synthetic(llm.tokenizer)
+            print(f"\n# synthetic counter cycles ({today()}, {machine()}): {report[name]}")
+            continue
+        prompts, max_tokens = SETS[name]
+        results, times = {}, {}
+        for mode in modes:
+            results[mode], times[mode] = run_mode(llm, prompts, mode, max_tokens)
+        summary = summarize(results)
+        print_report(name, summary, times, max_tokens, llm.engine.config.quantize)
+        report[name] = {"summary": summary, "times": times, "results": results}
+        rows_seen += results["off"]
+    if rows_seen:
+        report["cost"] = detector_cost(llm, rows_seen)
+        print(f"\n# detector cost: {report['cost']}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"summary": summary, "times": times, "results": results}, f,
-                      ensure_ascii=False, indent=1)
+            json.dump(report, f, ensure_ascii=False, indent=1)
 
 
 if __name__ == "__main__":

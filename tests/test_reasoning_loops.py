@@ -243,8 +243,8 @@ def _counter_cycle(period, style, copies=6, start=1):
             elif style == "table":
                 lines.append(f"| {n} | {_item(i)} | yes |")
             else:  # two-line items: a numbered title, its description on the next line
-                lines += [f"{n}. **Fact {NAMES[i % 16]}**", f"   It is known for its "
-                                                             f"{THINGS[i % 8]} and {THINGS[i // 8]}."]
+                lines += [f"{n}. **Fact {NAMES[i % 16]}**",
+                          f"   It is known for its {THINGS[i % 8]} and {THINGS[i // 8]}."]
             n += 1
     return lines
 

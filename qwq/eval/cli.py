@@ -74,11 +74,13 @@ def _math(llm, args, params) -> tuple[dict, list]:
     from qwq.eval import math as maths
     from qwq.eval.runner import generate
     items = maths.load_jsonl(args.file)[:args.limit]
+    factory = llm.engine.control_factory
+    style = factory.parser_style if factory is not None else None  # the server's split
     start = time.perf_counter()
     samples = generate(llm.engine, [llm.encode_chat(maths.messages(i)) for i in items], params,
-                       extract=maths.extract_answer)
+                       extract=lambda text: maths.extract_answer(text, style))
     gen_s = time.perf_counter() - start
-    rows = maths.grade(items, samples)
+    rows = maths.grade(items, samples, style)
     return summarize("math", [r["correct"] for r in rows], samples, gen_s,
                      time.perf_counter() - start), rows
 

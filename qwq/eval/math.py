@@ -36,9 +36,10 @@ def messages(item: dict[str, str]) -> list[dict[str, str]]:
     return [{"role": "user", "content": INSTRUCTION.format(problem=item["problem"])}]
 
 
-def extract_answer(text: str) -> str | None:
-    """The final \\boxed{} answer (from the answer part when the text has reasoning)."""
-    parsed = parse(text)
+def extract_answer(text: str, style: str | None = None) -> str | None:
+    """The final \\boxed{} answer (from the answer part when the text has reasoning), split
+    by the model's reasoning style as the server splits it (None: read off the text)."""
+    parsed = parse(text, style)
     return parsed.final_answer or extract_boxed(text)
 
 
@@ -76,11 +77,12 @@ def _boxed(answer: str) -> str:
     return answer if "\\boxed" in answer else f"$\\boxed{{{answer}}}$"
 
 
-def grade(items: list[dict[str, str]], samples: list[list[Any]]) -> list[dict[str, Any]]:
+def grade(items: list[dict[str, str]], samples: list[list[Any]],
+          style: str | None = None) -> list[dict[str, Any]]:
     """Per item: the voted answer, whether it is right, and its samples' answers."""
     rows = []
     for item, group in zip(items, samples):
-        answers = [extract_answer(s.text) for s in group]
+        answers = [extract_answer(s.text, style) for s in group]
         voted = majority(answers)
         rows.append({"answer": voted, "reference": item["answer"], "answers": answers,
                      "correct": is_correct(voted, item["answer"])})

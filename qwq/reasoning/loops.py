@@ -146,11 +146,13 @@ class SentenceLoopDetector:
         self._counts: Counter[str] = Counter()
         self._runs = [0] * (max_cycle + 1)  # per cycle length m: sentences matching m back
         self._steps = [0] * (max_cycle + 1)  # and the counter step of that run (0: none)
+        self._counting: set[int] = set()  # cycle lengths whose run is a counting template
         self._pending = ""
 
     def reset(self) -> None:
         self._runs = [0] * (self.max_cycle + 1)
         self._steps = [0] * (self.max_cycle + 1)
+        self._counting.clear()
         self._counts.clear()
         self.sentences.clear()
 
@@ -191,11 +193,12 @@ class SentenceLoopDetector:
             if not self._extend(m, self._step(last, seq[-1 - m], m)):
                 continue
             run = self._runs[m]
-            if run < (self.repeats - 1) * m:
-                continue
-            if sum(len(x.key) for x in seq[-(run + m):]) < self.min_span_chars:
+            if run < (self.repeats - 1) * m or m in self._counting:
                 continue
             if self._steps[m] and not self._counter_loop(seq, m):
+                self._counting.add(m)  # a template counting up, for as long as this run lasts
+                continue
+            if not self._long_enough(seq[-(run + m):]):
                 continue
             start = seq[-(run + m) - 1].end_token if len(seq) > run + m else 0
             period = max(1, last.end_token - seq[-1 - m].end_token)
@@ -209,13 +212,24 @@ class SentenceLoopDetector:
             return 0
         return last.counter_step(other) if m >= 2 else None
 
+    def _long_enough(self, span: list[_Sentence]) -> bool:
+        """Does the repeated span hold min_span_chars (counted from its end, stopping there)?"""
+        chars = 0
+        for x in reversed(span):
+            chars += len(x.key)
+            if chars >= self.min_span_chars:
+                return True
+        return False
+
     def _extend(self, m: int, step: int | None) -> bool:
         """Grow (or end) the run of cycle length m; a new counter step starts a new run."""
         if step is None:
             self._runs[m] = self._steps[m] = 0
+            self._counting.discard(m)
             return False
         if step and self._steps[m] not in (0, step):
             self._runs[m] = 0
+            self._counting.discard(m)
         self._steps[m] = step or self._steps[m]
         self._runs[m] += 1
         return True
