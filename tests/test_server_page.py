@@ -1,25 +1,15 @@
 """The chat page at /, driven in headless Chromium: type a question, see the answer stream in,
 stop one mid-way; reasoning folds apart from the answer; nothing loads from elsewhere."""
 
-import shutil
 import time
-from pathlib import Path
 
 import pytest
-from test_server_support import served, start_stack
-
-webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
+from test_page_support import STATIC, ask, last_answer, make_browser, needs_chromium, open_page
+from test_server_support import served, start_stack
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER),
-                                reason="needs Debian's chromium and chromium-driver")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run", "--disable-sync",
-         "--disable-dev-shm-usage"]
-STATIC = Path(__file__).parent.parent / "qwq" / "server" / "static"
+pytestmark = needs_chromium
 
 
 def _start():
@@ -34,42 +24,14 @@ stack, _settled = served(_start)
 
 @pytest.fixture(scope="module")
 def browser():
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in FLAGS:
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(DRIVER))
+    driver = make_browser()
     yield driver
     driver.quit()
 
 
 @pytest.fixture
 def page(stack, browser):
-    browser.get(stack.url + "/")
-    WebDriverWait(browser, 10).until(
-        lambda d: d.find_element(By.ID, "model").text == "tiny")
-    browser.execute_script("""
-        window.bodies = []; window.renders = 0;
-        const realFetch = window.fetch;
-        window.fetch = (url, opts) => {
-          if (opts && opts.body) window.bodies.push(JSON.parse(opts.body));
-          return realFetch(url, opts);
-        };
-        new MutationObserver(() => window.renders++).observe(
-          document.getElementById('messages'),
-          {subtree: true, childList: true, characterData: true});""")
-    return browser
-
-
-def ask(page, text, max_tokens):
-    page.find_element(By.ID, "max-tokens").clear()
-    page.find_element(By.ID, "max-tokens").send_keys(str(max_tokens))
-    page.find_element(By.ID, "prompt").send_keys(text)
-    page.find_element(By.ID, "send").click()
-
-
-def last_answer(page):
-    return page.find_elements(By.CSS_SELECTOR, ".msg.assistant")[-1]
+    return open_page(browser, stack.url, "tiny")
 
 
 def test_a_question_gets_a_streamed_answer_with_the_settings(page):
@@ -125,7 +87,15 @@ def test_reasoning_is_folded_apart_from_the_answer(page):
     assert folded == [False, False, "step one", "The answer."]
 
 
-def test_the_page_loads_nothing_from_elsewhere():
-    for name in ("index.html", "chat.js", "chat.css"):
+def test_the_page_loads_nothing_from_elsewhere(page, stack):
+    for name in ("index.html", "chat.js", "render.js", "store.js", "chat.css"):
         text = (STATIC / name).read_text()
         assert "http://" not in text and "https://" not in text and "//cdn" not in text
+    loaded = page.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)")
+    assert loaded and all(url.startswith(stack.url + "/") for url in loaded)
+    names = {url.rsplit("/", 1)[1] for url in loaded}
+    assert {"marked.umd.js", "purify.min.js", "katex.min.js", "highlight.min.js"} <= names
+    for name in ("marked", "dompurify", "katex", "highlight"):  # each with its licence
+        assert (STATIC / "vendor" / name / "LICENSE").is_file()
+    assert sum(f.stat().st_size for f in (STATIC / "vendor").rglob("*")) < 2_000_000

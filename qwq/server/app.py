@@ -34,6 +34,11 @@ from qwq.server.guard import APIKeyGuard, BodyLimit
 from qwq.server.state import ServerConfig, ServerState, state_of
 
 STATIC = Path(__file__).parent / "static"
+# The chat page runs only its own files: model output it shows cannot bring in scripts,
+# handlers, frames or images from elsewhere even if the sanitizer missed something.
+PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data:; font-src 'self'; connect-src 'self'; object-src 'none'; "
+            "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 
 def create_app(engine: LLMEngine, config: ServerConfig | None = None,
@@ -96,4 +101,5 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/", include_in_schema=False)
     async def page() -> Response:
-        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache",
+                                                            "Content-Security-Policy": PAGE_CSP})

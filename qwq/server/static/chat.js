@@ -1,26 +1,44 @@
-// The chat page: streams answers from /v1/chat/completions, folds the reasoning part apart
-// from the answer, stops a generation on request. No libraries, no network beyond this server.
+// The chat page: streams answers from /v1/chat/completions and renders them as they come
+// (render.js), the reasoning folded apart from the answer with its token count and time;
+// stop, regenerate, edit-and-resend, copy; conversations kept in this browser (store.js).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const chat = { history: [], controller: null, model: null };
+const chat = { data: store.load(), conv: null, controller: null, model: null };
 
-// Reasoning and answer: <think>...</think> (QwQ-32B, R1 distills), or for QwQ-32B-Preview,
-// which writes no tags, everything before its "**Final Answer**" section.
-function splitReasoning(text) {
-  const open = text.indexOf("<think>");
-  if (open >= 0) {
-    const rest = text.slice(open + "<think>".length);
-    const close = rest.indexOf("</think>");
-    if (close < 0) return { reasoning: rest, answer: text.slice(0, open), thinking: true };
-    return { reasoning: rest.slice(0, close),
-             answer: (text.slice(0, open) + rest.slice(close + "</think>".length)).trimStart(),
-             thinking: false };
+// -- the conversation -------------------------------------------------------------------------
+function current() {
+  if (!chat.conv) {
+    chat.conv = chat.data.conversations.find((c) => c.id === chat.data.current);
+    if (!chat.conv) {
+      chat.conv = newConversation();
+      chat.data.conversations.unshift(chat.conv);
+      chat.data.current = chat.conv.id;
+    }
   }
-  const final = text.indexOf("**Final Answer**");
-  if (final > 0) return { reasoning: text.slice(0, final).trim(), answer: text.slice(final),
-                          thinking: false };
-  return { reasoning: "", answer: text, thinking: false };
+  return chat.conv;
+}
+
+function saveAll() {
+  const conv = current();
+  conv.title = titleOf(conv);
+  store.save(chat.data);
+  listConversations();
+}
+
+// What the API gets: roles and the answers' content (earlier reasoning stays out).
+function history() {
+  return current().messages.map((m) => ({ role: m.role, content: m.content }));
+}
+
+// -- messages on the page -----------------------------------------------------------------------
+function button(label, cls, onClick) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = cls;
+  b.textContent = label;
+  b.addEventListener("click", onClick);
+  return b;
 }
 
 function addMessage(role, text) {
@@ -35,51 +53,106 @@ function addMessage(role, text) {
     details.className = "reasoning";
     details.hidden = true;
     const summary = document.createElement("summary");
-    summary.textContent = "Reasoning";
+    summary.innerHTML = 'Reasoning <span class="reasoning-meta"></span>';
     const body = document.createElement("div");
-    body.className = "reasoning-text";
+    body.className = "reasoning-text markdown";
     details.append(summary, body);
     div.appendChild(details);
   }
   const answer = document.createElement("div");
-  answer.className = "answer";
+  answer.className = role === "assistant" ? "answer markdown" : "answer";
   answer.textContent = text;
   div.appendChild(answer);
+  const tools = document.createElement("div");
+  tools.className = "tools";
+  const stats = document.createElement("span");
+  stats.className = "stats muted";
+  tools.appendChild(stats);
+  tools.appendChild(button("Copy", "copy", () => copy(div)));
+  if (role === "assistant") tools.appendChild(button("Regenerate", "regenerate",
+                                                     () => regenerate(div)));
+  else tools.appendChild(button("Edit", "edit", () => edit(div)));
+  div.appendChild(tools);
   $("messages").appendChild(div);
   div.scrollIntoView({ block: "end" });
   return div;
 }
 
-function render(div, reasoningText, content) {
-  // A server that splits reasoning (reasoning_content) has split it by its one rule: its
-  // content is all answer. Only a model the server does not split is folded here.
+// Reasoning from the server's split (reasoningText): a server that splits reasoning has split
+// it by its one rule, so its content is all answer. Only a model the server does not split is
+// folded here, from tags in the content.
+function render(div, reasoningText, content, live = false) {
   const parts = reasoningText ? { reasoning: "", answer: content, thinking: !content }
                               : splitReasoning(content);
   const reasoning = (reasoningText + parts.reasoning).trim();
   const details = div.querySelector(".reasoning");
   details.hidden = !reasoning;
-  details.open = parts.thinking;  // open while the model thinks, folded once it answers
-  div.querySelector(".reasoning-text").textContent = reasoning;
-  div.querySelector(".answer").textContent = parts.answer;
+  const thinking = parts.thinking || (live && !!reasoning && !parts.answer.trim());
+  if (div.dataset.thinking !== String(thinking)) {  // open while thinking, folded after;
+    details.open = thinking;                        // in between, the reader decides
+    div.dataset.thinking = String(thinking);
+  }
+  renderMarkdown(div.querySelector(".reasoning-text"), reasoning);
+  renderMarkdown(div.querySelector(".answer"), parts.answer);
+  return parts;
 }
 
+function showStats(div, stats) {
+  if (!stats) return;
+  const meta = div.querySelector(".reasoning-meta");
+  if (meta && stats.reasoningTokens) {
+    meta.textContent = `· ${stats.reasoningTokens} tokens · ${stats.reasoningSeconds.toFixed(1)} s`;
+  }
+  const parts = [];
+  if (stats.tokens) parts.push(`${stats.tokens} tokens`);
+  if (stats.tokensPerSecond) parts.push(`${stats.tokensPerSecond.toFixed(1)} tok/s`);
+  if (stats.finish) parts.push(`finish: ${stats.finish}`);
+  div.querySelector(".stats").textContent = parts.join(" · ");
+}
+
+function showConversation() {
+  $("messages").textContent = "";
+  current().messages.forEach((m) => {
+    const div = addMessage(m.role, m.role === "user" ? m.content : "");
+    if (m.role === "assistant") {
+      render(div, m.reasoning || "", m.content);
+      div.dataset.state = m.state || "done";
+      showStats(div, m.stats);
+    }
+  });
+}
+
+function indexOf(div) {
+  return Array.from($("messages").children).indexOf(div);
+}
+
+// -- asking the server --------------------------------------------------------------------------
 function setBusy(busy, status) {
   $("send").disabled = busy;
   $("stop").disabled = !busy;
   $("status").textContent = status;
 }
 
+function numberField(id, parse) {
+  const value = parse($(id).value);
+  return Number.isNaN(value) ? null : value;
+}
+
 function requestBody() {
   const messages = [];
   const system = $("system").value.trim();
   if (system) messages.push({ role: "system", content: system });
-  const body = { messages: messages.concat(chat.history), stream: true,
+  const body = { messages: messages.concat(history()), stream: true,
                  stream_options: { include_usage: true } };
   if (chat.model) body.model = chat.model;
-  const temperature = parseFloat($("temperature").value);
-  if (!Number.isNaN(temperature)) body.temperature = temperature;
-  const maxTokens = parseInt($("max-tokens").value, 10);
+  const temperature = numberField("temperature", parseFloat);
+  if (temperature !== null) body.temperature = temperature;
+  const maxTokens = numberField("max-tokens", (v) => parseInt(v, 10));
   if (maxTokens > 0) body.max_tokens = maxTokens;
+  const budget = numberField("thinking-budget", (v) => parseInt(v, 10));
+  if (budget > 0) body.max_thinking_tokens = budget;
+  if ($("loop-control").value) body.loop_control = $("loop-control").value;
+  if ($("language").value) body.language = $("language").value;
   return body;
 }
 
@@ -115,30 +188,74 @@ async function errorText(response) {
   }
 }
 
-async function send(text) {
-  chat.history.push({ role: "user", content: text });
-  addMessage("user", text);
+// The answer as it streams: text, reasoning, timings, renders at most once a frame.
+class Answer {
+  constructor(div) {
+    Object.assign(this, { div, content: "", reasoning: "", usage: null, finish: null,
+                          reasoningChunks: 0, pending: false });
+    this.start = performance.now();
+    this.firstToken = this.firstContent = this.firstReasoning = null;
+  }
+
+  add(event) {
+    if (event.usage) this.usage = event.usage;
+    const now = performance.now();
+    for (const choice of event.choices || []) {
+      const delta = choice.delta || {};
+      if (delta.reasoning_content) {
+        this.reasoning += delta.reasoning_content;
+        this.reasoningChunks += 1;
+        this.firstReasoning = this.firstReasoning || now;
+      }
+      if (delta.content) {
+        this.content += delta.content;
+        this.firstContent = this.firstContent || now;
+      }
+      if (delta.reasoning_content || delta.content) this.firstToken = this.firstToken || now;
+      if (choice.finish_reason) this.finish = choice.finish_reason;
+    }
+    if (!this.pending) {
+      this.pending = true;
+      requestAnimationFrame(() => { this.pending = false; this.draw(true); });
+    }
+  }
+
+  draw(live) { return render(this.div, this.reasoning, this.content, live); }
+
+  stats() {
+    const end = performance.now();
+    const tokens = this.usage ? this.usage.completion_tokens : null;
+    const seconds = this.firstToken ? (end - this.firstToken) / 1000 : 0;
+    return { tokens, finish: this.finish,
+             tokensPerSecond: tokens && seconds > 0 ? tokens / seconds : null,
+             reasoningTokens: this.reasoningChunks,
+             reasoningSeconds: this.firstReasoning
+               ? ((this.firstContent || end) - this.firstReasoning) / 1000 : 0 };
+  }
+}
+
+async function stream(answer, signal) {
+  const response = await fetch("/v1/chat/completions", {
+    method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(requestBody()), signal });
+  if (!response.ok) throw new Error(await errorText(response));
+  await readEvents(response, (event) => {
+    if (event.error) throw new Error(event.error.message);
+    answer.add(event);
+  });
+}
+
+// Answers the conversation as it stands into a new assistant message.
+async function generate() {
   const div = addMessage("assistant", "");
   div.dataset.state = "streaming";
   const controller = new AbortController();
   chat.controller = controller;
   setBusy(true, "generating…");
-  let content = "", reasoning = "", state = "done", usage = null;
+  const answer = new Answer(div);
+  let state = "done";
   try {
-    const response = await fetch("/v1/chat/completions", {
-      method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(requestBody()), signal: controller.signal });
-    if (!response.ok) throw new Error(await errorText(response));
-    await readEvents(response, (event) => {
-      if (event.error) throw new Error(event.error.message);
-      if (event.usage) usage = event.usage;
-      for (const choice of event.choices || []) {
-        const delta = choice.delta || {};
-        content += delta.content || "";
-        reasoning += delta.reasoning_content || "";
-      }
-      render(div, reasoning, content);
-    });
+    await stream(answer, controller.signal);
   } catch (e) {
     state = controller.signal.aborted ? "stopped" : "error";
     if (state === "error") {
@@ -148,16 +265,126 @@ async function send(text) {
       div.appendChild(err);
     }
   }
-  render(div, reasoning, content);
+  answer.draw(false);
   div.dataset.state = state;
-  chat.history.push({ role: "assistant", content: content });
+  const stats = answer.stats();
+  showStats(div, stats);
+  current().messages.push({ role: "assistant", content: answer.content,
+                            reasoning: answer.reasoning, state, stats });
+  saveAll();
   chat.controller = null;
-  const tokens = usage ? ` (${usage.completion_tokens} tokens)` : "";
-  setBusy(false, state + tokens);
+  setBusy(false, state + (stats.tokens ? ` (${stats.tokens} tokens)` : ""));
+}
+
+function send(text) {
+  current().messages.push({ role: "user", content: text });
+  addMessage("user", text);
+  saveAll();
+  return generate();
 }
 
 function stop() {
   if (chat.controller) chat.controller.abort();
+}
+
+// -- regenerate, edit, copy ---------------------------------------------------------------------
+function truncate(index) {
+  current().messages.length = index;
+  const nodes = $("messages").children;
+  while (nodes.length > index) nodes[nodes.length - 1].remove();
+}
+
+function regenerate(div) {
+  if (chat.controller) return;
+  truncate(indexOf(div));
+  saveAll();
+  generate();
+}
+
+function edit(div) {
+  if (chat.controller || div.querySelector(".editor")) return;
+  const index = indexOf(div);
+  const editor = document.createElement("div");
+  editor.className = "editor";
+  const box = document.createElement("textarea");
+  box.value = current().messages[index].content;
+  box.rows = 3;
+  const resend = button("Save & send", "resend", () => {
+    const text = box.value.trim();
+    if (!text) return;
+    truncate(index);
+    send(text);
+  });
+  editor.append(box, resend, button("Cancel", "cancel", () => editor.remove()));
+  div.appendChild(editor);
+  box.focus();
+}
+
+async function copy(div) {
+  const m = current().messages[indexOf(div)];
+  const b = div.querySelector("button.copy");
+  try {
+    await navigator.clipboard.writeText(m.content);
+    b.textContent = "Copied";
+  } catch (e) {
+    b.textContent = "Copy failed";
+  }
+  setTimeout(() => { b.textContent = "Copy"; }, 1500);
+}
+
+// -- conversations and settings -----------------------------------------------------------------
+function listConversations() {
+  const list = $("conversations");
+  list.textContent = "";
+  for (const conv of chat.data.conversations) {
+    const item = document.createElement("li");
+    item.className = conv.id === chat.data.current ? "current" : "";
+    const open = button(conv.title || "New chat", "open", () => switchTo(conv.id));
+    item.append(open, button("×", "delete", () => remove(conv.id)));
+    list.appendChild(item);
+  }
+}
+
+function switchTo(id) {
+  stop();
+  chat.data.current = id;
+  chat.conv = null;
+  store.save(chat.data);
+  listConversations();
+  showConversation();
+  setBusy(false, "ready");
+}
+
+function remove(id) {
+  chat.data.conversations = chat.data.conversations.filter((c) => c.id !== id);
+  if (chat.data.current === id) chat.data.current = null;
+  chat.conv = null;
+  saveAll();
+  showConversation();
+}
+
+function startNew() {
+  stop();
+  const conv = newConversation();
+  chat.data.conversations.unshift(conv);
+  chat.data.current = conv.id;
+  chat.conv = conv;
+  saveAll();
+  showConversation();
+  setBusy(false, "ready");
+}
+
+const SETTINGS = ["system", "temperature", "max-tokens", "thinking-budget", "loop-control",
+                  "language"];
+
+function loadSettings() {
+  const saved = store.settings();
+  for (const id of SETTINGS) {
+    if (saved[id] !== undefined) $(id).value = saved[id];
+    $(id).addEventListener("change", () => {
+      store.saveSettings(Object.fromEntries(SETTINGS.map((k) => [k, $(k).value])));
+    });
+  }
 }
 
 async function loadModel() {
@@ -184,10 +411,8 @@ $("prompt").addEventListener("keydown", (event) => {
   }
 });
 $("stop").addEventListener("click", stop);
-$("reset").addEventListener("click", () => {
-  stop();
-  chat.history = [];
-  $("messages").textContent = "";
-  setBusy(false, "ready");
-});
+$("reset").addEventListener("click", startNew);
+loadSettings();
+showConversation();
+listConversations();
 loadModel();
