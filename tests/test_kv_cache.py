@@ -182,3 +182,22 @@ def test_cli_refuses_a_bad_kv_cache_dtype_and_plans_with_a_good_one():
                         timeout=120, check=False)
     assert ok.returncode == 0, ok.stderr
     assert "130 KiB per GPU (int8)" in ok.stdout and "sequences at 32,768 tokens: 13" in ok.stdout
+
+
+def test_tensor_parallel_ranks_each_hold_an_int8_cache():
+    """A row is one KV head's, so each rank quantizes its own heads as one rank would: TP=2's
+    logits equal TP=1's over the int8 cache (a rank left at 16 bits would be ~1e-2 off)."""
+    from test_server_support import tiny_model_dir
+    from test_tensor_parallel import TINY, full_forward
+
+    from qwq.llm import LLM
+    ids = list(range(100, 140))
+    one = LLM(str(tiny_model_dir()), kv_cache_dtype="int8", **TINY)
+    want = full_forward(one, ids)
+    assert (full_forward(LLM(str(tiny_model_dir()), **TINY), ids) - want).abs().max() > 1e-3
+    two = LLM(str(tiny_model_dir()), tensor_parallel_size=2, kv_cache_dtype="int8", **TINY)
+    try:
+        assert two.engine.runner.kv.k.dtype == torch.int8
+        torch.testing.assert_close(full_forward(two, ids), want, rtol=1e-4, atol=1e-4)
+    finally:
+        two.shutdown()

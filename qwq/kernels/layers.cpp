@@ -80,7 +80,7 @@ void decode_attention_impl(const at::Tensor& q, const Rows& kr, const Rows& vr, 
   T* op = out.data_ptr<T>();
   const float sc = static_cast<float>(scale);
   at::parallel_for(0, B * KVH, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> qf(G * D), acc(G * D), s;
+    std::vector<float> qf(G * D), acc(G * D), kf(D), s;
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / KVH, kh = i % KVH, L = lp[b];
       TORCH_CHECK(L > 0 && L <= maxb * bs, "decode_attention: context length ", L, " of sequence ",
@@ -96,9 +96,10 @@ void decode_attention_impl(const at::Tensor& q, const Rows& kr, const Rows& vr, 
         TORCH_CHECK(slot >= 0 && slot < slots, "decode_attention: slot ", slot, " out of range");
         const auto* k = kr.row(slot * KVH + kh);
         const float ks = kr.scale(k);
+        for (int64_t d = 0; d < D; d += 16) _mm512_storeu_ps(&kf[d], Rows::load(k, d));  // once for G
         for (int64_t g = 0; g < G; ++g) {
           __m512 a = _mm512_setzero_ps();
-          for (int64_t d = 0; d < D; d += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(&qf[g * D + d]), Rows::load(k, d), a);
+          for (int64_t d = 0; d < D; d += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(&qf[g * D + d]), _mm512_loadu_ps(&kf[d]), a);
           s[g * L + l] = ks * _mm512_reduce_add_ps(a);
         }
       }
