@@ -171,10 +171,7 @@ class Run:
                 if o.finish_reason == "error":
                     outcome = "error"
                     raise APIError(500, o.error or "generation failed", code="generation_failed")
-                piece = self.splitter.feed(o)
-                yield piece
-                if piece.finish_reason is not None:
-                    break
+                yield self.splitter.feed(o)
             outcome = "ok"
         except EngineDeadError as e:
             outcome = "error"
