@@ -79,13 +79,14 @@ def run_type(t: ggml.GGMLType, ones: torch.Tensor, rounds: int, threads: int,
     for m in PREFILL_TOKENS:
         x = torch.randn(m, k, dtype=torch.bfloat16, generator=gen)
         torch.ops.qwq.ggml_linear(x, w, t.id, None, n)
-        prefill[m] = m / best(lambda x=x: torch.ops.qwq.ggml_linear(x, w, t.id, None, n), 2)
+        prefill[f"pp{m}"] = m / best(lambda x=x: torch.ops.qwq.ggml_linear(x, w, t.id, None, n),
+                                     2)
     return {"decode_gb_s": {name: shapes[name][0][0].numel() / s / 1e9
                             for name, s in sec.items()},
             "in_cache_gb_s": in_cache(t, threads, gen), "prefill_tok_s": prefill}
 
 
-def baselines(gen: torch.Generator) -> dict[str, dict[int, float]]:
+def baselines(gen: torch.Generator) -> dict[str, dict[str, float]]:
     """Tokens/s of torch's bf16 matmul and qwq's q5_0 kernel at the prefill shape."""
     n, k = PREFILL
     w = torch.randn(n, k, generator=gen) * 0.02
@@ -94,10 +95,10 @@ def baselines(gen: torch.Generator) -> dict[str, dict[int, float]]:
     for m in PREFILL_TOKENS:
         x = torch.randn(m, k, dtype=torch.bfloat16, generator=gen)
         x @ wb.T
-        out["bf16_matmul"][m] = m / best(lambda x=x: x @ wb.T, 2)
+        out["bf16_matmul"][f"pp{m}"] = m / best(lambda x=x: x @ wb.T, 2)
         torch.ops.qwq.q5_0_linear(x, packed, None, n)
-        out["q5_0_kernel"][m] = m / best(lambda x=x: torch.ops.qwq.q5_0_linear(x, packed, None, n),
-                                         2)
+        out["q5_0_kernel"][f"pp{m}"] = m / best(
+            lambda x=x: torch.ops.qwq.q5_0_linear(x, packed, None, n), 2)
     return out
 
 
@@ -138,11 +139,11 @@ def report(res: dict) -> str:
     for name, r in res["types"].items():
         cells = "".join(f"{r['decode_gb_s'][n]:>8.1f} ({r['decode_gb_s'][n] / bw:>4.0%})"
                         for n in names)
-        pp = "".join(f"{r['prefill_tok_s'][m]:>9.0f}" for m in PREFILL_TOKENS)
+        pp = "".join(f"{r['prefill_tok_s'][f'pp{m}']:>9.0f}" for m in PREFILL_TOKENS)
         lines.append(f"{name:<6}{cells}{r['in_cache_gb_s']:>10.1f}{pp}")
     base = res["baselines_prefill_tok_s"]
     for key, label in (("bf16_matmul", "torch bf16 matmul"), ("q5_0_kernel", "qwq q5_0 kernel")):
-        pp = "".join(f"{base[key][m]:>9.0f}" for m in PREFILL_TOKENS)
+        pp = "".join(f"{base[key][f'pp{m}']:>9.0f}" for m in PREFILL_TOKENS)
         lines.append(f"{label:<{6 + 15 * len(names) + 10}}{pp}")
     lines.append("decode: GB/s of weights read at 1 token (fraction of the read bandwidth); in "
                  "cache: 1 thread, 1 token, GB/s; pp16/pp512: prefill tok/s at 5120 -> 7168")
