@@ -11,10 +11,12 @@ Sets:
 
 Every model prompt runs once per loop_control mode, all prompts of a mode batched through the
 engine. Ground truth comes from the "off" run by retrospective checks that do not use the
-online detector: the generation hit max_tokens and most of the last 30% of its text repeats
-text written before it (line counters and bullets left out), or its last lines repeat as a
+online detector: an answer repeats itself when most of the last 30% of its text repeats text
+written before it (line counters and bullets left out), or when its last lines repeat as a
 cycle of 2-64 lines that differ only in numbers, with a counter that moves on by 2 or more a
-cycle (several items repeating, not one template filled in with 1, 2, 3...).
+cycle (several items repeating, not one template filled in with 1, 2, 3...). It loops when it
+repeats itself up to max_tokens; the answers that repeat and then stop on their own are
+counted apart; the rest are clean, and any action on them is a false alarm.
 
     python bench/loops.py [--sets main,counter,synthetic] [--modes off,stop,nudge,penalize]
                           [--json out.json]
@@ -83,12 +85,9 @@ _COUNTER = re.compile(r"^[ \t]*(?:\d+[.),:]?|[-*•>#|]+)[ \t]*", re.MULTILINE)
 _DIGITS = re.compile(r"\d+")
 
 
-def ends_in_loop(text: str, finish: str, tail: float = 0.3, cover: float = 0.75,
-                 width: int = 32) -> bool:
-    """Hit max_tokens, and nearly every `width`-character window of the tail (line counters and
-    bullets left out) already appeared earlier in the text."""
-    if finish != "length":
-        return False
+def ends_in_loop(text: str, tail: float = 0.3, cover: float = 0.75, width: int = 32) -> bool:
+    """Nearly every `width`-character window of the tail (line counters and bullets left out)
+    already appeared earlier in the text."""
     t = re.sub(r"\s+", " ", _COUNTER.sub("", text.lower()))
     start = int(len(t) * (1 - tail))
     seen = {t[j:j + width] for j in range(start)}  # windows that begin before the tail
@@ -101,13 +100,11 @@ def ends_in_loop(text: str, finish: str, tail: float = 0.3, cover: float = 0.75,
     return total > 0 and covered / total >= cover
 
 
-def counter_cycle(text: str, finish: str, tail: float = 0.3, max_period: int = 64) -> int | None:
+def counter_cycle(text: str, tail: float = 0.3, max_period: int = 64) -> int | None:
     """The period in lines of a counter cycle the text ends in: its last lines (the cut-off
     last one left out) repeat with numbers masked, over at least the tail's share of the lines
     and two copies, with two or more distinct lines per copy, and the numbers of a line and of
     its copy one cycle back differ by one step of 2 or more. None when it does not."""
-    if finish != "length":
-        return None
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()][:-1]
     masked = [_DIGITS.sub("#", ln) for ln in lines]
     for p in range(1, min(max_period, len(lines) // 3) + 1):
@@ -158,19 +155,25 @@ def run_mode(llm, prompts: list[str], mode: str, max_tokens: int) -> tuple[list[
     return rows, elapsed
 
 
-def truth(row: dict) -> bool:
-    return ends_in_loop(row["text"], row["finish"]) or \
-        counter_cycle(row["text"], row["finish"]) is not None
+def label(row: dict) -> str:
+    """"loop": ends repeating itself at max_tokens; "ended": repeats itself, then stops on its
+    own; "clean": its end does not repeat what came before."""
+    repeats = ends_in_loop(row["text"]) or counter_cycle(row["text"]) is not None
+    if not repeats:
+        return "clean"
+    return "loop" if row["finish"] == "length" else "ended"
 
 
 def summarize(results: dict[str, list[dict]]) -> dict:
     off = results["off"]
-    looping = [truth(r) for r in off]
+    labels = [label(r) for r in off]
     probe = results.get("stop") or results.get("nudge") or results.get("penalize")
     hit = [r["detected_at"] is not None for r in probe]
-    loops = [i for i, t in enumerate(looping) if t]
-    clean = [i for i, t in enumerate(looping) if not t]
-    summary = {"prompts": len(off), "looping": len(loops),
+    loops = [i for i, t in enumerate(labels) if t == "loop"]
+    ended = [i for i, t in enumerate(labels) if t == "ended"]
+    clean = [i for i, t in enumerate(labels) if t == "clean"]
+    summary = {"prompts": len(off), "looping": len(loops), "ended_loops": len(ended),
+               "ended_loops_caught": sum(hit[i] for i in ended),
                "detection_rate": sum(hit[i] for i in loops) / max(1, len(loops)),
                "false_positive_rate": sum(hit[i] for i in clean) / max(1, len(clean)),
                "false_positives": [off[i]["prompt"] for i in clean if hit[i]],
@@ -180,17 +183,20 @@ def summarize(results: dict[str, list[dict]]) -> dict:
                    or [0]),
                "detected_at_tokens": statistics.median(
                    [probe[i]["detected_at"] for i in loops if hit[i]] or [0]),
-               "periods": {off[i]["prompt"]: counter_cycle(off[i]["text"], off[i]["finish"])
-                           for i in loops},
+               "periods": {off[i]["prompt"]: counter_cycle(off[i]["text"])
+                           for i in loops + ended},
                "modes": {}}
     base = sum(off[i]["tokens"] for i in loops)
+    base_ended = sum(off[i]["tokens"] for i in ended)
     for mode, rows in results.items():
         used = sum(rows[i]["tokens"] for i in loops)
+        used_ended = sum(rows[i]["tokens"] for i in ended)
         summary["modes"][mode] = {
             "loop_prompt_tokens": used,
             "tokens_saved": (base - used) / max(1, base),
+            "ended_loop_tokens_saved": (base_ended - used_ended) / max(1, base_ended),
             "ended_without_length": sum(rows[i]["finish"] != "length" for i in loops),
-            "still_ends_in_loop": sum(truth(rows[i]) for i in loops),
+            "still_ends_in_loop": sum(label(rows[i]) == "loop" for i in loops),
             "clean_prompts_acted_on": sum(rows[i]["detected_at"] is not None for i in clean),
             # greedy output that moved with no control acting: batch composition differs
             "clean_prompts_differing": sum(rows[i]["text"] != off[i]["text"]
@@ -202,7 +208,9 @@ def print_report(name: str, summary: dict, times: dict[str, float], max_tokens: 
                  quant: str) -> None:
     print(f"\n# set {name}: loop control on the demo model (quantize={quant}), greedy, "
           f"max_tokens={max_tokens} ({today()}, {machine()})")
-    print(f"{summary['prompts']} prompts, {summary['looping']} loop at greedy (off run)")
+    print(f"{summary['prompts']} prompts, {summary['looping']} loop to max_tokens at greedy "
+          f"(off run); {summary['ended_loops']} more repeat themselves and then stop on their "
+          f"own, {summary['ended_loops_caught']} of them caught")
     print(f"detection rate {summary['detection_rate']:.0%}, false-positive rate "
           f"{summary['false_positive_rate']:.0%}, detected a median "
           f"{summary['detect_latency_tokens']} tokens after the loop began "
@@ -210,12 +218,13 @@ def print_report(name: str, summary: dict, times: dict[str, float], max_tokens: 
     print(f"missed: {summary['missed']}; false positives: {summary['false_positives']}")
     print("counter-cycle periods (lines): " + ", ".join(
         f"{p}" for p in summary["periods"].values() if p))
-    print("| mode | tokens on looping prompts | saved | looping prompts that ended | "
-          "still looping at the end | clean prompts acted on | clean prompts differing, "
-          "no action | wall s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| mode | tokens on looping prompts | saved | saved on loops that end | looping "
+          "prompts that ended | still looping at the end | clean prompts acted on | clean "
+          "prompts differing, no action | wall s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for mode, m in summary["modes"].items():
         print(f"| {mode} | {m['loop_prompt_tokens']} | {m['tokens_saved']:.0%} | "
+              f"{m['ended_loop_tokens_saved']:.0%} | "
               f"{m['ended_without_length']}/{summary['looping']} | {m['still_ends_in_loop']} | "
               f"{m['clean_prompts_acted_on']} | {m['clean_prompts_differing']} | "
               f"{times[mode]:.0f} |")

@@ -135,6 +135,13 @@ def _reasoning_fields(reasoning: str, content: str) -> dict[str, Any]:
     return out
 
 
+def _finish(o: CompletionOutput, called: bool) -> str | None:
+    """A choice that ends with tool calls says so, unless max_tokens cut it (a call may be
+    unfinished: "length" says that)."""
+    reason = finish_reason(o)
+    return "tool_calls" if called and reason != "length" else reason
+
+
 def _choice(job: ChatJob, o: CompletionOutput) -> dict[str, Any]:
     splitter = _reasoning_streamer(job)
     reasoning, text = splitter.split(o.text) if splitter else ("", o.text)
@@ -146,7 +153,7 @@ def _choice(job: ChatJob, o: CompletionOutput) -> dict[str, Any]:
     choice = {"index": o.index, "message": message,
               "logprobs": chat_logprobs(job.state, o.logprobs or [], job.top_n)
               if job.top_n is not None else None,
-              "finish_reason": "tool_calls" if calls else finish_reason(o), **ending(o)}
+              "finish_reason": _finish(o, bool(calls)), **ending(o)}
     if job.body.return_token_ids:
         choice["token_ids"] = list(o.token_ids)
     return choice
@@ -218,7 +225,7 @@ def _delta(job: ChatJob, st: _ChoiceState, o: CompletionOutput) -> dict[str, Any
     reason = None
     if finishing:
         st.done = True
-        reason = "tool_calls" if st.tools and st.tools.calls else finish_reason(o)
+        reason = _finish(o, bool(st.tools and st.tools.calls))
         answer = _final_answer(st.reasoning_text, st.content_text)
         if answer is not None:
             delta["final_answer"] = answer
