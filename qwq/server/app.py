@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from qwq.engine.async_engine import AsyncEngine
 from qwq.engine.engine import LLMEngine
-from qwq.server import chat, completions, errors
+from qwq.server import chat, completions, errors, openapi
 from qwq.server.guard import APIKeyGuard, BodyLimit
 from qwq.server.state import ServerConfig, ServerState, state_of
 
@@ -48,6 +48,7 @@ def create_app(engine: LLMEngine, config: ServerConfig | None = None,
     app.include_router(chat.router)
     app.include_router(completions.router)
     _add_routes(app, state)
+    openapi.install(app, state)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, timeout=config.body_timeout)
     app.add_middleware(APIKeyGuard, keys=list(config.api_keys))

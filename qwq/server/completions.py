@@ -20,7 +20,12 @@ from qwq.server.errors import APIError, error_body, from_exception
 from qwq.server.metrics import RequestTrack
 from qwq.server.protocol import CompletionRequest
 from qwq.server.render import completion_logprobs, ending, finish_reason, logprob_entries
-from qwq.server.sampling import prompt_too_long, resolve_max_tokens, sampling_params
+from qwq.server.sampling import (
+    CONFLICTING_FIELDS,
+    prompt_too_long,
+    resolve_max_tokens,
+    sampling_params,
+)
 from qwq.server.state import ServerState, state_of, tenant_of
 from qwq.server.streaming import DONE, ClientGone, SSEResponse, Stream, sse, start_tracked, watch
 
@@ -73,7 +78,8 @@ async def _prepare(state: ServerState, body: CompletionRequest, model: str) -> C
     if body.suffix:
         raise RequestError("suffix is not supported", param="suffix")
     if body.best_of is not None and body.best_of != body.n:
-        raise RequestError("best_of must equal n (or be left out)", param="best_of")
+        raise RequestError("best_of must equal n (or be left out)", param="best_of",
+                           code=CONFLICTING_FIELDS)
     prompts = await anyio.to_thread.run_sync(_prompts, state, body.prompt)
     return CompletionJob(state, body, model, prompts)
 
