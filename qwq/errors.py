@@ -18,11 +18,13 @@ class TemplateError(QwQError):
 
 
 class RequestError(QwQError, ValueError):
-    """A request is invalid: bad sampling value, prompt too long for the context, ..."""
+    """A request is invalid: bad sampling value, prompt too long for the context, ...
+    code names the rule broken where a client may act on it (the server's error `code`)."""
 
-    def __init__(self, message: str, param: str | None = None):
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
         super().__init__(message)
         self.param = param
+        self.code = code
 
 
 class QueueFullError(QwQError):

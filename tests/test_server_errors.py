@@ -182,3 +182,33 @@ def test_unknown_route_and_method_are_openai_shaped(stack):
 def test_errors_leave_the_server_serving(stack):
     r = stack.client().chat.completions.create(model="tiny", messages=HI, max_tokens=2)
     assert r.usage.completion_tokens == 2
+
+
+@pytest.mark.parametrize("message,problem", [
+    ({"role": "system"}, "a system message needs content"),
+    ({"role": "developer", "content": None}, "a developer message needs content"),
+    ({"role": "user"}, "a user message needs content"),
+    ({"role": "tool", "tool_call_id": "call_1"}, "a tool message needs content"),
+    ({"role": "assistant"}, "an assistant message needs content or tool_calls"),
+    ({"role": "assistant", "tool_calls": []}, "an assistant message needs content or tool_calls"),
+    ({"role": "user", "content": []}, "messages.0.content: ")])
+def test_messages_without_content_are_refused_by_role(stack, message, problem):
+    before = stack.engine.counters["prompt_tokens"]
+    err = assert_error(post(stack, {"messages": [message], "max_tokens": 2}), 400,
+                       "messages.0.content")
+    assert problem in err["message"]
+    assert stack.engine.counters["prompt_tokens"] == before  # nothing ran
+
+
+def test_an_assistant_turn_of_tool_calls_alone_is_accepted(stack):
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "weather", "arguments": '{"city": "Oslo"}'}}
+    messages = [{"role": "user", "content": "Weather in Oslo?"},
+                {"role": "assistant", "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+                {"role": "user", "content": ""}]  # empty content is content, as in OpenAI
+    r = stack.client().chat.completions.create(model="tiny", messages=messages, max_tokens=2)
+    assert r.usage.completion_tokens == 2
+    with pytest.raises(openai.BadRequestError) as e:
+        stack.client().chat.completions.create(model="tiny", messages=[{"role": "system"}])
+    assert e.value.body["param"] == "messages.0.content"

@@ -27,6 +27,7 @@ from qwq.server import (
     errors,
     ollama,
     ollama_info,
+    openapi,
     responses,
     tokens,
 )
@@ -67,6 +68,7 @@ def create_app(engine: LLMEngine, config: ServerConfig | None = None,
     app.include_router(ollama_info.router)
     app.include_router(tokens.router)
     _add_routes(app, state)
+    openapi.install(app, state)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, timeout=config.body_timeout)
     app.add_middleware(APIKeyGuard, keys=list(config.api_keys))

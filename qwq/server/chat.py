@@ -30,8 +30,15 @@ from qwq.server.render import (
     finish_reason,
     logprob_entries,
 )
+from qwq.server.sampling import (
+    CONFLICTING_FIELDS,
+    chat_tools,
+    prompt_too_long,
+    resolve_max_tokens,
+    sampling_params,
+    template_message,
+)
 from qwq.server.sampling import chat_logprobs as logprobs_of
-from qwq.server.sampling import chat_tools, prompt_too_long, resolve_max_tokens, sampling_params
 from qwq.server.state import ServerState, state_of, tenant_of
 from qwq.server.streaming import DONE, ClientGone, SSEResponse, Stream, sse, start_tracked, watch
 from qwq.server.tools import ToolCallStream, parse_tool_calls
@@ -66,7 +73,7 @@ async def _constraint(state: ServerState, body: ChatCompletionRequest,
     elif rf is not None and rf.type == "json_schema":
         if rf.json_schema is None or rf.json_schema.schema_ is None:
             raise RequestError("response_format json_schema needs json_schema.schema",
-                               param="response_format.json_schema")
+                               param="response_format.json_schema", code=CONFLICTING_FIELDS)
         schema = rf.json_schema.schema_
         build = lambda: state.grammars.json_processor(schema, gate)
     else:

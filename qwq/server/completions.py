@@ -21,7 +21,12 @@ from qwq.server.metrics import RequestTrack
 from qwq.server.prompts import fim_ids
 from qwq.server.protocol import CompletionRequest
 from qwq.server.render import completion_logprobs, ending, finish_reason, logprob_entries
-from qwq.server.sampling import prompt_too_long, resolve_max_tokens, sampling_params
+from qwq.server.sampling import (
+    CONFLICTING_FIELDS,
+    prompt_too_long,
+    resolve_max_tokens,
+    sampling_params,
+)
 from qwq.server.state import ServerState, state_of, tenant_of
 from qwq.server.streaming import DONE, ClientGone, SSEResponse, Stream, sse, start_tracked, watch
 
@@ -72,7 +77,8 @@ def _prompts(state: ServerState, prompt: Any) -> list[Prompt]:
 
 async def _prepare(state: ServerState, body: CompletionRequest, model: str) -> CompletionJob:
     if body.best_of is not None and body.best_of != body.n:
-        raise RequestError("best_of must equal n (or be left out)", param="best_of")
+        raise RequestError("best_of must equal n (or be left out)", param="best_of",
+                           code=CONFLICTING_FIELDS)
     if body.suffix is not None:
         prompts = await anyio.to_thread.run_sync(_fim_prompts, state, body.prompt, body.suffix)
         if body.conclude is None:  # code in the middle: no end-of-reasoning marker forced in

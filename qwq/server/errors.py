@@ -85,7 +85,7 @@ def from_exception(e: BaseException) -> APIError:
     if isinstance(e, APIError):
         return e
     if isinstance(e, RequestError):
-        return APIError(400, str(e), e.param, "invalid_value")
+        return APIError(400, str(e), e.param, e.code or "invalid_value")
     if isinstance(e, TemplateError):
         return APIError(400, f"the chat template failed on these messages: {e}", "messages",
                         "template_error")

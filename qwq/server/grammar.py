@@ -104,7 +104,7 @@ class Grammars:
             compiled = build(self._get_compiler())
         except (RuntimeError, ValueError, TypeError) as e:
             raise RequestError(f"invalid schema: {str(e).splitlines()[0][:300]}",
-                               param=param) from None
+                               param=param, code="invalid_json_schema") from None
         with self._lock:
             self._cache[key] = compiled
             while len(self._cache) > MAX_CACHED:

@@ -1,15 +1,27 @@
 """Request bodies of the OpenAI API (plus vLLM's extra sampling fields), as pydantic models.
 
 Every field is bounded: lengths of strings and lists, ranges of numbers, no NaN or infinity.
-Unknown fields are ignored, as OpenAI clients send fields this server does not use.
-What needs the model (vocabulary, context length) is checked later, in sampling.py.
+Types are JSON's, strictly, as the OpenAPI document states them: "5" is not a number nor 1 a
+boolean (5.0 is an integer, as JSON Schema counts it). Unknown fields are ignored, as OpenAI
+clients send fields this server does not use. What needs the model (vocabulary, context
+length) is checked later, in sampling.py.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import CoreSchema
 
 from qwq.sampling_params import MAX_LOGPROBS, MAX_N, MAX_STOP_LEN, MAX_STOP_STRINGS
 
@@ -22,7 +34,8 @@ MAX_SEED = 1 << 62
 
 Name = Annotated[str, StringConstraints(max_length=MAX_NAME)]
 StopString = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_LEN)]
-TokenId = Annotated[int, Field(ge=0, lt=1 << 31)]
+# a token id; the served OpenAPI document bounds it by the model's vocabulary (qwq.server.openapi)
+TokenId = Annotated[int, Field(ge=0, lt=1 << 31, json_schema_extra={"x-token-id": True})]
 
 
 def _float(lo: float, hi: float, gt: bool = False) -> Any:
@@ -30,8 +43,28 @@ def _float(lo: float, hi: float, gt: bool = False) -> Any:
     return Field(None, le=hi, allow_inf_nan=False, **bounds)
 
 
+def _integral(value: Any) -> Any:
+    """value with every float that holds an integer (5.0) as an int; strict validation would
+    refuse it for an integer field, which JSON Schema says it is."""
+    kind = type(value)
+    if kind is float:
+        return int(value) if value.is_integer() else value
+    if kind is dict:
+        return {k: _integral(v) for k, v in value.items()}
+    if kind is list:
+        if all(type(v) is int for v in value):  # token ids, the one big list: nothing to do
+            return value
+        return [_integral(v) for v in value]
+    return value
+
+
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integral_floats(cls, data: Any) -> Any:
+        return _integral(data) if isinstance(data, dict) else data
 
 
 class SamplingFields(_Body):
@@ -93,13 +126,46 @@ class ToolCall(_Body):
     function: FunctionCall
 
 
+Content = str | Annotated[list[TextPart], Field(min_length=1, max_length=MAX_ITEMS)]
+
+
 class ChatMessage(_Body):
+    """One message. As in OpenAI's API, every role needs content except an assistant message
+    that carries tool_calls (a model's turn that only called tools)."""
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | Annotated[list[TextPart], Field(max_length=MAX_ITEMS)] | None = None
-    name: Name | None = None
     tool_calls: Annotated[list[ToolCall], Field(max_length=MAX_ITEMS)] | None = None
+    content: Content | None = Field(None, validate_default=True)
+    name: Name | None = None
     tool_call_id: Name | None = None
     reasoning_content: str | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _content_by_role(cls, content: Content | None, info: ValidationInfo) -> Content | None:
+        role = info.data.get("role")  # absent when the role itself was invalid
+        if content is None and role is not None \
+                and not (role == "assistant" and info.data.get("tool_calls")):
+            raise ValueError("an assistant message needs content or tool_calls"
+                             if role == "assistant" else f"a {role} message needs content")
+        return content
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core: CoreSchema,
+                                     handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        """The same rule in the schema: content that is not null, or an assistant role with
+        at least one tool call."""
+        schema = handler(core)
+        target = handler.resolve_ref_schema(schema)
+        props = target["properties"]
+        content = [s for s in props["content"]["anyOf"] if s.get("type") != "null"]
+        calls = next(s for s in props["tool_calls"]["anyOf"] if s.get("type") == "array")
+        target["anyOf"] = [
+            {"required": ["content"], "properties": {"content": {"anyOf": content}}},
+            {"required": ["role", "tool_calls"],
+             "properties": {"role": {"const": "assistant"},
+                            "tool_calls": {**calls, "minItems": 1}}}]
+        return schema
 
 
 class FunctionDef(_Body):
@@ -153,15 +219,17 @@ class ChatCompletionRequest(SamplingFields):
 
 # -- completions --------------------------------------------------------------------------------
 PromptIds = Annotated[list[TokenId], Field(min_length=1, max_length=MAX_PROMPT_IDS)]
-Prompt = (str | Annotated[list[str], Field(min_length=1, max_length=MAX_ITEMS)] | PromptIds
-          | Annotated[list[PromptIds], Field(min_length=1, max_length=MAX_ITEMS)])
+PromptText = Annotated[str, StringConstraints(min_length=1)]
+Prompt = (PromptText | Annotated[list[PromptText], Field(min_length=1, max_length=MAX_ITEMS)]
+          | PromptIds | Annotated[list[PromptIds], Field(min_length=1, max_length=MAX_ITEMS)])
 
 
 class CompletionRequest(SamplingFields):
     prompt: Prompt
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    suffix: str | None = None
+    suffix: str | None = Field(
+        None, description="text after the insertion point: fill in the middle (FIM tokens)")
     best_of: int | None = Field(None, ge=1, le=MAX_N)
     max_tokens: int | None = Field(16, ge=1, le=MAX_TOKENS_BOUND)
 

@@ -8,11 +8,20 @@ logit_bias key that is not a token id, min_tokens above max_tokens.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from qwq.errors import RequestError
 from qwq.sampling_params import SamplingParams
 from qwq.server.protocol import ChatCompletionRequest, ChatMessage, SamplingFields
+
+# 400 codes for rules a JSON schema cannot state (the OpenAPI document lists them): the
+# prompt's tokens against the context, fields that contradict each other, and schemas
+# (response_format, tool parameters) the grammar compiler refuses
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+CONFLICTING_FIELDS = "conflicting_fields"
+INVALID_JSON_SCHEMA = "invalid_json_schema"
+_TOKEN_ID = re.compile(r"[0-9]{1,16}")  # logit_bias keys: digits only, as the schema says
 
 
 def resolve_max_tokens(asked: int | None, prompt_len: int, max_model_len: int,
@@ -22,12 +31,13 @@ def resolve_max_tokens(asked: int | None, prompt_len: int, max_model_len: int,
     if room < 1:
         raise RequestError(f"the prompt has {prompt_len} tokens; this model's context holds "
                            f"{max_model_len} (prompt plus at least one new token)",
-                           param=prompt_param)
+                           param=prompt_param, code=CONTEXT_LENGTH_EXCEEDED)
     if asked is None:
         return room
     if asked > room:
         raise RequestError(f"{param}={asked} plus the prompt's {prompt_len} tokens is more than "
-                           f"this model's context of {max_model_len} tokens", param=param)
+                           f"this model's context of {max_model_len} tokens", param=param,
+                           code=CONTEXT_LENGTH_EXCEEDED)
     return asked
 
 
@@ -35,7 +45,7 @@ def prompt_too_long(max_model_len: int, param: str) -> RequestError:
     """The error for a prompt refused while it was being counted (Tokenizer's TooManyTokens)."""
     return RequestError(f"the prompt has more than {max_model_len - 1} tokens; this model's "
                         f"context holds {max_model_len} (prompt plus at least one new token)",
-                        param=param)
+                        param=param, code=CONTEXT_LENGTH_EXCEEDED)
 
 
 def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
@@ -43,11 +53,10 @@ def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
         return None
     out = {}
     for key, value in bias.items():
-        try:
-            out[int(key)] = value
-        except ValueError:
+        if not _TOKEN_ID.fullmatch(key):  # int() would also take " 5", "+5", "5_0", "٥"
             raise RequestError(f"logit_bias keys must be token ids, got {key[:20]!r}",
-                               param="logit_bias") from None
+                               param="logit_bias")
+        out[int(key)] = value
     return out
 
 
@@ -61,6 +70,10 @@ def sampling_params(body: SamplingFields, *, max_tokens: int, logprobs: int | No
                     vocab_size: int, tenant: str | None, prompt_logprobs: int | None = None,
                     extra: dict[str, Any] | None = None) -> SamplingParams:
     """SamplingParams for the request; raises RequestError (param set) for bad values."""
+    if body.min_tokens > max_tokens:
+        raise RequestError(f"min_tokens={body.min_tokens} is more than max_tokens={max_tokens} "
+                           "(or the room the prompt leaves in the context)", param="min_tokens",
+                           code=CONFLICTING_FIELDS)
     params = SamplingParams(
         n=body.n, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
         min_p=body.min_p, presence_penalty=body.presence_penalty or 0.0,
@@ -112,7 +125,7 @@ def chat_tools(body: ChatCompletionRequest) -> list[dict[str, Any]] | None:
     """The tools to show the model (none when tool_choice is "none")."""
     if body.tool_choice not in (None, "none", "auto") and not body.tools:
         raise RequestError("tool_choice asks for a tool call, but the request has no tools",
-                           param="tool_choice")
+                           param="tool_choice", code=CONFLICTING_FIELDS)
     if not body.tools or body.tool_choice == "none":
         return None
     tools = [t.model_dump(exclude_none=True) for t in body.tools]
@@ -121,11 +134,12 @@ def chat_tools(body: ChatCompletionRequest) -> list[dict[str, Any]] | None:
         tools = [t for t in tools if t["function"]["name"] == choice.function.name]
         if not tools:
             raise RequestError(f"tool_choice names {choice.function.name!r}, which is not in "
-                               "tools", param="tool_choice")
+                               "tools", param="tool_choice", code=CONFLICTING_FIELDS)
     return tools
 
 
 def chat_logprobs(body: ChatCompletionRequest) -> int | None:
     if body.top_logprobs is not None and not body.logprobs:
-        raise RequestError("top_logprobs needs logprobs: true", param="top_logprobs")
+        raise RequestError("top_logprobs needs logprobs: true", param="top_logprobs",
+                           code=CONFLICTING_FIELDS)
     return (body.top_logprobs or 0) if body.logprobs else None
