@@ -1,29 +1,46 @@
-"""Serving benchmark: streaming chat requests at concurrency 1, 4, 16 against an
-OpenAI-compatible server; time to first token, inter-token latency, output tokens/s.
+"""Serving benchmark: `qwq serve` against llama.cpp's llama-server on the same GGUF, threads
+and machine, in one run.
 
-    python bench/serve.py                          # qwq serve's app on the demo model, in-process
-    python bench/serve.py --model path/or/name     # another model
-    python bench/serve.py --url http://127.0.0.1:8080 --model-name x   # any running server
-                                                    # (llama.cpp's llama-server, vLLM, ...)
+    python bench/serve.py                                  # the demo model, everything below
+    python bench/serve.py --concurrency 1 4 --max-tokens 64 --rounds 2 --json out.json
+    python bench/serve.py --systems qwq                    # without the peer
 
-Every request streams with stream_options.include_usage and ignore_eos, so each produces
-exactly --max-tokens tokens where the server honours ignore_eos. Prompts are distinct, so the
-prefix cache does not flatter the numbers (beyond the shared chat template head).
+1. One streamed request against the engine offline: qwq.LLM's decode rate in this process
+   and the same request streamed through `qwq serve`, alternated `--rounds` times.
+2. Streaming chat at each concurrency (1, 4, 16, 64 by default): time to first token and
+   inter-token latency (p50, p99), aggregate output tok/s; llama-server gets as many slots
+   (-np) as there are streams.
+3. Short requests arriving while long ones run (a long prompt being prefilled, streams
+   decoding): their time to first token, against the same request on the idle server.
+
+Both servers run as child processes on 127.0.0.1, one at a time (the other is not started
+or idle). Every request is greedy with ignore_eos (and min_tokens), so each produces exactly
+--max-tokens tokens, and qwq decodes with loop_control off (every token one forward, as in
+its peer). ITL is the gap between streamed chunks (vLLM's benchmark_serving rule).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
+import contextlib
 import json
 import os
-import platform
+import socket
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from qwq.benchmark import llama_cpp, load_average, machine, today
 
 TOPICS = ["a lighthouse", "a lost key", "the first snow", "a clockmaker", "a small robot",
           "a river town", "an old map", "a night train", "a chess game", "a garden",
@@ -32,143 +49,278 @@ TOPICS = ["a lighthouse", "a lost key", "the first snow", "a clockmaker", "a sma
 
 @dataclass
 class Result:
-    ttft: float
-    itl: list[float] = field(default_factory=list)
+    ttft: float = float("nan")
+    gaps: list[float] = field(default_factory=list)  # between content chunks
     tokens: int = 0
+    decode_s: float = 0.0  # first content chunk to last
     failed: bool = False
 
 
-async def one_request(client: httpx.AsyncClient, url: str, model: str | None, i: int,
-                      max_tokens: int, headers: dict) -> Result:
-    body = {"messages": [{"role": "user", "content": f"Request {i}: tell a short story "
-                          f"about {TOPICS[i % len(TOPICS)]}, in plain words."}],
-            "max_tokens": max_tokens, "temperature": 0, "stream": True, "ignore_eos": True,
+def messages(i: int) -> list[dict]:
+    return [{"role": "user", "content": f"Request {i}: tell a short story about "
+             f"{TOPICS[i % len(TOPICS)]}, in plain words."}]
+
+
+def body(msgs: list[dict], max_tokens: int) -> dict:
+    return {"messages": msgs, "max_tokens": max_tokens, "min_tokens": max_tokens,
+            "temperature": 0, "ignore_eos": True, "loop_control": "off", "stream": True,
             "stream_options": {"include_usage": True}}
-    if model:
-        body["model"] = model
-    start = time.perf_counter()
-    last, result, chunks, tokens = None, None, 0, None
-    async with client.stream("POST", url + "/v1/chat/completions", json=body,
-                             headers=headers) as r:
+
+
+async def stream(client: httpx.AsyncClient, url: str, payload: dict) -> Result:
+    res, start, last = Result(), time.perf_counter(), None
+    async with client.stream("POST", url + "/v1/chat/completions", json=payload) as r:
         r.raise_for_status()
         async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
+            if not line.startswith("data: {"):
                 continue
             event = json.loads(line[6:])
             if event.get("usage"):
-                tokens = event["usage"]["completion_tokens"]
+                res.tokens = event["usage"]["completion_tokens"]
             if not any(c.get("delta", {}).get("content") for c in event.get("choices", [])):
                 continue
             now = time.perf_counter()
-            chunks += 1
-            if result is None:
-                result = Result(ttft=now - start)
+            if last is None:
+                res.ttft, first = now - start, now
             else:
-                result.itl.append(now - last)
+                res.gaps.append(now - last)
             last = now
-    result = result or Result(ttft=time.perf_counter() - start)
-    result.tokens = tokens if tokens is not None else chunks
-    return result
+    if last is not None:
+        res.decode_s = last - first
+    return res
 
 
-async def level(url: str, model: str | None, concurrency: int, requests: int,
-                max_tokens: int, headers: dict, offset: int) -> dict:
+async def run_level(url: str, concurrency: int, requests: int, max_tokens: int,
+                    offset: int) -> dict:
     limit = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(timeout=600) as client:
-        async def run(i: int) -> Result:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(1800, connect=30),
+                                 limits=httpx.Limits(max_connections=concurrency + 4)) as c:
+        async def one(i: int) -> Result:
             async with limit:
                 try:
-                    return await one_request(client, url, model, offset + i, max_tokens,
-                                             headers)
-                except httpx.HTTPError as e:  # a server that drops requests under load
-                    print(f"request {offset + i} failed: {e!r}", flush=True)
-                    return Result(ttft=float("nan"), failed=True)
+                    return await stream(c, url, body(messages(offset + i), max_tokens))
+                except httpx.HTTPError as e:
+                    print(f"  request {offset + i} failed: {e!r}", flush=True)
+                    return Result(failed=True)
 
         start = time.perf_counter()
-        results = await asyncio.gather(*(run(i) for i in range(requests)))
+        results = await asyncio.gather(*(one(i) for i in range(requests)))
         wall = time.perf_counter() - start
+    return summarize(results, wall, concurrency)
+
+
+def pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
+
+
+def summarize(results: list[Result], wall: float, concurrency: int) -> dict:
     ok = [r for r in results if not r.failed]
-    ttft = [r.ttft for r in ok] or [float("nan")]
-    itl = [x for r in ok for x in r.itl]
+    ttft = [r.ttft for r in ok]
+    gaps = [g for r in ok for g in r.gaps]
     tokens = sum(r.tokens for r in ok)
-    return {"concurrency": concurrency, "requests": requests, "failed": len(results) - len(ok),
-            "wall_s": wall,
-            "ttft_median_s": statistics.median(ttft), "ttft_p90_s": _p90(ttft),
-            "itl_median_ms": 1000 * statistics.median(itl) if itl else None,
-            "itl_p90_ms": 1000 * _p90(itl) if itl else None,
+    return {"concurrency": concurrency, "requests": len(results),
+            "failed": len(results) - len(ok), "wall_s": round(wall, 2),
+            "ttft_p50_s": pct(ttft, 0.5), "ttft_p99_s": pct(ttft, 0.99),
+            "itl_p50_ms": 1000 * pct(gaps, 0.5), "itl_p99_ms": 1000 * pct(gaps, 0.99),
             "output_tokens": tokens, "output_tok_s": tokens / wall}
 
 
-def _p90(xs: list[float]) -> float:
-    return sorted(xs)[min(len(xs) - 1, int(0.9 * len(xs)))]
+# -- the servers ------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-def machine() -> str:
-    import torch
-    return (f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"python {platform.python_version()}").replace("  ", " ")
+def _wait_healthy(proc: subprocess.Popen, url: str, log, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log.seek(0)
+            raise RuntimeError(f"qwq serve exited ({proc.returncode}): {log.read()[-2000:]}")
+        try:
+            if httpx.get(url + "/health", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"qwq serve: not healthy after {timeout:.0f} s")
 
 
-def start_local(args: argparse.Namespace):
-    from qwq.config import EngineConfig
-    from qwq.models import load_engine
-    from qwq.server import ServerConfig, create_app
-    from qwq.server.launch import BackgroundServer
-    engine, _, resolved = load_engine(args.model, dtype=args.dtype,
-                                      engine_config=EngineConfig(quantize=args.quantize))
-    app = create_app(engine, ServerConfig(model_name=resolved.name))
-    return BackgroundServer(app).start(), resolved.name
+@contextlib.contextmanager
+def qwq_server(model: str | None, extra: list[str]) -> Iterator[str]:
+    """`qwq serve` in a child process, as people run it; yields its URL."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "qwq.cli", "serve", "--port", str(port)] \
+        + (["--model", model] if model else []) + extra
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_healthy(proc, url, log)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def warm(url: str) -> None:
+    asyncio.run(run_level(url, 1, 1, 8, 1000))
+
+
+# -- 1. one stream against the engine offline ------------------------------------------------
+def offline_vs_stream(url: str, llm, max_tokens: int, rounds: int) -> dict:
+    from qwq.benchmark.qwq_runs import qwq_decode
+    msgs = messages(0)
+    ids = llm.encode_chat(msgs)
+    offline, streamed = [], []
+    for _ in range(rounds):  # alternated, so drift in the machine's load hits both
+        offline.append(qwq_decode(llm.engine, ids, max_tokens, runs=1))
+        r = asyncio.run(_one_stream(url, body(msgs, max_tokens)))
+        streamed.append((r.tokens - 1) / r.decode_s)
+        print(f"  offline {offline[-1]:.1f} tok/s, streamed {streamed[-1]:.1f} tok/s",
+              flush=True)
+    return {"offline_tok_s": offline, "stream_tok_s": streamed,
+            "ratio_median": statistics.median(s / o for s, o in zip(streamed, offline)),
+            "ratio_best": max(streamed) / max(offline)}
+
+
+async def _one_stream(url: str, payload: dict) -> Result:
+    async with httpx.AsyncClient(timeout=1800) as c:
+        return await stream(c, url, payload)
+
+
+# -- 3. short requests while long ones run ---------------------------------------------------
+async def short_under_load(url: str, long_streams: int, long_prompt_words: int,
+                           shorts: int) -> dict:
+    """TTFT of short requests alone, then while long_streams streams decode and a prompt of
+    long_prompt_words words is prefilled."""
+    short = body([{"role": "user", "content": "Say hi."}], 8)
+    async with httpx.AsyncClient(timeout=1800) as c:
+        idle = [(await stream(c, url, short)).ttft for _ in range(shorts)]
+        long_body = body(messages(7), 256)
+        prompt = " ".join(TOPICS[i % len(TOPICS)].split()[-1] for i in range(long_prompt_words))
+        big = body([{"role": "user", "content": f"Summarise: {prompt}"}], 16)
+        background = [asyncio.create_task(stream(c, url, long_body))
+                      for _ in range(long_streams)]
+        await asyncio.sleep(2.0)  # the long streams are decoding
+        prefill = asyncio.create_task(stream(c, url, big))
+        await asyncio.sleep(0.2)  # its prefill has begun
+        loaded = []
+        for _ in range(shorts):
+            loaded.append((await stream(c, url, short)).ttft)
+        long_prompt_ttft = (await prefill).ttft
+        await asyncio.gather(*background)
+    return {"idle_ttft_p50_s": pct(idle, 0.5), "loaded_ttft_p50_s": pct(loaded, 0.5),
+            "loaded_ttft_max_s": max(loaded), "long_prompt_ttft_s": long_prompt_ttft}
+
+
+# -- the run ------------------------------------------------------------------------------------
+def measure_levels(url: str, levels: list[int], max_tokens: int, requests: int | None,
+                   name: str) -> list[dict]:
+    rows = []
+    for c in levels:
+        n = requests or max(c, 8)
+        rows.append({"system": name, **asyncio.run(run_level(url, c, n, max_tokens, 100 * c))})
+        print(f"  {name} x{c}: {rows[-1]}", flush=True)
+    return rows
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| concurrency | requests (failed) | TTFT median / p90 (s) | ITL median / p90 (ms) "
+    head = ("| server | streams | requests (failed) | TTFT p50 / p99 (s) | ITL p50 / p99 (ms) "
             "| output tok/s |")
-    lines = [head, "| --- | --- | --- | --- | --- |"]
+    lines = [head, "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        itl = f"{r['itl_median_ms']:.0f} / {r['itl_p90_ms']:.0f}" if r["itl_median_ms"] \
-            else "-"
-        lines.append(f"| {r['concurrency']} | {r['requests']} ({r['failed']}) | "
-                     f"{r['ttft_median_s']:.2f} / "
-                     f"{r['ttft_p90_s']:.2f} | {itl} | {r['output_tok_s']:.1f} |")
+        lines.append(f"| {r['system']} | {r['concurrency']} | {r['requests']} ({r['failed']}) "
+                     f"| {r['ttft_p50_s']:.2f} / {r['ttft_p99_s']:.2f} "
+                     f"| {r['itl_p50_ms']:.0f} / {r['itl_p99_ms']:.0f} "
+                     f"| {r['output_tok_s']:.1f} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--url", help="a running OpenAI-compatible server (default: start qwq's)")
-    p.add_argument("--model", default=None, help="model for the in-process server")
-    p.add_argument("--model-name", default=None, help="`model` field sent with --url")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--quantize", default="none", help="none, int8, int4 (in-process server)")
-    p.add_argument("--api-key", default=os.environ.get("QWQ_API_KEY"))
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--model", default=None, help="a GGUF both servers load (default: demo)")
+    p.add_argument("--systems", default="qwq,llama.cpp")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     p.add_argument("--requests", type=int, default=None,
-                   help="requests per level (default: 2 x concurrency, at least 4)")
-    p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--json", default=None, help="also write the results here")
+                   help="requests per level (default: the concurrency, at least 8)")
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=3, help="offline/stream alternations")
+    p.add_argument("--parts", default="offline,levels,short")
+    p.add_argument("--json", default=None)
     args = p.parse_args()
-    server, model = (None, args.model_name) if args.url else start_local(args)
-    url = args.url or server.url
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    try:
-        asyncio.run(level(url, model, 1, 1, 8, headers, 1000))  # warm up
-        rows = []
-        for c in args.concurrency:
-            n = args.requests or max(4, 2 * c)
-            rows.append(asyncio.run(level(url, model, c, n, args.max_tokens, headers,
-                                          sum(r["requests"] for r in rows))))
-            print(f"concurrency {c}: {rows[-1]}", flush=True)
-    finally:
-        if server is not None:
-            server.stop()
-    stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    print(f"\n{stamp} | {machine()} | server {url} model {model} | "
-          f"max_tokens {args.max_tokens}\n\n{table(rows)}")
+    from qwq.models import resolve
+    model = str(resolve(args.model).path)
+    systems, parts = args.systems.split(","), args.parts.split(",")
+    out = {"date": today(), "machine": machine(), "load_before": load_average(),
+           "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+           "threads": args.threads, "max_tokens": args.max_tokens, "levels": []}
+    if "qwq" in systems:
+        run_qwq(model, args, parts, out)
+    if "llama.cpp" in systems:
+        run_llama(model, args, parts, out)
+    out["load_after"] = load_average()
+    report(out)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"date": stamp, "machine": machine(), "url": url, "model": model,
-                       "max_tokens": args.max_tokens, "results": rows}, f, indent=2)
+        Path(args.json).write_text(json.dumps(out, indent=2))
+
+
+def run_qwq(model: str, args: argparse.Namespace, parts: list[str], out: dict) -> None:
+    with qwq_server(model, []) as url:
+        warm(url)
+        if "offline" in parts:
+            from qwq import LLM
+            llm = LLM(model, enable_prefix_caching=False)
+            print("1. one stream against qwq.LLM offline", flush=True)
+            out["offline"] = offline_vs_stream(url, llm, args.max_tokens, args.rounds)
+            del llm
+        if "levels" in parts:
+            print("2. concurrency levels", flush=True)
+            out["levels"] += measure_levels(url, args.concurrency, args.max_tokens,
+                                            args.requests, "qwq serve")
+        if "short" in parts:
+            print("3. short requests under load", flush=True)
+            out["short_qwq"] = asyncio.run(short_under_load(url, 4, 1500, 4))
+            print(f"  {out['short_qwq']}", flush=True)
+
+
+def run_llama(model: str, args: argparse.Namespace, parts: list[str], out: dict) -> None:
+    if "levels" in parts:
+        for c in args.concurrency:  # as many slots as streams
+            with llama_cpp.server(model, args.threads, slots=c, ctx=1024) as url:
+                warm(url)
+                out["levels"] += measure_levels(url, [c], args.max_tokens, args.requests,
+                                                f"llama-server -np {c}")
+    if "short" in parts:
+        with llama_cpp.server(model, args.threads, slots=6, ctx=4096) as url:
+            warm(url)
+            out["short_llama"] = asyncio.run(short_under_load(url, 4, 1500, 4))
+            print(f"  llama-server: {out['short_llama']}", flush=True)
+
+
+def report(out: dict) -> None:
+    print(f"\n{out['date']} | {out['machine']} | load {out['load_before']} -> "
+          f"{out['load_after']} | {out['command']}")
+    if "offline" in out:
+        o = out["offline"]
+        print(f"one stream / offline: median {o['ratio_median']:.2f}, best-of "
+              f"{o['ratio_best']:.2f} (offline {max(o['offline_tok_s']):.1f} tok/s, "
+              f"streamed {max(o['stream_tok_s']):.1f})")
+    if out["levels"]:
+        print(table(sorted(out["levels"], key=lambda r: (r["concurrency"], r["system"]))))
+    for key in ("short_qwq", "short_llama"):
+        if key in out:
+            print(key, out[key])
 
 
 if __name__ == "__main__":

@@ -36,6 +36,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speculative-ngram", type=int, default=0, metavar="K",
                    help="prompt-lookup speculative decoding: draft up to K tokens a step from "
                         "earlier text (0: off; greedy output is unchanged)")
+    p.add_argument("--speculative-model", default=None, metavar="MODEL",
+                   help="speculative decoding with a draft model that shares the tokenizer "
+                        "(a name as for --model; Qwen2.5-0.5B for QwQ-32B): it proposes "
+                        "tokens the model checks in one forward (output unchanged)")
+    p.add_argument("--num-speculative-tokens", type=int, default=4, metavar="K",
+                   help="tokens the draft model proposes a step (default 4)")
     p.add_argument("--enforce-eager", action="store_true",
                    help="on CUDA, launch decode steps kernel by kernel instead of replaying "
                         "CUDA graphs")
@@ -80,6 +86,8 @@ def engine_options(args: argparse.Namespace) -> dict:
     return {"max_model_len": args.max_model_len, "quantize": args.quantize,
             "kv_cache_dtype": args.kv_cache_dtype,
             "speculative_ngram": args.speculative_ngram,
+            "speculative_model": args.speculative_model,
+            "num_speculative_tokens": args.num_speculative_tokens,
             "reasoning_parser": args.reasoning_parser, "cuda_graphs": not args.enforce_eager}
 
 

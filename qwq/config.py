@@ -143,4 +143,9 @@ class EngineConfig:
     speculative_ngram: int = 0
     prompt_lookup_min: int = 2
     prompt_lookup_max: int = 4
+    # speculative decoding with a draft model sharing the tokenizer (a name as for the model:
+    # Qwen2.5-0.5B for QwQ-32B), proposing num_speculative_tokens a step; with prompt lookup
+    # on too, each step takes whichever drafts more
+    speculative_model: str | None = None
+    num_speculative_tokens: int = 4
     extra: dict[str, Any] = field(default_factory=dict)

@@ -96,13 +96,18 @@ def build_model(ckpt, dtype: torch.dtype, device: torch.device, block_scales: bo
 
 
 def num_kv_blocks(config: ModelConfig, engine: EngineConfig, dtype: torch.dtype,
-                  device: torch.device) -> int:
-    """Blocks that fit engine.kv_cache_memory in engine.kv_cache_dtype (dtype: the model's)."""
+                  device: torch.device, draft=None) -> int:
+    """Blocks that fit engine.kv_cache_memory in engine.kv_cache_dtype (dtype: the model's);
+    with a draft network, each block's draft slots too."""
     from qwq.model import KVCache
     from qwq.model.kv_quant import kv_storage_dtype
     per_block = KVCache.bytes_per_block(config.num_hidden_layers, engine.block_size,
                                         config.num_key_value_heads, config.head_dim,
                                         kv_storage_dtype(engine.kv_cache_dtype, dtype))
+    if draft is not None:
+        d = draft.config
+        per_block += KVCache.bytes_per_block(d.num_hidden_layers, engine.block_size,
+                                             d.num_key_value_heads, d.head_dim, draft.dtype)
     if engine.num_kv_blocks:
         return engine.num_kv_blocks
     budget = engine.kv_cache_memory
@@ -130,6 +135,9 @@ def load_engine(model: str | os.PathLike | None = None, *, dtype: str | torch.dt
     from qwq.model.kv_quant import kv_storage_dtype
     kv_storage_dtype(cfg.kv_cache_dtype, torch.bfloat16)  # a bad name fails before loading
     if tensor_parallel_size != 1:
+        if cfg.speculative_model:
+            raise QwQError("speculative_model does not run with tensor parallelism yet; "
+                           "use one rank, or prompt lookup (speculative_ngram)")
         from qwq.distributed import load_tp_engine
         return load_tp_engine(model, dtype=dtype, device=device, engine_config=cfg,
                               tensor_parallel_size=tensor_parallel_size,
@@ -144,18 +152,52 @@ def load_engine(model: str | os.PathLike | None = None, *, dtype: str | torch.dt
         cfg = dataclasses.replace(cfg, quantize=auto_quantization(ckpt.weight_types(),
                                                                   torch_dtype, dev))
     with heap.weights_in_own_mappings():
+        # the draft first: a wrong one is refused before the big model is read
+        draft = load_draft(cfg.speculative_model, tokenizer, dev) \
+            if cfg.speculative_model else None
         net = build_model(ckpt, torch_dtype, dev,
                           block_scales=cfg.quantize in ("q5_0", "q8_0"),
                           stored=cfg.quantize == "gguf")
-        engine = engine_for(net, tokenizer, cfg, ckpt.generation_config)
+        engine = engine_for(net, tokenizer, cfg, ckpt.generation_config, draft=draft)
     return engine, tokenizer, resolved
 
 
+def load_draft(name: str | os.PathLike, tokenizer, device: torch.device):
+    """The draft network of speculative decoding, in its checkpoint's own format (quantize
+    and dtype "auto"). It must share the model's tokenizer: its token ids are checked by the
+    model as they are."""
+    from qwq.model.quant import auto_quantization, quantize_model
+    from qwq.weights import open_checkpoint
+    resolved = resolve(name)
+    ckpt = open_checkpoint(resolved.path)
+    _check_same_vocabulary(_tokenizer_of(ckpt), tokenizer, str(name))
+    dtype = pick_dtype("auto", ckpt.config, device)
+    mode = auto_quantization(ckpt.weight_types(), dtype, device)
+    net = build_model(ckpt, dtype, device, block_scales=mode in ("q5_0", "q8_0"),
+                      stored=mode == "gguf")
+    return quantize_model(net, mode)
+
+
+def _check_same_vocabulary(draft, target, name: str) -> None:
+    if draft.vocab_size != target.vocab_size:
+        why = f"{draft.vocab_size} tokens against the model's {target.vocab_size}"
+    elif draft.backend.get_vocab(with_added_tokens=True) != \
+            target.backend.get_vocab(with_added_tokens=True):
+        why = "the same number of tokens, but not the same tokens"
+    else:
+        return
+    raise CheckpointError(f"speculative_model {name!r} has another vocabulary than the model "
+                          f"({why}); a draft must share the model's tokenizer (for QwQ-32B: "
+                          "Qwen2.5-0.5B-Instruct)")
+
+
 def engine_for(net, tokenizer, cfg: EngineConfig, generation_config: dict | None = None, *,
-               decode_graphs: bool | None = None):
+               decode_graphs: bool | None = None, draft=None):
     """An engine over an already-built network (used by load_engine and by tests that run
     small random models). decode_graphs: None for CUDA graphs on CUDA as cfg.cuda_graphs says;
-    True off CUDA runs their padded steps eagerly (tests)."""
+    True off CUDA runs their padded steps eagerly (tests). draft: the draft network of
+    speculative decoding (load_draft), given with cfg.speculative_model."""
+    from qwq.engine.draft import DraftRunner
     from qwq.engine.engine import LLMEngine
     from qwq.engine.runner import ModelRunner
     from qwq.model.quant import quantize_model
@@ -166,14 +208,22 @@ def engine_for(net, tokenizer, cfg: EngineConfig, generation_config: dict | None
     if cfg.max_num_batched_tokens is None:
         cfg = dataclasses.replace(cfg, max_num_batched_tokens=512 if dev.type == "cpu" else 2048)
     ctx = net.config.context_length
+    if (draft is None) != (not cfg.speculative_model):
+        raise QwQError("a draft network goes with speculative_model, and only with it")
+    if draft is not None:
+        ctx = min(ctx, draft.config.context_length)
     max_len = min(cfg.max_model_len or ctx, ctx)
     if decode_graphs is None:
         decode_graphs = cfg.cuda_graphs and dev.type == "cuda"
     from qwq.model.kv_quant import kv_storage_dtype
-    runner = ModelRunner(net, num_kv_blocks(net.config, cfg, dtype, dev), cfg.block_size,
+    blocks = num_kv_blocks(net.config, cfg, dtype, dev, draft)
+    runner = ModelRunner(net, blocks, cfg.block_size,
                          kv_storage_dtype(cfg.kv_cache_dtype, dtype), dev,
                          decode_graphs=decode_graphs,
                          max_batch=cfg.max_num_seqs, max_model_len=max_len)
+    if draft is not None:
+        runner.draft = DraftRunner(draft, blocks, cfg.block_size,
+                                   draft.dtype, dev, net.config.vocab_size)
     from qwq.reasoning.controls import ControlFactory
     return LLMEngine(runner, tokenizer, cfg, max_len,
                      generation_config,

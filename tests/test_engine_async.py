@@ -27,7 +27,7 @@ def test_a_consumer_that_falls_behind_reads_the_same_tokens_merged(net, tokenize
         async for out in aeng.generate(ids, params):
             outs.append(out)
             while len(outs) == 1 and engine.counters["generation_tokens"] < 10:
-                time.sleep(0.01)  # blocks the loop: the engine steps on, outputs pile up
+                time.sleep(0.01)  # noqa: ASYNC251 (blocks the loop on purpose: outputs pile up)
         return outs
 
     try:

@@ -39,6 +39,8 @@ class _SeqOut:
     cumulative_logprob: float = 0.0
     error: str | None = None
     controls: list = field(default_factory=list)  # reasoning controls of this sequence
+    draft_tokens: int = 0  # speculative decoding: tokens drafted for it, and kept
+    accepted_draft_tokens: int = 0
 
 
 @dataclass
@@ -209,8 +211,9 @@ class LLMEngine:
         positions holding kept tokens count as computed; blocks past them are given back."""
         seq, draft = out.seq, rows.draft
         base = seq.num_computed
-        seq.draft_ids = []
+        seq.draft_ids, seq.draft_probs = [], []
         self.counters["draft_tokens"] += len(draft)
+        out.draft_tokens += len(draft)
         for i in range(len(draft) + 1):
             seq.num_computed = base + 1 + i  # the token at position base + i is kept
             self.blocks.commit(seq)
@@ -220,6 +223,7 @@ class LLMEngine:
             if i == len(draft) or sample.token != draft[i] or sample.error:
                 break
             self.counters["accepted_draft_tokens"] += 1
+            out.accepted_draft_tokens += 1
             if seq.is_finished or len(seq.output_ids) != before + 1:
                 break
         if not seq.is_finished:
@@ -298,6 +302,10 @@ class LLMEngine:
         metrics = {"arrival": req.arrival}
         if req.first_token_time:
             metrics["first_token"] = req.first_token_time
+        drafted = sum(s.draft_tokens for s in req.seqs)
+        if drafted:  # speculative decoding: its acceptance rate is accepted / drafted
+            metrics["draft_tokens"] = drafted
+            metrics["accepted_draft_tokens"] = sum(s.accepted_draft_tokens for s in req.seqs)
         first = req.seqs[0].seq
         return RequestOutput(req.request_id, req.prompt, req.prompt_ids, outs, finished,
                              num_cached_tokens=first.num_cached_prompt, metrics=metrics,

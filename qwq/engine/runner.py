@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from qwq import heap
+from qwq.engine.draft import DraftRunner
 from qwq.engine.sampler import DraftRows, Sample, sample, sample_drafted
 from qwq.engine.scheduler import SchedulerOutput
 from qwq.engine.sequence import Sequence
@@ -36,6 +37,7 @@ class ModelRunner:
             self.graphs = DecodeGraphs(model, self.kv, block_size, num_blocks, max_batch,
                                        max_blocks, replay=self.device.type == "cuda")
         self.generators: dict[int, torch.Generator] = {}
+        self.draft: DraftRunner | None = None  # speculative decoding's draft model, if any
 
     def prepare(self, batch: SchedulerOutput) -> tuple[torch.Tensor, AttentionMetadata,
                                                         list[Sequence]]:
@@ -84,6 +86,8 @@ class ModelRunner:
                 ) -> list[tuple[Sequence, Sample | DraftRows]]:
         """Run one step; returns a sample for each sequence whose chunk reached its end (for a
         drafted sequence, the rows its draft is verified against)."""
+        if self.draft is not None:
+            self.draft.propose(batch, self.generators)
         input_ids, meta, sampled = self.prepare(batch)
         logits = None
         # scored prompt rows come first in the logits; a graph returns the sequences in order
@@ -131,3 +135,5 @@ class ModelRunner:
 
     def drop_generator(self, seq: Sequence) -> None:
         self.generators.pop(seq.seq_id, None)
+        if self.draft is not None:
+            self.draft.drop(seq)

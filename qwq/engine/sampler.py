@@ -58,10 +58,10 @@ def truncate(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
 
 
 def sample_row(logits: torch.Tensor, seq: Sequence, eos_ids: tuple[int, ...],
-               generator: torch.Generator | None, draft: int | None = None) -> Sample:
+               generator: torch.Generator | None, draft: int | None = None,
+               draft_q: torch.Tensor | None = None) -> Sample:
     """One token from one row. With a draft token d (speculative decoding), sampling keeps
-    the output distribution p unchanged: d is taken with probability p(d), otherwise a token
-    is drawn from p with d removed (renormalized); greedy takes the argmax either way."""
+    the output distribution p unchanged (see _draw); greedy takes the argmax either way."""
     p = seq.params
     raw = logits
     logits = apply_bias_and_bans(logits.clone(), seq, p, eos_ids)
@@ -75,22 +75,31 @@ def sample_row(logits: torch.Tensor, seq: Sequence, eos_ids: tuple[int, ...],
     if p.greedy:
         token = int(torch.argmax(logits))
     else:
-        token = _draw(logits, p, generator, draft)
+        token = _draw(logits, p, generator, draft, draft_q)
     return _with_logprobs(Sample(token), raw, p)
 
 
 def _draw(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None,
-          draft: int | None = None) -> int:
+          draft: int | None = None, draft_q: torch.Tensor | None = None) -> int:
     """Sample from the truncated distribution; extreme settings (a temperature that
-    overflows, everything masked) fall back to the most likely token, never an exception."""
+    overflows, everything masked) fall back to the most likely token, never an exception.
+
+    With a draft token d drawn from a distribution q (a draft model's; None: prompt lookup,
+    whose d is certain), the standard rejection rule keeps the result distributed as p: take
+    d with probability min(1, p(d) / q(d)), otherwise draw from max(0, p - q), renormalized."""
     probs = truncate(logits / p.temperature, p).softmax(-1)
     probs = torch.nan_to_num(probs, nan=0.0, posinf=0.0, neginf=0.0).clamp_(min=0)
     if not float(probs.sum()) > 0:
         return int(torch.argmax(logits))
     if draft is not None:
-        if float(torch.rand((), generator=generator, device=probs.device)) < float(probs[draft]):
+        q_d = float(draft_q[draft]) if draft_q is not None else 1.0
+        accept = float(probs[draft]) / q_d if q_d > 0 else 1.0
+        if float(torch.rand((), generator=generator, device=probs.device)) < accept:
             return draft
-        probs[draft] = 0.0
+        if draft_q is None:
+            probs[draft] = 0.0
+        else:
+            probs = (probs - draft_q[: probs.shape[-1]]).clamp_(min=0)
         if not float(probs.sum()) > 0:
             return draft
     return int(torch.multinomial(probs, 1, generator=generator))
@@ -142,13 +151,15 @@ class DraftRows:
                  generator: torch.Generator | None, argmax: list[Sample] | None = None):
         self.seq, self.logits, self.eos_ids, self.generator = seq, logits, eos_ids, generator
         self.draft = list(seq.draft_ids)
+        self.draft_probs = list(seq.draft_probs)  # a draft model's q per token, if sampled
         self.argmax = argmax  # plain greedy batch: every row's token, computed at once
 
     def token_at(self, i: int) -> Sample:
         if self.argmax is not None:
             return self.argmax[i]
         draft = self.draft[i] if i < len(self.draft) else None
-        return _guarded(self.logits[i], self.seq, self.eos_ids, self.generator, draft)
+        q = self.draft_probs[i] if draft is not None and self.draft_probs else None
+        return _guarded(self.logits[i], self.seq, self.eos_ids, self.generator, draft, q)
 
 
 def sample_drafted(logits: torch.Tensor, seqs: list[Sequence], eos_ids: tuple[int, ...],
@@ -169,9 +180,10 @@ def sample_drafted(logits: torch.Tensor, seqs: list[Sequence], eos_ids: tuple[in
 
 
 def _guarded(logits: torch.Tensor, seq: Sequence, eos_ids: tuple[int, ...],
-             generator: torch.Generator | None, draft: int | None = None) -> Sample:
+             generator: torch.Generator | None, draft: int | None = None,
+             draft_q: torch.Tensor | None = None) -> Sample:
     """A request whose settings break sampling fails alone; the batch goes on."""
     try:
-        return sample_row(logits, seq, eos_ids, generator, draft)
+        return sample_row(logits, seq, eos_ids, generator, draft, draft_q)
     except (RuntimeError, ValueError, IndexError) as e:
         return Sample(token=-1, error=f"sampling failed for this request: {e}")

@@ -30,6 +30,8 @@ class SchedulerOutput:
     seqs: list[Sequence] = field(default_factory=list)
     num_new: list[int] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
+    # per sequence: tokens the draft model proposes after its last one (counted in num_new)
+    draft_slots: list[int] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -46,6 +48,8 @@ class Scheduler:
         if k < 0 or (k and not 1 <= lo <= hi):
             raise QwQError(f"speculative_ngram={k}, prompt_lookup_min={lo}, prompt_lookup_max="
                            f"{hi}: need speculative_ngram >= 0 and 1 <= min <= max")
+        if config.num_speculative_tokens < 0:
+            raise QwQError(f"num_speculative_tokens={config.num_speculative_tokens}: need >= 0")
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
 
@@ -78,13 +82,15 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             n = min(seq.num_uncomputed, budget, cap)
-            draft = self._draft(seq, budget - n) if n == seq.num_uncomputed == 1 else []
-            if not self._make_room(seq, seq.num_computed + n + len(draft), out):
+            draft, slots = self._draft(seq, budget - n) if n == seq.num_uncomputed == 1 \
+                else ([], 0)
+            if not self._make_room(seq, seq.num_computed + n + len(draft) + slots, out):
                 break  # seq itself was preempted
             seq.draft_ids = draft
             out.seqs.append(seq)
-            out.num_new.append(n + len(draft))
-            budget -= n + len(draft)
+            out.num_new.append(n + len(draft) + slots)
+            out.draft_slots.append(slots)
+            budget -= n + len(draft) + slots
             i += 1
         return budget
 
@@ -108,19 +114,29 @@ class Scheduler:
                 out.num_new[i] += more
                 budget -= more
 
-    def _draft(self, seq: Sequence, room: int) -> list[int]:
-        """Prompt-lookup draft tokens for a decoding sequence: never more than fit the budget,
-        its max_tokens, the context, or the free KV blocks (drafts never preempt anyone)."""
+    @property
+    def model_drafts(self) -> int:
+        """Draft tokens a step from the draft model (the engine has one when it is named)."""
+        return self.config.num_speculative_tokens if self.config.speculative_model else 0
+
+    def _draft(self, seq: Sequence, room: int) -> tuple[list[int], int]:
+        """A decoding sequence's draft: prompt-lookup tokens, or a number of tokens for the
+        draft model to propose, whichever is longer; never more than fit the budget, its
+        max_tokens, the context, or the free KV blocks (drafts never preempt anyone)."""
         p = seq.params
-        k = min(self.config.speculative_ngram, room, self.max_model_len - seq.num_tokens,
-                (p.max_tokens or self.max_model_len) - len(seq.output_ids) - 1)
-        if k <= 0:
-            return []
+        cap = min(room, self.max_model_len - seq.num_tokens,
+                  (p.max_tokens or self.max_model_len) - len(seq.output_ids) - 1)
+        k, slots = min(self.config.speculative_ngram, cap), min(self.model_drafts, cap)
         draft = propose_ngram(seq.token_ids, k, self.config.prompt_lookup_min,
-                              self.config.prompt_lookup_max)
-        if draft and not self.blocks.can_allocate(seq, seq.num_computed + 1 + len(draft)):
-            return []
-        return draft
+                              self.config.prompt_lookup_max) if k > 0 else []
+        if len(draft) >= slots:
+            slots = 0
+        else:
+            draft = []
+        if not (draft or slots) or not self.blocks.can_allocate(
+                seq, seq.num_computed + 1 + len(draft) + slots):
+            return [], 0
+        return draft, slots
 
     def _make_room(self, seq: Sequence, num_tokens: int, out: SchedulerOutput) -> bool:
         while not self.blocks.can_allocate(seq, num_tokens):
@@ -164,6 +180,7 @@ class Scheduler:
             self.running.append(seq)
             out.seqs.append(seq)
             out.num_new.append(n)
+            out.draft_slots.append(0)
             budget -= n
         return budget
 

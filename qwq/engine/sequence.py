@@ -36,8 +36,10 @@ class Sequence:
     # fn(output_ids, logits) -> logits, from this sequence's reasoning controls
     logits_processors: list[Any] = field(default_factory=list)
     num_preemptions: int = 0
-    # prompt-lookup draft scheduled this step after the last token (verified by the engine)
+    # draft scheduled this step after the last token (verified by the engine): prompt
+    # lookup's, or the draft model's with its distribution per token when sampled
     draft_ids: list[int] = field(default_factory=list)
+    draft_probs: list[Any] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)  # per-sequence state of processors
 
     @property

@@ -19,6 +19,7 @@ from qwq.reasoning import metrics as reasoning_metrics
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0,
                    2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
+ACCEPTANCE_BUCKETS = tuple(i / 10 for i in range(11))
 
 
 class _EngineCollector(Collector):
@@ -46,7 +47,13 @@ class _EngineCollector(Collector):
                     ("qwq_prefix_cache_queried_tokens",
                      "Prompt tokens looked up in the prefix cache", "prefix_queried_tokens"),
                     ("qwq_prefix_cache_hit_tokens", "Prompt tokens found in the prefix cache",
-                     "prefix_hit_tokens"))
+                     "prefix_hit_tokens"),
+                    ("qwq_spec_decode_draft_tokens",
+                     "Speculative decoding: tokens drafted (draft model or prompt lookup)",
+                     "draft_tokens"),
+                    ("qwq_spec_decode_accepted_tokens",
+                     "Speculative decoding: drafted tokens the model kept",
+                     "accepted_draft_tokens"))
         for name, doc, key in counters:
             yield CounterMetricFamily(name, doc, value=float(s.get(key, 0.0)))
         yield from _reasoning_families()
@@ -95,6 +102,10 @@ class Metrics:
                              buckets=LATENCY_BUCKETS, registry=r)
         self.requests = Counter("qwq_requests", "Requests finished, by endpoint and outcome",
                                 ["endpoint", "outcome"], registry=r)
+        self.acceptance = Histogram(
+            "qwq_spec_decode_acceptance_ratio",
+            "Speculative decoding: share of a request's drafted tokens the model kept",
+            buckets=ACCEPTANCE_BUCKETS, registry=r)
         self.cost = Counter("qwq_cost", "Cost of the tokens served, at the operator's prices",
                             ["kind"], registry=r)
         self.price_input = price_input
@@ -129,6 +140,11 @@ class RequestTrack:
         else:
             self.metrics.itl.observe(now - (self.last or now))
         self.last = now
+
+    def on_drafts(self, drafted: float, accepted: float) -> None:
+        """A finished request's speculative decoding: its acceptance rate."""
+        if drafted:
+            self.metrics.acceptance.observe(accepted / drafted)
 
     def finish(self, outcome: str, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
         if self.done:

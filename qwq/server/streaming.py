@@ -72,8 +72,13 @@ class Stream:
         return self.first
 
     def _timed(self, out: RequestOutput) -> None:
-        if self.track is not None and any(o.delta_token_ids for o in out.outputs):
+        if self.track is None:
+            return
+        if any(o.delta_token_ids for o in out.outputs):
             self.track.on_tokens()
+        if out.finished:
+            self.track.on_drafts(out.metrics.get("draft_tokens", 0),
+                                 out.metrics.get("accepted_draft_tokens", 0))
 
     async def outputs(self) -> AsyncIterator[RequestOutput]:
         """The first output, then the rest as they come."""
