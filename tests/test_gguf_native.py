@@ -106,17 +106,36 @@ PROMPTS = ["Name three prime numbers.", "What is the capital of France?",
 @pytest.mark.skipif(not kernels_available(), reason="needs qwq's CPU kernels (AVX-512 VNNI)")
 def test_greedy_tokens_follow_llama_cpp_on_the_same_file(demo_gguf, tokenizer):
     """Same file, same greedy path: computed as shipped, with llama.cpp's activation blocks,
-    qwq's 64 greedy tokens are llama.cpp's on nearly every prompt (a near-tie may flip one).
-    (Repacked to q5_0 they left llama.cpp's after 15-45 tokens on every one of these.)"""
+    qwq's greedy answers (up to 64 tokens, to the end of the answer) are llama.cpp's, or part
+    from them only at a near-tie: where they part, llama.cpp's token is within 0.2 nats of
+    qwq's first choice by qwq's own logits (llama.cpp keeps activations in float32 between
+    layers, qwq in bfloat16; "Wh"/"Sil" after "Whispers of the sea,\n" tie to 3 decimals).
+    A wrong block type or scale parts at the first token by whole nats.
+
+    Both stop at the end of the answer: llama.cpp's ignore_eos masks the end token where
+    qwq's generates it and goes on, so with it they would part at the first end token."""
     from qwq.benchmark import llama_cpp
-    from qwq.benchmark.qwq_runs import greedy
     prompts = [tokenizer.encode_chat([{"role": "user", "content": p}]) for p in PROMPTS]
     with llama_cpp.server(str(demo_gguf), threads=2) as url:
-        theirs = [llama_cpp.greedy_ids(url, ids, 64) for ids in prompts]
+        theirs = [llama_cpp.greedy_ids(url, ids, 64, ignore_eos=False) for ids in prompts]
     llm = LLM(None, enable_prefix_caching=False)
     assert llm.engine.config.quantize == "gguf"
-    ours = [o.outputs[0].token_ids for o in llm.generate(prompts, greedy(64))]
-    agree = [next((i for i, (a, b) in enumerate(zip(x, y, strict=True)) if a != b), 64)
-             for x, y in zip(ours, theirs, strict=True)]
-    assert sum(a == 64 for a in agree) >= len(PROMPTS) - 1, agree
-    assert min(agree) >= 16, agree
+    params = SamplingParams(temperature=0, max_tokens=64, loop_control="off")
+    ends = set(llm.engine.eos_ids)
+    ours = [[t for t in o.outputs[0].token_ids if t not in ends]
+            for o in llm.generate(prompts, params)]
+    theirs = [[t for t in ids if t not in ends] for ids in theirs]
+    same, gaps = 0, []
+    for prompt, x, y in zip(prompts, ours, theirs, strict=True):
+        at = next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), None)
+        if at is None:
+            assert len(x) == len(y), (x, y)  # one stopped where the other went on
+            same += 1
+            continue
+        one = SamplingParams(temperature=0, max_tokens=1, logprobs=20, loop_control="off")
+        top = llm.generate([prompt + x[:at]], one)[0].outputs[0].logprobs[0]
+        assert x[at] in top and y[at] in top, (at, x[at], y[at])
+        lp = {k: getattr(v, "logprob", v) for k, v in top.items()}
+        gaps.append((at, round(lp[x[at]] - lp[y[at]], 3)))
+    assert all(0 <= gap < 0.2 for _, gap in gaps), gaps
+    assert same >= len(PROMPTS) // 2, (same, gaps)

@@ -201,3 +201,34 @@ def test_tensor_parallel_ranks_each_hold_an_int8_cache():
         torch.testing.assert_close(full_forward(two, ids), want, rtol=1e-4, atol=1e-4)
     finally:
         two.shutdown()
+
+
+@pytest.mark.slow
+def test_demo_model_over_an_int8_cache_keeps_its_text_and_perplexity():
+    """The real demo model (q5_0 weights), one engine with the 16-bit cache and one with int8
+    over the same network: greedy answers agree for a long prefix, and perplexity on two
+    windows of the shipped text moves by well under 1%."""
+    from qwq.benchmark import ppl_windows, qwq_ppl
+    from qwq.llm import LLM
+    llm = LLM("qwq-demo", num_kv_blocks=192, enable_prefix_caching=False)
+    bf16 = llm.engine
+    int8 = engine_for(bf16.runner.model, llm.tokenizer, EngineConfig(
+        num_kv_blocks=192, enable_prefix_caching=False, quantize="none",  # packed already
+        kv_cache_dtype="int8"))
+    assert int8.runner.kv.k.dtype == torch.int8 and bf16.runner.kv.k.dtype == torch.bfloat16
+    assert int8.runner.kv.k.nbytes / bf16.runner.kv.k.nbytes == 66 / 128
+    prompts = [llm.encode_chat([{"role": "user", "content": p}]) for p in (
+        "Write a Python function that checks whether a string is a palindrome.",
+        "How many positive integers below 100 are divisible by 3 or 5? Think step by step.",
+        "Explain how a hash map handles collisions.")]
+    params = [SamplingParams(temperature=0, max_tokens=64, ignore_eos=True,
+                             loop_control="off")] * len(prompts)
+    want = [o.outputs[0].token_ids for o in run_to_completion(bf16, prompts, params)]
+    got = [o.outputs[0].token_ids for o in run_to_completion(int8, prompts, params)]
+    agree = [next((i for i, (a, b) in enumerate(zip(w, g)) if a != b), len(w))
+             for w, g in zip(want, got)]
+    assert min(agree) >= AGREE_MIN and sum(agree) >= AGREE_SUM, agree
+    windows = ppl_windows(llm.tokenizer, 512, 2)
+    base = qwq_ppl(llm, windows)
+    llm.engine = int8
+    assert abs(qwq_ppl(llm, windows) / base - 1) < 0.01

@@ -191,11 +191,13 @@ def _wait_healthy(proc: subprocess.Popen, url: str, log, timeout: float) -> None
     raise PeerError(f"llama-server: not healthy after {timeout:.0f} s")
 
 
-def greedy_ids(url: str, prompt: list[int], new: int) -> list[int]:
-    """llama-server's greedy continuation of these token ids: `new` token ids."""
+def greedy_ids(url: str, prompt: list[int], new: int, ignore_eos: bool = True) -> list[int]:
+    """llama-server's greedy continuation of these token ids: `new` token ids, or fewer when
+    it stops at an end-of-generation token (ignore_eos=False). With ignore_eos llama.cpp never
+    picks one (their logits are masked), where qwq's ignore_eos only keeps going past them."""
     body = json.dumps({"prompt": prompt, "n_predict": new, "temperature": 0, "top_k": 1,
                        "return_tokens": True, "cache_prompt": False,
-                       "ignore_eos": True}).encode()
+                       "ignore_eos": ignore_eos}).encode()
     req = urllib.request.Request(url + "/completion", body,
                                  {"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=600) as r:

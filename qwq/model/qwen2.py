@@ -137,6 +137,8 @@ class Qwen2Model(nn.Module):
             else:
                 x = x + delta
         x = self.norm(x[meta.logits_indices])
+        if isinstance(self.lm_head, GGMLLinear):  # its float32 sums as they are, as llama.cpp's
+            return self.lm_head(x.float())        # (16-bit logits step by 0.125 near 20)
         return self.lm_head(x).float()
 
     @property

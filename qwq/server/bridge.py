@@ -97,25 +97,20 @@ class Splitter:
     parsed when the choice ends."""
 
     def __init__(self, reasoning_style: str | None, tools: bool):
-        self.reasoning = ReasoningStreamer(reasoning_style, in_reasoning=True) \
+        self.reasoning = ReasoningStreamer(reasoning_style, in_reasoning=True, tools=tools) \
             if reasoning_style else None
         self.tools = ToolCallStream() if tools else None
 
     def feed(self, o: CompletionOutput) -> Piece:
-        thinking = self.reasoning is not None and not self.reasoning.done_reasoning
-        reasoning, text = self.reasoning.feed(o.delta_text) if self.reasoning \
-            else ("", o.delta_text)
-        if o.finish_reason is not None and self.reasoning:
-            r, c = self.reasoning.finish()
-            reasoning, text = reasoning + r, text + c
-        text = self.tools.feed(text) if self.tools else text
+        thinking = self.reasoning is not None and not self.reasoning.reasoning_ended
+        finishing = o.finish_reason is not None
+        reasoning, text = chat.split_delta(self.reasoning, o.delta_text, finishing)
+        text, _ = chat.tool_deltas(self.tools, text, finishing)
         piece = Piece(reasoning, text,
                       reasoning_tokens=len(o.delta_token_ids) if thinking else 0)
-        if o.finish_reason is not None:
-            rest, calls = self.tools.finish() if self.tools else ("", [])
-            piece.text += rest
-            piece.tool_calls = calls
-            piece.finish_reason = "tool_calls" if calls else finish_reason(o)
+        if finishing:
+            piece.tool_calls = list(self.tools.calls) if self.tools else []
+            piece.finish_reason = chat.finish_of(o, bool(piece.tool_calls))
             piece.stop_reason = stop_reason(o)
         return piece
 

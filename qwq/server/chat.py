@@ -142,7 +142,7 @@ def _reasoning_fields(reasoning: str, content: str) -> dict[str, Any]:
     return out
 
 
-def _finish(o: CompletionOutput, called: bool) -> str | None:
+def finish_of(o: CompletionOutput, called: bool) -> str | None:
     """A choice that ends with tool calls says so, unless max_tokens cut it (a call may be
     unfinished: "length" says that)."""
     reason = finish_reason(o)
@@ -160,7 +160,7 @@ def _choice(job: ChatJob, o: CompletionOutput) -> dict[str, Any]:
     choice = {"index": o.index, "message": message,
               "logprobs": chat_logprobs(job.state, o.logprobs or [], job.top_n)
               if job.top_n is not None else None,
-              "finish_reason": _finish(o, bool(calls)), **ending(o)}
+              "finish_reason": finish_of(o, bool(calls)), **ending(o)}
     if job.body.return_token_ids:
         choice["token_ids"] = list(o.token_ids)
     return choice
@@ -214,11 +214,11 @@ def _delta(job: ChatJob, st: _ChoiceState, o: CompletionOutput) -> dict[str, Any
         st.started = True
         delta = {"role": "assistant", "content": ""}
     finishing = o.finish_reason is not None
-    reasoning, text = _split_delta(st.reasoning, o.delta_text, finishing)
+    reasoning, text = split_delta(st.reasoning, o.delta_text, finishing)
     if reasoning:
         delta["reasoning_content"] = delta["reasoning"] = reasoning
         st.reasoning_text += reasoning
-    text, calls = _tool_deltas(st.tools, text, finishing)
+    text, calls = tool_deltas(st.tools, text, finishing)
     if text:
         delta["content"] = text
         st.content_text += text
@@ -232,7 +232,7 @@ def _delta(job: ChatJob, st: _ChoiceState, o: CompletionOutput) -> dict[str, Any
     reason = None
     if finishing:
         st.done = True
-        reason = _finish(o, bool(st.tools and st.tools.calls))
+        reason = finish_of(o, bool(st.tools and st.tools.calls))
         answer = _final_answer(st.reasoning_text, st.content_text)
         if answer is not None:
             delta["final_answer"] = answer
@@ -244,7 +244,7 @@ def _delta(job: ChatJob, st: _ChoiceState, o: CompletionOutput) -> dict[str, Any
     return choice
 
 
-def _split_delta(splitter: ReasoningStreamer | None, text: str,
+def split_delta(splitter: ReasoningStreamer | None, text: str,
                  finishing: bool) -> tuple[str, str]:
     """(reasoning, content) that this text delta settles."""
     if splitter is None:
@@ -256,7 +256,7 @@ def _split_delta(splitter: ReasoningStreamer | None, text: str,
     return reasoning, content
 
 
-def _tool_deltas(tools: ToolCallStream | None, text: str,
+def tool_deltas(tools: ToolCallStream | None, text: str,
                  finishing: bool) -> tuple[str, list[dict[str, Any]]]:
     """(content, tool-call deltas) that this content delta settles: a call streams as the
     model writes it, its id and name first, then its arguments in fragments."""
