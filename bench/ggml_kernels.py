@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 
 from qwq.benchmark import load_average, machine, today
+from qwq.benchmark.machine import best_seconds
 from qwq.kernels import blocks, ggml, kernels_available
 
 # (name, out_features, in_features) of QwQ-32B's linears
@@ -32,13 +32,8 @@ PREFILL_TOKENS = (16, 512)
 POOL_BYTES = 5 << 28  # 1.25 GiB of blocks per type: past any cache
 
 
-def best(fn, rounds: int = 1) -> float:
-    times = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+def _best(fn, rounds: int = 1) -> float:
+    return best_seconds(fn, rounds, warm=False)
 
 
 def windows(pool: torch.Tensor, t: ggml.GGMLType, n: int, k: int) -> list[torch.Tensor]:
@@ -50,7 +45,7 @@ def windows(pool: torch.Tensor, t: ggml.GGMLType, n: int, k: int) -> list[torch.
 
 def decode_pass(t: ggml.GGMLType, ws: list[torch.Tensor], n: int, x: torch.Tensor) -> float:
     """Seconds per call, one pass over the windows."""
-    return best(lambda: [torch.ops.qwq.ggml_linear(x, w, t.id, None, n) for w in ws]) / len(ws)
+    return _best(lambda: [torch.ops.qwq.ggml_linear(x, w, t.id, None, n) for w in ws]) / len(ws)
 
 
 def in_cache(t: ggml.GGMLType, threads: int, gen: torch.Generator) -> float:
@@ -58,7 +53,7 @@ def in_cache(t: ggml.GGMLType, threads: int, gen: torch.Generator) -> float:
     w = ggml.random_blocks(t, 256, 5120, gen)
     x = torch.randn(1, 5120, dtype=torch.bfloat16)
     torch.set_num_threads(1)
-    sec = best(lambda: torch.ops.qwq.ggml_linear(x, w, t.id, None, 256), 300)
+    sec = _best(lambda: torch.ops.qwq.ggml_linear(x, w, t.id, None, 256), 300)
     torch.set_num_threads(threads)
     return w.numel() / sec / 1e9
 
@@ -70,7 +65,7 @@ def run_type(t: ggml.GGMLType, ones: torch.Tensor, rounds: int, threads: int,
               for name, n, k in SHAPES}
     sec = {name: float("inf") for name in shapes}
     for _ in range(rounds):
-        bw.append(ones.numel() * 4 / best(lambda: ones.sum()))
+        bw.append(ones.numel() * 4 / _best(lambda: ones.sum()))
         for name, (ws, n, x) in shapes.items():
             sec[name] = min(sec[name], decode_pass(t, ws, n, x))
     n, k = PREFILL
@@ -79,7 +74,7 @@ def run_type(t: ggml.GGMLType, ones: torch.Tensor, rounds: int, threads: int,
     for m in PREFILL_TOKENS:
         x = torch.randn(m, k, dtype=torch.bfloat16, generator=gen)
         torch.ops.qwq.ggml_linear(x, w, t.id, None, n)
-        prefill[f"pp{m}"] = m / best(lambda x=x: torch.ops.qwq.ggml_linear(x, w, t.id, None, n),
+        prefill[f"pp{m}"] = m / _best(lambda x=x: torch.ops.qwq.ggml_linear(x, w, t.id, None, n),
                                      2)
     return {"decode_gb_s": {name: shapes[name][0][0].numel() / s / 1e9
                             for name, s in sec.items()},
@@ -95,9 +90,9 @@ def baselines(gen: torch.Generator) -> dict[str, dict[str, float]]:
     for m in PREFILL_TOKENS:
         x = torch.randn(m, k, dtype=torch.bfloat16, generator=gen)
         x @ wb.T
-        out["bf16_matmul"][f"pp{m}"] = m / best(lambda x=x: x @ wb.T, 2)
+        out["bf16_matmul"][f"pp{m}"] = m / _best(lambda x=x: x @ wb.T, 2)
         torch.ops.qwq.q5_0_linear(x, packed, None, n)
-        out["q5_0_kernel"][f"pp{m}"] = m / best(
+        out["q5_0_kernel"][f"pp{m}"] = m / _best(
             lambda x=x: torch.ops.qwq.q5_0_linear(x, packed, None, n), 2)
     return out
 

@@ -24,7 +24,7 @@ import time
 import torch
 
 from qwq.benchmark import llama_cpp
-from qwq.benchmark.machine import cpu_model, peak_rss_mib, today
+from qwq.benchmark.machine import best_seconds, cpu_model, peak_rss_mib, today
 from qwq.models import resolve
 from qwq.weights import open_checkpoint
 
@@ -35,16 +35,9 @@ def read_bandwidth(threads: int, gib: int = 2) -> float:
     """GB/s of a sum over `gib` GiB of float32 (best of 3)."""
     torch.set_num_threads(threads)
     x = torch.ones(gib << 28, dtype=torch.float32)
-    x.sum()
-    best = min(_timed(x.sum) for _ in range(3))
+    best = best_seconds(x.sum, 3)
     del x
     return (gib << 30) / best / 1e9
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def step_bytes(path: str) -> int:

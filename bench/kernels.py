@@ -14,25 +14,15 @@ w8a8 path's torch._int_mm at 512).
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from qwq.benchmark import machine, today
+from qwq.benchmark.machine import best_seconds
 from qwq.kernels import blocks, kernels_available
 
 LAYER = [("qkv", 1152, 896), ("o", 896, 896), ("gate_up", 9728, 896), ("down", 896, 4864)]
 LAYERS = 24
-
-
-def best(fn, rounds: int = 3) -> float:
-    fn()
-    times = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main() -> None:
@@ -58,13 +48,13 @@ def main() -> None:
         x512q = torch.randint(-127, 128, (512, k), dtype=torch.int8)
         scale = torch.ones(n, dtype=torch.bfloat16)
         ws, w8 = q5[name], i8[name]
-        t_q5 = best(lambda x=x1, ws=ws, n=n: [torch.ops.qwq.q5_0_linear(x, w, None, n) for w in ws])
-        t_i8 = best(lambda x=x1, w8=w8, s=scale: [torch.ops.aten._weight_int8pack_mm(x, w, s)
+        t_q5 = best_seconds(lambda x=x1, ws=ws, n=n: [torch.ops.qwq.q5_0_linear(x, w, None, n) for w in ws])
+        t_i8 = best_seconds(lambda x=x1, w8=w8, s=scale: [torch.ops.aten._weight_int8pack_mm(x, w, s)
                                                   for w in w8])
-        t_q5b = best(lambda x=x16, ws=ws, n=n: [torch.ops.qwq.q5_0_linear(x, w, None, n)
+        t_q5b = best_seconds(lambda x=x16, ws=ws, n=n: [torch.ops.qwq.q5_0_linear(x, w, None, n)
                                                 for w in ws])
-        t_q5p = best(lambda x=x512, w=ws[0], n=n: torch.ops.qwq.q5_0_linear(x, w, None, n), 2)
-        t_i8p = best(lambda x=x512q, w=w8[0]: torch._int_mm(x, w.t()), 2)
+        t_q5p = best_seconds(lambda x=x512, w=ws[0], n=n: torch.ops.qwq.q5_0_linear(x, w, None, n), 2)
+        t_i8p = best_seconds(lambda x=x512q, w=w8[0]: torch._int_mm(x, w.t()), 2)
         total["q5"] += t_q5
         total["i8"] += t_i8
         total["q5b"] += t_q5b
@@ -77,8 +67,8 @@ def main() -> None:
               f"{512 / t_i8p:>12.0f}/s")
     x1 = torch.randn(1, 896, dtype=torch.bfloat16)
     x16 = torch.randn(16, 896, dtype=torch.bfloat16)
-    t_head = best(lambda: torch.ops.qwq.q8_0_linear(x1, head, None, 151936))
-    t_head16 = best(lambda: torch.ops.qwq.q8_0_linear(x16, head, None, 151936))
+    t_head = best_seconds(lambda: torch.ops.qwq.q8_0_linear(x1, head, None, 151936))
+    t_head16 = best_seconds(lambda: torch.ops.qwq.q8_0_linear(x16, head, None, 151936))
     print(f"{'head q8_0':<10}{t_head * 1e6:>10.0f}us{head.numel() / t_head / 1e9:>7.1f}"
           f"{'':>23}{t_head16 * 1e6:>11.0f}us")
     layer_bytes = sum(q5[name][0].numel() for name, _, _ in LAYER) * LAYERS

@@ -26,11 +26,8 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,6 +38,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from qwq.benchmark import llama_cpp, load_average, machine, today
+from qwq.procs import free_port, http_server
 
 TOPICS = ["a lighthouse", "a lost key", "the first snow", "a clockmaker", "a small robot",
           "a river town", "an old map", "a night train", "a chess game", "a garden",
@@ -129,47 +127,14 @@ def summarize(results: list[Result], wall: float, concurrency: int) -> dict:
 
 
 # -- the servers ------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(proc: subprocess.Popen, url: str, log, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            raise RuntimeError(f"qwq serve exited ({proc.returncode}): {log.read()[-2000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"qwq serve: not healthy after {timeout:.0f} s")
-
-
 @contextlib.contextmanager
 def qwq_server(model: str | None, extra: list[str]) -> Iterator[str]:
     """`qwq serve` in a child process, as people run it; yields its URL."""
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "qwq.cli", "serve", "--port", str(port)] \
         + (["--model", model] if model else []) + extra
-    with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            _wait_healthy(proc, url, log)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with http_server("qwq serve", cmd, port, timeout=600) as url:
+        yield url
 
 
 def warm(url: str) -> None:

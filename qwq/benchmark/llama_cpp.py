@@ -23,12 +23,10 @@ import os
 import re
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -39,7 +37,7 @@ from qwq.demo import cache_dir
 from qwq.errors import QwQError
 from qwq.kernels import cpu_flags
 from qwq.models import resolve
-from qwq.procs import describe_exit
+from qwq.procs import describe_exit, free_port, http_server
 
 VERSION = "11434.0.0"
 SDIST_SHA256 = "b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45"
@@ -144,51 +142,16 @@ def perplexity(model: str, text: str, window: int, chunks: int, threads: int) ->
     return float(found.group(1))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def server(model: str, threads: int, slots: int = 1, ctx: int = 4096,
            timeout: float = 300) -> Iterator[str]:
     """llama-server on 127.0.0.1 for the duration of the block; yields its base URL. Its
-    death before it answers /health is a PeerError with its stderr tail."""
-    port = _free_port()
+    death before it answers /health is a PeerError with its output's tail."""
+    port = free_port()
     cmd = [str(tool("llama-server")), "-m", model, "--host", "127.0.0.1", "--port", str(port),
            "-t", str(threads), "-tb", str(threads), "-np", str(slots), "-c", str(ctx * slots)]
-    with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            _wait_healthy(proc, url, log, timeout)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _wait_healthy(proc: subprocess.Popen, url: str, log, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            raise PeerError(f"llama-server: {describe_exit(proc.returncode)} before it served; "
-                            f"stderr: {tail(log.read())}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=5) as r:
-                if r.status == 200:
-                    return
-        except (OSError, urllib.error.URLError):
-            pass
-        time.sleep(0.25)
-    raise PeerError(f"llama-server: not healthy after {timeout:.0f} s")
+    with http_server("llama-server", cmd, port, timeout, PeerError) as url:
+        yield url
 
 
 def greedy_ids(url: str, prompt: list[int], new: int, ignore_eos: bool = True) -> list[int]:

@@ -6,6 +6,8 @@ import datetime
 import os
 import platform
 import resource
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -63,3 +65,15 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def best_seconds(fn: Callable[[], object], rounds: int = 3, warm: bool = True) -> float:
+    """The fastest of `rounds` timed calls of fn (after one untimed call when warm)."""
+    if warm:
+        fn()
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
