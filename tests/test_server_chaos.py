@@ -127,9 +127,14 @@ def test_sigterm_answers_503_while_draining_then_exits():
             time.sleep(0.02)
         server.proc.send_signal(signal.SIGTERM)
         while worker.is_alive():  # new connections each time: the socket is still open
-            health = httpx.get(url + "/health", timeout=30)
-            chat = httpx.post(url + "/v1/chat/completions", timeout=30, json={
-                "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+            try:
+                health = httpx.get(url + "/health", timeout=30)
+                chat = httpx.post(url + "/v1/chat/completions", timeout=30, json={
+                    "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+            except httpx.ConnectError:  # refused only once the stream has ended (drain done)
+                worker.join(timeout=30)
+                assert not worker.is_alive(), "the server closed its socket mid-stream"
+                break
             probes.append((health.status_code, health.headers.get("retry-after"),
                            chat.status_code, chat.headers.get("retry-after"),
                            chat.json()["error"]["code"]))
