@@ -196,9 +196,10 @@ def test_import_graph_has_no_cycles():
     assert not cycles, "import cycles in qwq:\n" + "\n".join(cycles)
 
 
-def test_function_local_qwq_imports_say_why():
-    mods = module_files()
+def bare_local_imports(mods: dict[str, Path]) -> list[str]:
+    """Function-local imports of qwq modules with no comment on their lines or just above."""
     bare = []
+    top = mods["qwq"].parent.parent  # the directory qwq/ lies in
     for module, path in mods.items():
         source = path.read_text()
         tree = ast.parse(source, str(path))
@@ -215,8 +216,12 @@ def test_function_local_qwq_imports_say_why():
             said = any(r in with_comment for r in range(node.lineno, node.end_lineno + 1)) \
                 or node.lineno - 1 in only_comment
             if not said:
-                bare.append(f"{path.relative_to(ROOT.parent)}:{node.lineno}: "
-                            f"{ast.unparse(node)}")
+                bare.append(f"{path.relative_to(top)}:{node.lineno}: {ast.unparse(node)}")
+    return bare
+
+
+def test_function_local_qwq_imports_say_why():
+    bare = bare_local_imports(module_files())
     assert not bare, ("function-local imports of qwq modules without a comment saying why "
                       "(move them to the top, or add `# lazy: ...` / `# cycle: ...`):\n"
                       + "\n".join(bare))
@@ -239,3 +244,7 @@ def test_the_checks_see_cycles_and_bare_imports(tmp_path):
         graph[e.source].add(e.target)
     assert strongly_connected(graph) == [["qwq.a", "qwq.sub", "qwq.sub.c"]]
     assert "in a function" in a_cycle(["qwq.a", "qwq.sub", "qwq.sub.c"], edges)
+    assert bare_local_imports(mods) == ["qwq/a.py:2: from qwq.sub.b import g"]
+    (pkg / "a.py").write_text("def f():\n    # lazy: a reason\n    from qwq.sub.b import g\n"
+                              "    import json\n")
+    assert bare_local_imports(mods) == []
