@@ -3,8 +3,9 @@
 Rank 0 (the process that called `qwq.LLM(..., tensor_parallel_size=N)` or `qwq serve
 --tensor-parallel-size N`) starts ranks 1..N-1 itself (`python -m qwq.distributed.worker`, see
 ranks.py), or, under torchrun, every rank runs the same command and ranks other than 0 follow
-rank 0 and exit when it stops. Every rank opens the checkpoint, loads only its shard, quantizes
-it and allocates a KV cache for its heads; the block count is agreed (the smallest any rank
+rank 0 and exit when it stops. Every rank makes qwq.compose's plan (checkpoint, dtype, format:
+the ranks rank 0 starts get its settled dtype and format), builds only its shard from it
+(compose.build_model), quantizes it and allocates a KV cache for its heads; the block count is agreed (the smallest any rank
 affords) so that rank 0's block tables mean the same slots everywhere. Rank 0 builds the usual
 engine (scheduler, runner, sampler) over its shard. If rank 0's start fails, the ranks it
 started are killed before the error is raised.
