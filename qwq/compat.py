@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from qwq.errors import QwQError
+from qwq.errors import QwQError, UnsafeCheckpointError
 from qwq.llm import run_to_completion
 from qwq.sampling_params import SamplingParams
 from qwq.tokenizer import Tokenizer
@@ -233,6 +233,8 @@ class _Watch:
 class AutoTokenizer:
     @staticmethod
     def from_pretrained(name: str | os.PathLike | None = None, **_: Any) -> QwQTokenizer:
+        # lazy: `import qwq` stays light; the engine, the weights and torch.distributed load
+        # with the first model
         from qwq.models import load_tokenizer
         tokenizer, resolved = load_tokenizer(name)
         return QwQTokenizer(tokenizer, resolved.default_system)
@@ -244,8 +246,7 @@ class AutoModelForCausalLM:
                         device_map: Any = "auto", trust_remote_code: bool = False,
                         **kwargs: Any) -> QwQForCausalLM:
         """device_map "auto" means the GPU when there is one; trust_remote_code is refused."""
-        from qwq.errors import UnsafeCheckpointError
-        from qwq.models import load_engine
+        from qwq.models import load_engine  # lazy: as in AutoTokenizer.from_pretrained
         if trust_remote_code:
             raise UnsafeCheckpointError("trust_remote_code=True is refused: qwq never runs "
                                         "code shipped with a checkpoint")

@@ -29,6 +29,8 @@ class LLM:
                  block_size: int = 16, kv_cache_dtype: str = "auto", **engine_options: Any):
         """kv_cache_dtype: auto (the model's dtype), bfloat16, int8 or fp8; the 8-bit ones hold
         twice the tokens in kv_cache_memory."""
+        # lazy: `import qwq` stays light; the engine, the weights and torch.distributed load
+        # with the first LLM
         from qwq.models import load_engine
         cfg = EngineConfig(block_size=block_size, max_model_len=max_model_len,
                            max_num_seqs=max_num_seqs, kv_cache_memory=kv_cache_memory,
@@ -41,7 +43,7 @@ class LLM:
     def shutdown(self) -> None:
         """Stop the other ranks of a tensor-parallel LLM (they also stop when this process
         exits); a no-op with one rank."""
-        from qwq.distributed import shutdown
+        from qwq.distributed import shutdown  # lazy: torch.distributed, only to stop ranks
         shutdown(self.engine)
 
     @property

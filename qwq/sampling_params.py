@@ -7,6 +7,9 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from qwq.errors import RequestError
+from qwq.reasoning.budget import EFFORT_BUDGETS
+from qwq.reasoning.language import LANGUAGE_SCRIPTS
+from qwq.reasoning.loops import LOOP_ACTIONS
 
 MAX_STOP_STRINGS = 64
 MAX_STOP_LEN = 256
@@ -94,9 +97,6 @@ class SamplingParams:
         self._validate_reasoning(bad)
 
     def _validate_reasoning(self, bad) -> None:
-        from qwq.reasoning.budget import EFFORT_BUDGETS
-        from qwq.reasoning.language import LANGUAGE_SCRIPTS
-        from qwq.reasoning.loops import LOOP_ACTIONS
 
         v = self.max_thinking_tokens
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):

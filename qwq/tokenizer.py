@@ -48,6 +48,7 @@ def read_gguf_tokenizer_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The tokenizer.* metadata of a GGUF file, under short names (tokens, merges, token_type,
     bos/eos/padding_token_id, chat_template, pre, model), read with the bounded header parser
     (the file is untrusted)."""
+    # lazy: `import qwq` does not load the GGUF reader (gguf, numpy) and qwq.model with it
     from qwq.weights.gguf_file import read_gguf_header
 
     meta = read_gguf_header(Path(path)).metadata

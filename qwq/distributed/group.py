@@ -123,3 +123,10 @@ def join(tp: TPGroup, store: Any = None) -> TPGroup:
 def send_stop(tp: TPGroup) -> None:
     """Rank 0: the step header that tells the other ranks to stop."""
     dist.broadcast(torch.tensor([STOP] + [0] * (HEADER - 1)), 0, group=tp.control)
+
+
+def shutdown(engine) -> None:
+    """Stop the other ranks of a tensor-parallel engine (a no-op for a single-rank one)."""
+    tp = getattr(engine.runner.model, "tp", None)
+    if tp is not None:
+        tp.close()

@@ -3,8 +3,9 @@
 Rank 0 (the process that called `qwq.LLM(..., tensor_parallel_size=N)` or `qwq serve
 --tensor-parallel-size N`) starts ranks 1..N-1 itself (`python -m qwq.distributed.worker`, see
 ranks.py), or, under torchrun, every rank runs the same command and ranks other than 0 follow
-rank 0 and exit when it stops. Every rank opens the checkpoint, loads only its shard, quantizes
-it and allocates a KV cache for its heads; the block count is agreed (the smallest any rank
+rank 0 and exit when it stops. Every rank makes qwq.compose's plan (checkpoint, dtype, format:
+the ranks rank 0 starts get its settled dtype and format), builds only its shard from it
+(compose.build_model), quantizes it and allocates a KV cache for its heads; the block count is agreed (the smallest any rank
 affords) so that rank 0's block tables mean the same slots everywhere. Rank 0 builds the usual
 engine (scheduler, runner, sampler) over its shard. If rank 0's start fails, the ranks it
 started are killed before the error is raised.
@@ -22,10 +23,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from qwq.compose import LoadPlan, build_network, engine_for, num_kv_blocks, plan_load, resolve
 from qwq.config import EngineConfig
 from qwq.distributed.group import TensorParallelError, TPGroup, join, rank_device, torchrun_env
 from qwq.distributed.ranks import dead_rank_error, start_ranks, wait_for_ranks, watch
-from qwq.distributed.shard import build_shard_model, check_tp_size
+from qwq.distributed.steps import serve_steps
+from qwq.engine.runner import ModelRunner
+from qwq.heap import weights_in_own_mappings
+from qwq.model.kv_quant import kv_storage_dtype
+from qwq.model.quant import quantize_model
 
 
 @dataclass
@@ -57,13 +63,11 @@ def load_tp_engine(model, *, dtype: str | torch.dtype = "auto", device: str | No
                    exit_on_rank_failure: bool = False):
     """(engine, tokenizer, resolved name) on rank 0, over N ranks; ranks other than 0 (under
     torchrun) follow rank 0's steps here and exit the process when it stops."""
-    from qwq.models import resolve
-    from qwq.weights import open_checkpoint
     size = tensor_parallel_size
     resolved = resolve(model)
     # absolute: a started rank need not share this process's working directory's meaning
-    opts = RankOptions(str(Path(resolved.path).resolve()), dtype, device,
-                       engine_config or EngineConfig())
+    path = str(Path(resolved.path).resolve())
+    cfg = engine_config or EngineConfig()
     env = torchrun_env()
     if env is not None:
         rank, world, local_rank = env
@@ -72,16 +76,18 @@ def load_tp_engine(model, *, dtype: str | torch.dtype = "auto", device: str | No
                                       f"{world} ranks (WORLD_SIZE); they must agree")
         tp = join(TPGroup(rank, size, rank_device(device, local_rank)))
         if rank != 0:
-            follow(tp, opts)
+            follow(tp, RankOptions(path, dtype, device, cfg))
             raise SystemExit(0)
-    ckpt = open_checkpoint(resolved.path)
-    check_tp_size(ckpt.config, size)
-    if env is None:
+    else:
         tp = TPGroup(0, size, rank_device(device, 0))
+    plan = plan_load(resolved, dtype=dtype, device=tp.device, engine_config=cfg,
+                     tensor_parallel_size=size)
+    # started ranks take rank 0's settled dtype and format
+    opts = RankOptions(path, plan.dtype, device, plan.engine_config)
     try:
         if env is None:
             start_and_join(tp, opts)
-        engine, tokenizer = build_engine(ckpt, opts, tp)
+        engine, tokenizer = build_engine(plan, tp)
     except BaseException as e:  # Ctrl-C included: no rank may outlive a failed start
         err = startup_error(tp, e)
         if err is e:
@@ -110,30 +116,23 @@ def startup_error(tp: TPGroup, e: BaseException) -> BaseException:
     return dead or e
 
 
-def build_engine(ckpt, opts: RankOptions, tp: TPGroup):
+def build_engine(plan: LoadPlan, tp: TPGroup):
     """Rank 0: its shard, the tokenizer and the engine over them."""
-    from qwq.heap import weights_in_own_mappings
-    from qwq.models import _tokenizer_of, engine_for
-    tokenizer = _tokenizer_of(ckpt)
+    tokenizer = plan.tokenizer()
     with weights_in_own_mappings():
-        net, cfg = build_rank(ckpt, opts, tp)
+        net, cfg = build_rank(plan, tp)
         # every rank runs each step eagerly: the other ranks mirror rank 0's steps op by op
-        engine = engine_for(net, tokenizer, cfg, ckpt.generation_config, decode_graphs=False)
+        engine = engine_for(net, tokenizer, cfg, plan.ckpt.generation_config,
+                            decode_graphs=False)
     return engine, tokenizer
 
 
-def build_rank(ckpt, opts: RankOptions, tp: TPGroup):
-    """This rank's shard, and the engine config every rank shares (quantization settled,
-    KV blocks agreed)."""
-    from qwq.model.quant import auto_quantization
-    from qwq.models import num_kv_blocks, pick_dtype
-    torch_dtype = pick_dtype(opts.dtype, ckpt.config, tp.device)
-    cfg = opts.engine_config
-    if cfg.quantize == "auto":
-        cfg = dataclasses.replace(cfg, quantize=auto_quantization(
-            ckpt.weight_types(), torch_dtype, tp.device, sharded=True))
-    net = build_shard_model(ckpt, torch_dtype, tp)
-    blocks = torch.tensor([num_kv_blocks(net.config, cfg, torch_dtype, tp.device)])
+def build_rank(plan: LoadPlan, tp: TPGroup):
+    """This rank's shard, and the engine config every rank shares (the plan's, with the KV
+    block count agreed: the smallest any rank affords)."""
+    net = build_network(plan, tp)
+    cfg = plan.engine_config
+    blocks = torch.tensor([num_kv_blocks(net.config, cfg, plan.dtype, tp.device)])
     dist.all_reduce(blocks, op=dist.ReduceOp.MIN, group=tp.control)
     return net, dataclasses.replace(cfg, num_kv_blocks=int(blocks))
 
@@ -141,14 +140,11 @@ def build_rank(ckpt, opts: RankOptions, tp: TPGroup):
 def follow(tp: TPGroup, opts: RankOptions) -> None:
     """A rank other than 0: build the shard and its KV cache, then run rank 0's steps. The
     checkpoint (its mapping, its parsed metadata) is released once the shard is loaded."""
-    from qwq.distributed.steps import serve_steps
-    from qwq.engine.runner import ModelRunner
-    from qwq.heap import weights_in_own_mappings
-    from qwq.model.kv_quant import kv_storage_dtype
-    from qwq.model.quant import quantize_model
-    from qwq.weights import open_checkpoint
     with weights_in_own_mappings():
-        net, cfg = build_rank(open_checkpoint(opts.path), opts, tp)
+        plan = plan_load(opts.path, dtype=opts.dtype, device=tp.device,
+                         engine_config=opts.engine_config, tensor_parallel_size=tp.size)
+        net, cfg = build_rank(plan, tp)
+        del plan
         quantize_model(net, cfg.quantize, cfg.head_quantize)
         dtype = net.embed_tokens.weight.dtype
         kv_dtype = kv_storage_dtype(cfg.kv_cache_dtype, dtype)  # as rank 0's engine_for
@@ -159,10 +155,3 @@ def follow(tp: TPGroup, opts: RankOptions) -> None:
         print(f"qwq: tensor-parallel rank {tp.rank} stops: {e}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
     dist.destroy_process_group()
-
-
-def shutdown(engine) -> None:
-    """Stop the other ranks of a tensor-parallel engine (a no-op for a single-rank one)."""
-    tp = getattr(engine.runner.model, "tp", None)
-    if tp is not None:
-        tp.close()

@@ -24,6 +24,7 @@ from torch import nn
 
 from qwq.config import ModelConfig
 from qwq.distributed.group import TensorParallelError, TPGroup
+from qwq.distributed.steps import send_step
 from qwq.model import Qwen2Model
 from qwq.model.layout import expected_shapes, split_dim
 
@@ -117,7 +118,6 @@ class TensorParallelQwen2(Qwen2Model):
                 module.register_forward_hook(_all_reduce_output)
 
     def forward(self, input_ids, meta, kv) -> torch.Tensor:
-        from qwq.distributed.steps import send_step
         if self.tp.rank == 0:
             self.tp.check_alive()
         try:
@@ -132,12 +132,3 @@ class TensorParallelQwen2(Qwen2Model):
             if self.tp.rank == 0 else None
         dist.gather(local.contiguous(), parts, dst=0, group=self.tp.compute)
         return torch.cat(parts, dim=-1)[:, :self.vocab_size] if self.tp.rank == 0 else local
-
-
-def build_shard_model(ckpt, dtype: torch.dtype, tp: TPGroup) -> TensorParallelQwen2:
-    """This rank's shard with its weights, or an error and nothing half-built."""
-    with torch.device("meta"):
-        model = TensorParallelQwen2(ckpt.config, tp)
-    model = model.to(dtype).to_empty(device=tp.device)
-    model.load_weights(shard_tensors(ckpt, tp.rank, tp.size, dtype))
-    return model.eval()

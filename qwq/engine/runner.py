@@ -7,6 +7,7 @@ import torch
 
 from qwq import heap
 from qwq.engine.draft import DraftRunner
+from qwq.engine.graphs import DecodeGraphs
 from qwq.engine.sampler import DraftRows, Sample, sample, sample_drafted
 from qwq.engine.scheduler import SchedulerOutput
 from qwq.engine.sequence import Sequence
@@ -31,7 +32,6 @@ class ModelRunner:
                           cfg.num_key_value_heads, cfg.head_dim, kv_dtype, self.device)
         self.graphs = None
         if decode_graphs:
-            from qwq.engine.graphs import DecodeGraphs
             max_blocks = min(num_blocks, -(-(max_model_len or num_blocks * block_size)
                                            // block_size))
             self.graphs = DecodeGraphs(model, self.kv, block_size, num_blocks, max_batch,

@@ -1,6 +1,7 @@
 """`qwq eval humaneval` and `qwq eval math FILE.jsonl`: a table on stdout, JSON with --json.
 
-qwq.cli.build_parser adds the subcommand with `add_eval_parser(sub, add_model_args)`.
+qwq.cli.build_parser adds the subcommand with `add_eval_parser(sub, add_model_args)`; the
+model options and loading come from qwq.cli_options.
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from qwq.cli_options import add_model_args, load_llm
+from qwq.eval import humaneval
+from qwq.eval import math as maths
+from qwq.eval.math import majority
+from qwq.eval.runner import generate
+from qwq.reasoning.language import mixing_rate
 from qwq.reasoning.options import add_reasoning_args, reasoning_fields
+from qwq.sampling_params import SamplingParams
 
 
 def add_eval_parser(sub, add_model_args: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -36,8 +44,6 @@ def add_eval_parser(sub, add_model_args: Callable[[argparse.ArgumentParser], Non
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from qwq.cli import load_llm
-    from qwq.sampling_params import SamplingParams
     llm = load_llm(args)
     temperature = args.temperature if args.temperature is not None else (
         0.0 if args.n == 1 else 0.7)
@@ -53,9 +59,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _humaneval(llm, args, params) -> tuple[dict, list]:
-    from qwq.eval import humaneval
-    from qwq.eval.math import majority
-    from qwq.eval.runner import generate
     problems = humaneval.load_problems()[:args.limit]
     start = time.perf_counter()
     samples = generate(llm.engine, [llm.encode_chat(humaneval.messages(p)) for p in problems],
@@ -71,8 +74,6 @@ def _humaneval(llm, args, params) -> tuple[dict, list]:
 
 
 def _math(llm, args, params) -> tuple[dict, list]:
-    from qwq.eval import math as maths
-    from qwq.eval.runner import generate
     items = maths.load_jsonl(args.file)[:args.limit]
     factory = llm.engine.control_factory
     style = factory.parser_style if factory is not None else None  # the server's split
@@ -87,7 +88,6 @@ def _math(llm, args, params) -> tuple[dict, list]:
 
 def summarize(task: str, correct: list[bool], samples: list[list[Any]], gen_s: float,
               total_s: float) -> dict[str, Any]:
-    from qwq.reasoning.language import mixing_rate
     flat = [s for group in samples for s in group]
     return {"task": task, "problems": len(correct),
             "accuracy": statistics.mean(correct) if correct else 0.0,
@@ -109,7 +109,6 @@ def table(summary: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m qwq.eval.cli humaneval|math ...`, the same as `qwq eval ...`."""
-    from qwq.cli import add_model_args
     parser = argparse.ArgumentParser(prog="qwq")
     add_eval_parser(parser.add_subparsers(dest="command", required=True), add_model_args)
     args = parser.parse_args(["eval", *(sys.argv[1:] if argv is None else argv)])

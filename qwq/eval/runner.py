@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from qwq.reasoning.controls import ControlFactory
 from qwq.reasoning.loops import LoopControl
 
 
@@ -43,7 +44,6 @@ def generate(engine, prompts: list[list[int]], params,
              extract: Callable[[str], str | None] | None = None) -> list[list[Sample]]:
     """Samples for every prompt. With extract (text -> answer) and params.n > 1, a request is
     aborted as soon as its vote is decided; the samples finished by then are returned."""
-    from qwq.reasoning.controls import ControlFactory
     inner = engine.control_factory or ControlFactory.for_tokenizer(engine.tokenizer)
     recorder = _Recorder(inner)
     engine.control_factory = recorder

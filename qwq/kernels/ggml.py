@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from qwq.kernels import kernels_available
+
 _BIT8 = torch.arange(8, dtype=torch.uint8)
 
 
@@ -235,8 +237,6 @@ def linear(x: torch.Tensor, raw: torch.Tensor, t: GGMLType | str | int,
            bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
     """x (..., k) times raw's rows: torch.ops.qwq.ggml_linear where qwq's kernels are built (x86
     with AVX-512 VNNI), linear_reference elsewhere."""
-    from qwq.kernels import kernels_available
-
     t = ggml_type(t)
     x2 = x.reshape(-1, x.shape[-1])
     if x.device.type == "cpu" and kernels_available():

@@ -10,6 +10,8 @@ int8 activation blocks, as llama.cpp pairs them. Types without a kernel (F16, BF
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -18,7 +20,9 @@ from gguf.quants import dequantize as gguf_dequantize
 from torch import nn
 
 from qwq.kernels import ggml
-from qwq.weights.stored import StoredTensor
+
+if TYPE_CHECKING:  # a type only: qwq.weights imports qwq.model.layout
+    from qwq.weights.stored import StoredTensor
 
 
 def _dequantize_other(stored: StoredTensor) -> torch.Tensor:

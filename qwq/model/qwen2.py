@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,9 @@ from qwq.model.attention import AttentionMetadata, KVCache, paged_attention
 from qwq.model.ggml_linear import GGMLEmbedding, GGMLLinear
 from qwq.model.layout import BIASED, NORMS, PROJECTIONS, hf_weight_names, layer_shapes
 from qwq.model.rope import RotaryEmbedding, apply_rope_prepared, rope_factors
-from qwq.weights.stored import StoredTensor
+
+if TYPE_CHECKING:  # a type only: qwq.weights imports qwq.model.layout
+    from qwq.weights.stored import StoredTensor
 
 
 def fused(x: torch.Tensor) -> bool:

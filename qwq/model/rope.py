@@ -12,6 +12,7 @@ import math
 import torch
 
 from qwq.config import ModelConfig
+from qwq.errors import CheckpointError
 
 
 def _yarn_inv_freq(dim: int, base: float, rs: dict) -> tuple[torch.Tensor, float]:
@@ -49,7 +50,6 @@ class RotaryEmbedding(torch.nn.Module):
             inv_freq = 1.0 / (base ** exponents).float()
             self.scale = 1.0
         else:
-            from qwq.errors import CheckpointError
             raise CheckpointError(f"rope_scaling type {kind!r} is not supported (default, yarn)")
         # a plain float32 CPU attribute, not a buffer: it is computed from the config, so it
         # survives a model built on meta and moved with to_empty, and dtype casts don't round it

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from qwq.errors import QwQError, RequestError
 from qwq.reasoning.budget import PhaseTracker, ReasoningCloser, thinking_budget
-from qwq.reasoning.guard import GuardControl, get_guard
+from qwq.reasoning.guard import GuardControl, get_guard, guard_names
 from qwq.reasoning.language import LanguageControl, detect_language, user_text
 from qwq.reasoning.loops import LoopControl, PenalizingLoopControl
 from qwq.sampling_params import SamplingParams
@@ -87,7 +87,6 @@ def _guard(name: str):
     try:
         return get_guard(name)
     except KeyError:
-        from qwq.reasoning.guard import guard_names
         raise RequestError(f"guard {name!r} is not configured; available: "
                            f"{', '.join(guard_names())}", param="guard") from None
 

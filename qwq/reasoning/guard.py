@@ -22,6 +22,8 @@ from typing import Any
 
 from qwq.reasoning import metrics
 from qwq.reasoning.actions import Stop
+from qwq.reasoning.language import user_text
+from qwq.sampling_params import SamplingParams
 
 STAGES = ("input", "output")
 
@@ -115,7 +117,6 @@ class ModelGuard:
 
     @classmethod
     def from_llm(cls, llm, name: str = "model", **kwargs: Any) -> ModelGuard:
-        from qwq.sampling_params import SamplingParams
         params = SamplingParams(temperature=0.0, max_tokens=16, loop_control="off")
 
         def classify(messages: list[dict]) -> str:
@@ -218,7 +219,6 @@ class GuardControl:
     def on_prompt(self, prompt_ids: list[int]) -> Stop | None:
         if self.tokenizer is None:
             return None
-        from qwq.reasoning.language import user_text
         text = user_text(self.tokenizer.decode(prompt_ids), all_turns=True)
         decision = run_check(self.guard, text, "input")
         return None if decision.allowed else Stop("content_filter", decision.as_detail())

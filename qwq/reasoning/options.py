@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from qwq.reasoning.budget import EFFORT_BUDGETS
+from qwq.reasoning.guard import load_guards
 from qwq.reasoning.loops import LOOP_ACTIONS
 
 FIELDS = ("max_thinking_tokens", "reasoning_effort", "loop_control", "language", "guard",
@@ -36,6 +37,5 @@ def add_reasoning_args(p: argparse.ArgumentParser) -> None:
 def reasoning_fields(args: argparse.Namespace) -> dict[str, Any]:
     """SamplingParams keyword arguments from parsed flags (and registers --guard-file)."""
     if getattr(args, "guard_file", None):
-        from qwq.reasoning.guard import load_guards
         load_guards(args.guard_file)
     return {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}

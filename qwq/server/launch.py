@@ -16,8 +16,14 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from qwq.cli_options import engine_options
+from qwq.config import EngineConfig
 from qwq.errors import QwQError
+from qwq.models import load_engine
+from qwq.reasoning.guard import load_guards
+from qwq.server.app import create_app
 from qwq.server.connections import ConnectionLimits, limited_protocol
+from qwq.server.prompts import use_chat_template
 from qwq.server.state import ServerConfig
 
 
@@ -99,15 +105,9 @@ class BackgroundServer:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from qwq.cli import engine_options
-    from qwq.config import EngineConfig
-    from qwq.models import load_engine
-    from qwq.server.app import create_app
-
     keys = args.api_key or ([os.environ["QWQ_API_KEY"]] if os.environ.get("QWQ_API_KEY")
                             else [])
     if args.guard_file:  # a bad policy file fails before the model loads
-        from qwq.reasoning.guard import load_guards
         try:
             load_guards(args.guard_file)
         except (OSError, ValueError, KeyError) as e:
@@ -119,7 +119,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tensor_parallel_size=args.tensor_parallel_size, exit_on_rank_failure=True)
     names = args.served_model_name or [resolved.name]
     if args.chat_template:
-        from qwq.server.prompts import use_chat_template
         use_chat_template(engine, args.chat_template, args.reasoning_parser)
     config = ServerConfig(model_name=names[0], aliases=names[1:], api_keys=keys,
                           price_input=args.price_input, price_output=args.price_output,

@@ -15,6 +15,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from qwq.reasoning.guard import guard_names
+from qwq.reasoning.language import LANGUAGE_SCRIPTS
 from qwq.server.sampling import CONFLICTING_FIELDS, CONTEXT_LENGTH_EXCEEDED, INVALID_JSON_SCHEMA
 from qwq.server.state import ServerState
 
@@ -190,8 +192,6 @@ def _model_bounds(doc: dict[str, Any], state: ServerState) -> None:
     """What depends on the loaded model and the process: token ids below the vocabulary,
     logit_bias keys and values, guard names, language codes; integer bounds as integers
     (pydantic writes them as floats, and 2**62 as a float is not the bound the server has)."""
-    from qwq.reasoning.guard import guard_names
-    from qwq.reasoning.language import LANGUAGE_SCRIPTS
 
     vocab = state.tokenizer.vocab_size
     fields = {"language": ["auto", *sorted(LANGUAGE_SCRIPTS)], "guard": guard_names()}

@@ -17,7 +17,7 @@ from qwq.engine.async_engine import EngineDeadError
 from qwq.errors import QwQError
 from qwq.outputs import RequestOutput
 from qwq.sampling_params import SamplingParams
-from qwq.server.errors import from_exception
+from qwq.server.errors import APIError, from_exception
 from qwq.server.metrics import RequestTrack
 from qwq.server.state import ServerState
 
@@ -114,7 +114,6 @@ async def start_tracked(streams: list[Stream], request: Request,
                         track: RequestTrack) -> Response | None:
     """start_all, with the outcome in metrics: a 499 response when the client left before
     the first output, None once every stream has started; HTTP errors propagate."""
-    from qwq.server.errors import APIError
     try:
         await start_all(streams, request)
     except ClientGone:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from qwq.errors import CheckpointError
+from qwq.kernels.blocks import BlockScales
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble p holds column AWQ_ORDER[p]
 UNPACK = tuple(AWQ_ORDER.index(k) for k in range(8))  # column k sits at nibble UNPACK[k]
@@ -134,7 +135,6 @@ def dequantize(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor
 def block_scales(scales: torch.Tensor, group_size: int):
     """The group scales as the block packer takes them (qwq.kernels.blocks.BlockScales),
     (out, in / G) float16; None unless 32 divides G."""
-    from qwq.kernels.blocks import BlockScales
     if group_size % 32:
         return None
     return BlockScales(scales.t().to(torch.float16).contiguous(), group_size)
