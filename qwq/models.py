@@ -76,13 +76,19 @@ def pick_dtype(dtype: str | torch.dtype | None, config: ModelConfig,
 
 
 def build_model(ckpt, dtype: torch.dtype, device: torch.device, block_scales: bool = False,
-                stored: bool = False):
+                stored: bool = False, int4: bool = False, head_mode: str | None = None):
     """The network with the checkpoint's weights, or an error and nothing half-built.
     block_scales: keep the grids of weights stored on one (AWQ) for a q5_0/q8_0 packing.
-    stored: layers computed in the file's own block types (quantize="gguf"), views of it."""
+    stored: layers computed in the file's own block types (quantize="gguf"), views of it.
+    int4: an AWQ directory or a GGUF as int4 layers from its own codes, tensor by tensor
+    (quant.load_int4; head_mode: the head's format there, default int8)."""
     from qwq.model import Qwen2Model
     with torch.device("meta"):
         model = Qwen2Model(ckpt.config)
+    if int4:
+        from qwq.model.quant import load_int4
+        load_int4(model, ckpt, dtype, device, head_mode)
+        return model.eval()
     if stored:
         if device.type != "cpu":
             raise QwQError(f"quantize='gguf' runs on CPU; on {device.type} choose int8 or "
@@ -151,13 +157,16 @@ def load_engine(model: str | os.PathLike | None = None, *, dtype: str | torch.dt
         from qwq.model.quant import auto_quantization
         cfg = dataclasses.replace(cfg, quantize=auto_quantization(ckpt.weight_types(),
                                                                   torch_dtype, dev))
+    torch_dtype = _int4_dtype(cfg.quantize, dtype, torch_dtype, dev)
     with heap.weights_in_own_mappings():
         # the draft first: a wrong one is refused before the big model is read
         draft = load_draft(cfg.speculative_model, tokenizer, dev) \
             if cfg.speculative_model else None
         net = build_model(ckpt, torch_dtype, dev,
                           block_scales=cfg.quantize in ("q5_0", "q8_0"),
-                          stored=cfg.quantize == "gguf")
+                          stored=cfg.quantize == "gguf",
+                          int4=_int4_from_codes(cfg.quantize, ckpt),
+                          head_mode=cfg.head_quantize)
         engine = engine_for(net, tokenizer, cfg, ckpt.generation_config, draft=draft)
     return engine, tokenizer, resolved
 
@@ -173,9 +182,26 @@ def load_draft(name: str | os.PathLike, tokenizer, device: torch.device):
     _check_same_vocabulary(_tokenizer_of(ckpt), tokenizer, str(name))
     dtype = pick_dtype("auto", ckpt.config, device)
     mode = auto_quantization(ckpt.weight_types(), dtype, device)
+    dtype = _int4_dtype(mode, "auto", dtype, device)
     net = build_model(ckpt, dtype, device, block_scales=mode in ("q5_0", "q8_0"),
-                      stored=mode == "gguf")
+                      stored=mode == "gguf", int4=_int4_from_codes(mode, ckpt))
     return quantize_model(net, mode)
+
+
+def _int4_from_codes(mode: str, ckpt) -> bool:
+    from qwq.model.quant import int4_source
+    return mode == "int4" and int4_source(ckpt)
+
+
+def _int4_dtype(mode: str, asked, dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """int4 on CUDA computes in bfloat16 (tinygemm takes no other); AWQ configs say float16,
+    so "auto" becomes bfloat16 there, and an explicit float16 is refused by name."""
+    if mode != "int4" or device.type != "cuda" or dtype == torch.bfloat16:
+        return dtype
+    if asked in (None, "auto"):
+        return torch.bfloat16
+    raise QwQError(f"quantize='int4' on CUDA runs in bfloat16 (torch's int4 kernel takes no "
+                   f"other activation dtype); got dtype={asked!r}")
 
 
 def _check_same_vocabulary(draft, target, name: str) -> None:

@@ -247,6 +247,36 @@ def linear(x: torch.Tensor, raw: torch.Tensor, t: GGMLType | str | int,
     return y.view(*x.shape[:-1], out_features)
 
 
+# The 4-bit types whose values are exactly tinygemm's int4 grid at groups of 32 inputs:
+# Q4_0 d * (q - 8); Q4_1 d * q + m; Q4_K per sub-block of 32, d * sc * q - dmin * m.
+INT4_EXACT = ("Q4_0", "Q4_1", "Q4_K")
+
+
+def group_codes(raw: torch.Tensor, t: GGMLType | str | int):
+    """(rows, row_bytes) Q4_0 / Q4_1 / Q4_K blocks -> their GroupCodes (qwq.weights.stored) at
+    groups of 32, w = (q - 8) * scale + zero, on raw's device, with no rounding: the codes are
+    the file's nibbles, scale and zero float32 products of its fp16 and 6-bit fields
+    (Q4_0: scale d, zero 0; Q4_1: scale d, zero m + 8d; Q4_K: scale d * sc_j, zero
+    8 d sc_j - dmin m_j)."""
+    from qwq.weights.stored import GroupCodes
+    t = ggml_type(t)
+    if t.name not in INT4_EXACT:
+        raise ValueError(f"{t.name} is not a 4-bit grid of groups of 32; exact int4 codes "
+                         f"come from {', '.join(INT4_EXACT)}")
+    rows, cols = raw.shape[0], _check_raw(raw, t)
+    b = raw.reshape(-1, t.block_bytes)
+    if t.name == "Q4_K":
+        scales, mins = _scales_mins_k4(b[:, 4:16])
+        q = _low_high(b[:, 16:144])  # (n, 8, 32)
+        scale = _f16(b, 0) * scales.float()
+        zero = 8 * scale - _f16(b, 2) * mins.float()
+    else:
+        q = _nibbles(b[:, 2:] if t.name == "Q4_0" else b[:, 4:])
+        scale = _f16(b, 0)
+        zero = torch.zeros_like(scale) if t.name == "Q4_0" else _f16(b, 2) + 8 * scale
+    return GroupCodes(q.reshape(rows, cols), scale.reshape(rows, -1), zero.reshape(rows, -1), 32)
+
+
 def random_blocks(t: GGMLType | str | int, rows: int, cols: int,
                   generator: torch.Generator | None = None, scale: float = 2 ** -10
                   ) -> torch.Tensor:

@@ -138,3 +138,15 @@ def block_scales(scales: torch.Tensor, group_size: int):
     if group_size % 32:
         return None
     return BlockScales(scales.t().to(torch.float16).contiguous(), group_size)
+
+
+def group_codes(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+                group_size: int):
+    """The linear as GroupCodes (qwq.weights.stored), (out, in), with no rounding: AWQ's
+    (q - z) * s is tinygemm's (q - 8) * scale + zero with scale = s and zero = (8 - z) * s
+    (exact in float32: s is 16-bit, z an integer below 16), at AWQ's own group size."""
+    from qwq.weights.stored import GroupCodes
+    q = unpack(qweight).t().to(torch.uint8).contiguous()
+    s = scales.float().t().contiguous()
+    zero = (8 - unpack(qzeros).t().float()) * s
+    return GroupCodes(q, s, zero, group_size)
