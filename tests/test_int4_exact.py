@@ -111,3 +111,151 @@ def test_auto_on_cuda_is_int4_for_4_bit_checkpoints_only():
     assert auto_quantization(types("Q4_K"), bf, "cpu") == "gguf"
     assert auto_quantization(types("AWQ4"), bf, "cpu") == \
         ("q5_0" if kernels_available() else "w8a8")
+
+
+def last_logits(net, prompt: list[int]) -> torch.Tensor:
+    """The float32 logits after a prompt, through the engine's scheduler and runner."""
+    from qwq.config import EngineConfig
+    from qwq.engine.kv_cache import BlockManager
+    from qwq.engine.runner import ModelRunner
+    from qwq.engine.scheduler import Scheduler
+    from qwq.engine.sequence import Sequence
+    from qwq.sampling_params import SamplingParams
+    cfg = EngineConfig(max_num_batched_tokens=256, block_size=16)
+    sched = Scheduler(cfg, BlockManager(16, 16, enable_prefix_caching=False))
+    runner = ModelRunner(net, 16, 16, net.dtype)
+    sched.add(Sequence(0, "0", 0, list(prompt), SamplingParams(temperature=0)))
+    ids, meta, _ = runner.prepare(sched.schedule())
+    with torch.no_grad():
+        return net(ids, meta, runner.kv)[0].float()
+
+
+PARTS = {"qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+         "o_proj": ("self_attn.o_proj",), "gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
+         "down_proj": ("mlp.down_proj",)}
+
+
+def projections(layer):
+    return {"qkv_proj": layer.self_attn.qkv_proj, "o_proj": layer.self_attn.o_proj,
+            "gate_up_proj": layer.mlp.gate_up_proj, "down_proj": layer.mlp.down_proj}
+
+
+@pytest.mark.parametrize("group", [32, 64])
+def test_awq_directory_loads_as_int4_with_its_own_codes(tmp_path, tiny_config, group):
+    """quantize="int4" on an AWQ directory: every projection holds AWQ's codes on its own
+    groups (the kernel's weight is exactly AWQ's codes on the bf16-rounded grid, where a
+    second rounding from the dequantized weight differs), the head int8, and the logits
+    follow the float model of the weights AWQ stands for."""
+    from test_weights_awq import write_awq_pair
+
+    from qwq.models import build_model
+    from qwq.weights import expected_shapes
+    state = {n: torch.randn(s) * 0.1 for n, s in expected_shapes(tiny_config).items()}
+    awq_dir, plain_dir = write_awq_pair(state, tiny_config, tmp_path, group=group)
+    ckpt, plain = open_checkpoint(awq_dir), open_checkpoint(plain_dir)
+    net = build_model(ckpt, torch.bfloat16, torch.device("cpu"), int4=True)
+    assert isinstance(net.lm_head, Int8Linear)
+    rerounded_differs = False
+    for i, layer in enumerate(net.layers):
+        for fused, linear in projections(layer).items():
+            assert isinstance(linear, Int4Linear) and linear.group_size == group
+            codes = [ckpt.group_codes(f"model.layers.{i}.{p}.weight") for p in PARTS[fused]]
+            want = torch.cat([bf16_grid(c) for c in codes]).bfloat16()
+            got = linear.dequantized()
+            assert torch.equal(got, want), (i, fused)
+            # the codes, read back from the kernel's weight, are AWQ's own
+            sz = linear.scales_zeros.float()  # (k / g, n, 2)
+            s = sz[..., 0].t().repeat_interleave(group, 1)
+            z = sz[..., 1].t().repeat_interleave(group, 1)
+            q = ((got.float() - z) / s).round() + 8
+            assert torch.equal(q.to(torch.uint8), torch.cat([c.q for c in codes]))
+            deq = torch.cat([plain.load(f"model.layers.{i}.{p}.weight", torch.float32)
+                             for p in PARTS[fused]])
+            again = Int4Linear(deq, None, torch.bfloat16, group).dequantized()
+            rerounded_differs |= not torch.equal(again, got)
+            if linear.bias is not None:
+                bias = torch.cat([plain.load(f"model.layers.{i}.{p}.bias") for p in
+                                  PARTS[fused] if p != "self_attn.o_proj"])
+                assert torch.equal(linear.bias, bias.bfloat16())
+    assert rerounded_differs  # a second rounding would not have kept them
+    ref = build_model(plain, torch.bfloat16, torch.device("cpu"))
+    for prompt in ([1, 17, 250, 3, 99], [5] * 20, list(range(40, 80))):
+        a, b = last_logits(net, prompt), last_logits(ref, prompt)
+        assert (a - b).norm() / b.norm() < 0.03, prompt
+        assert a.argmax() == b.argmax()
+
+
+def test_int4_on_cpu_through_the_engine_and_unchanged_auto(tmp_path, tiny_config, tokenizer):
+    """qwq.LLM with quantize="int4" on an AWQ directory runs the int4 layers and answers like
+    its float directory; quantize="auto" on CPU still packs AWQ into q5_0 (w8a8)."""
+    from test_weights_awq import write_awq_pair
+
+    from qwq import LLM, SamplingParams
+    from qwq.kernels import kernels_available
+    from qwq.weights import expected_shapes
+    cfg = tiny_config.replace(vocab_size=tokenizer.vocab_size)
+    state = {n: torch.randn(s) * 0.1 for n, s in expected_shapes(cfg).items()}
+    dirs = write_awq_pair(state, cfg, tmp_path, group=32)
+    for d in dirs:
+        tokenizer.save(d)
+    params = SamplingParams(temperature=0, max_tokens=8)
+    int4 = LLM(str(dirs[0]), quantize="int4", dtype="bfloat16", max_model_len=128)
+    assert int4.engine.config.quantize == "int4"
+    assert isinstance(int4.engine.runner.model.layers[0].mlp.down_proj, Int4Linear)
+    ids = [[11, 502, 33, 7, 900]]
+    got = int4.generate(ids, params)[0].outputs[0].token_ids
+    assert len(got) == 8
+    auto = LLM(str(dirs[0]), max_model_len=128)
+    assert auto.engine.config.quantize == ("q5_0" if kernels_available() else "w8a8")
+
+
+@pytest.fixture(scope="module")
+def tiny_q4_k_m(tmp_path_factory):
+    import random_gguf
+    path = tmp_path_factory.mktemp("gguf") / "tiny-q4_k_m.gguf"
+    random_gguf.write(path, "tiny", "q4_k_m")
+    return path
+
+
+def test_q4_k_m_gguf_loads_as_int4(tiny_q4_k_m):
+    """A Q4_K_M file with quantize="int4" on CPU: its Q4_K projections are the file's codes
+    exactly (groups of 32), its Q6_K ones re-rounded at groups of 32, the token table stays in
+    its blocks, the Q6_K head is int8; next-token choices follow the float model's."""
+    from qwq import LLM, SamplingParams
+    from qwq.model.ggml_linear import GGMLEmbedding
+    from qwq.model.quant import stored_codes
+    ckpt = open_checkpoint(tiny_q4_k_m)
+    types = ckpt.gguf_types()
+    llm = LLM(str(tiny_q4_k_m), quantize="int4", max_model_len=256, kv_cache_memory=16 << 20)
+    assert llm.engine.config.quantize == "int4"
+    net = llm.engine.runner.model
+    assert isinstance(net.embed_tokens, GGMLEmbedding) and isinstance(net.lm_head, Int8Linear)
+    seen = set()
+    for i, layer in enumerate(net.layers):
+        for fused, linear in projections(layer).items():
+            assert isinstance(linear, Int4Linear) and linear.group_size == 32
+            names = [f"model.layers.{i}.{p}.weight" for p in PARTS[fused]]
+            rows = []
+            for n in names:
+                raw = ckpt.stored(n)
+                seen.add(raw.qtype)
+                if raw.qtype in ggml.INT4_EXACT:
+                    rows.append(bf16_grid(ggml.group_codes(raw.data, raw.qtype)).bfloat16())
+                else:  # re-rounded: close to the file's values
+                    c = stored_codes(raw)
+                    w = ggml.dequantize(raw.data, raw.qtype)
+                    assert (c.dequantize() - w).abs().max() <= 0.51 * c.scale.max() + 1e-9
+                    rows.append(bf16_grid(c).bfloat16())
+            assert torch.equal(linear.dequantized(), torch.cat(rows)), (i, fused)
+    assert seen == {"Q4_K", "Q6_K"} and types["lm_head.weight"] == "Q6_K"
+    ref = LLM(str(tiny_q4_k_m), quantize="none", max_model_len=256, kv_cache_memory=16 << 20)
+    ids = [[11, 502, 9000, 33, 7, 4242, 15, 88]]
+    params = SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=5)
+    a = llm.generate(ids, params)[0].prompt_logprobs[1:]
+    b = ref.generate(ids, params)[0].prompt_logprobs[1:]
+    # random blocks make a sharp, brittle model, and re-rounding its uniform 6-bit Q6_K codes
+    # to 4 bits moves some near choices: most top tokens agree, and the float model's top
+    # token is always among int4's top five
+    agree = sum(max(x, key=x.get) == max(y, key=y.get) for x, y in zip(a, b, strict=True))
+    assert agree >= len(b) - 2, (a, b)
+    assert all(max(y, key=y.get) in x for x, y in zip(a, b, strict=True)), (a, b)
