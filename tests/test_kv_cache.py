@@ -181,7 +181,7 @@ def test_cli_refuses_a_bad_kv_cache_dtype_and_plans_with_a_good_one():
                          "--kv-cache-dtype", "int8"], capture_output=True, text=True,
                         timeout=120, check=False)
     assert ok.returncode == 0, ok.stderr
-    assert "130 KiB per GPU (int8)" in ok.stdout and "sequences at 32,768 tokens: 13" in ok.stdout
+    assert "130 KiB per GPU (int8)" in ok.stdout and "sequences at 32,768 tokens: 14" in ok.stdout
 
 
 def test_tensor_parallel_ranks_each_hold_an_int8_cache():
