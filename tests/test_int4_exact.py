@@ -259,3 +259,25 @@ def test_q4_k_m_gguf_loads_as_int4(tiny_q4_k_m):
     agree = sum(max(x, key=x.get) == max(y, key=y.get) for x, y in zip(a, b, strict=True))
     assert agree >= len(b) - 2, (a, b)
     assert all(max(y, key=y.get) in x for x, y in zip(a, b, strict=True)), (a, b)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K"])
+def test_codes_and_decoders_stay_on_the_blocks_device(qtype):
+    """On a GPU the blocks' codes are taken (and other types decoded) on the device: run on
+    the meta device, any constant made on the CPU would fail to broadcast, as on CUDA."""
+    from qwq.model.quant import stored_codes
+    from qwq.weights.stored import StoredTensor
+    raw = ggml.random_blocks(qtype, 4, 256)
+    meta = raw.to("meta")
+    assert ggml.dequantize(meta, qtype).device.type == "meta"
+    assert ggml.rows(meta, qtype, torch.tensor([1, 2], device="meta")).device.type == "meta"
+    if qtype in ggml.INT4_EXACT:
+        assert ggml.group_codes(meta, qtype).q.device.type == "meta"
+    codes = stored_codes(StoredTensor(raw, qtype, (4, 256)), "meta")
+    assert codes.q.device.type == "meta" and codes.group == 32
+    # and on the CPU the re-rounded types stay within half a step of the file's values
+    if qtype not in ggml.INT4_EXACT:
+        c = stored_codes(StoredTensor(raw, qtype, (4, 256)))
+        w = ggml.dequantize(raw, qtype)
+        step = c.scale.repeat_interleave(32, 1)
+        assert ((c.dequantize() - w).abs() <= 0.5 * step + 1e-7).all()

@@ -25,6 +25,12 @@ import torch
 _BIT8 = torch.arange(8, dtype=torch.uint8)
 
 
+def _shifts(bits: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """(len(bits), 1) uint8 shift counts on `like`'s device (the decoders run on GPUs too:
+    a CPU tensor of more than one value does not broadcast against a CUDA one)."""
+    return torch.tensor(bits, dtype=torch.uint8, device=like.device)[:, None]
+
+
 def _f16(b: torch.Tensor, at: int) -> torch.Tensor:
     """The fp16 at byte `at` of each block (n, block_bytes) as float32, (n, 1)."""
     return b[:, at:at + 2].contiguous().view(torch.float16).float()
@@ -37,7 +43,7 @@ def _nibbles(qs: torch.Tensor) -> torch.Tensor:
 
 def _bits32(qh: torch.Tensor) -> torch.Tensor:
     """(n, 4) bytes of a little-endian uint32 -> (n, 32): bit i."""
-    return ((qh[:, :, None] >> _BIT8) & 1).flatten(1)
+    return ((qh[:, :, None] >> _BIT8.to(qh.device)) & 1).flatten(1)
 
 
 def _q4_0(b: torch.Tensor) -> torch.Tensor:
@@ -82,7 +88,7 @@ def _k4(b: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 def _low_high(qs: torch.Tensor) -> torch.Tensor:
     """(n, 128) bytes -> (n, 8, 32): 32 bytes a piece, the low nibbles then the high of each."""
-    pieces = qs.reshape(-1, 4, 1, 32) >> torch.tensor([0, 4], dtype=torch.uint8)[:, None]
+    pieces = qs.reshape(-1, 4, 1, 32) >> _shifts((0, 4), qs)
     return (pieces & 15).view(-1, 8, 32)
 
 
@@ -92,16 +98,16 @@ def _q4_k(b: torch.Tensor) -> torch.Tensor:
 
 def _q5_k(b: torch.Tensor) -> torch.Tensor:
     # sub-block j's fifth bits are bit j of the 32 qh bytes
-    high = (b[:, None, 16:48] >> _BIT8[:, None]) & 1
+    high = (b[:, None, 16:48] >> _BIT8.to(b.device)[:, None]) & 1
     return _k4(b, _low_high(b[:, 48:176]) | (high << 4))
 
 
 def _q6_k(b: torch.Tensor) -> torch.Tensor:
     # per half of 128: ql's 64 bytes give inputs 0-63 (low nibbles) and 64-127 (high); qh's 32
     # bytes give bits 4-5 of inputs l, l + 32, l + 64, l + 96 from their bit pairs 0-1 .. 6-7
-    ql = (b[:, :128].reshape(-1, 2, 1, 64) >> torch.tensor([0, 4], dtype=torch.uint8)[:, None]) & 15
+    ql = (b[:, :128].reshape(-1, 2, 1, 64) >> _shifts((0, 4), b)) & 15
     qh = (b[:, 128:192].reshape(-1, 2, 1, 32)
-          >> torch.tensor([0, 2, 4, 6], dtype=torch.uint8)[:, None]) & 3
+          >> _shifts((0, 2, 4, 6), b)) & 3
     q = (ql.reshape(-1, 16, 16) | (qh.reshape(-1, 16, 16) << 4)).float() - 32
     scales = b[:, 192:208].contiguous().view(torch.int8).float()
     return ((_f16(b, 208) * scales)[..., None] * q).flatten(1)

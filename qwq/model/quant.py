@@ -193,12 +193,16 @@ class Int4Linear(nn.Module):
             if dtype != torch.bfloat16:
                 raise QwQError("int4 on CUDA runs in bfloat16 (tinygemm takes no other "
                                "activation dtype); use dtype='bfloat16'")
-            pairs = (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8)
+            # (n, k / 2) bytes, even inputs in the high nibble (as gpt-fast packs them); k-tiles
+            # of 16 inputs go 8 to a 16-byte load where k allows (QwQ's widths all do)
+            pairs = (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8).contiguous()
             del q
-            packed = torch.ops.aten._convert_weight_to_int4pack(pairs, 8)
+            inner = next(t for t in (8, 4, 2) if k % (16 * t) == 0)
+            packed = torch.ops.aten._convert_weight_to_int4pack(pairs, inner)
+            del pairs
         else:
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
-        del q
+            del q
         self.register_buffer("packed", packed)
         scale = torch.cat([p.scale.to(device, torch.float32) for p in parts])
         zero = torch.cat([p.zero.to(device, torch.float32) for p in parts])
@@ -212,9 +216,9 @@ class Int4Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        if self.cuda_kernel:
-            y = torch.ops.aten._weight_int4pack_mm(x2, self.packed, self.group_size,
-                                                   self.scales_zeros)
+        if self.cuda_kernel:  # tinygemm takes a contiguous bf16 matrix
+            y = torch.ops.aten._weight_int4pack_mm(x2.contiguous(), self.packed,
+                                                   self.group_size, self.scales_zeros)
         else:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group_size,
                                                            self.scales_zeros)
