@@ -113,7 +113,7 @@ def describe(p: Plan, gpus: int, quantize: str) -> str:
         f"weights per GPU:      {p.weights_per_rank / 1e9:.2f} GB ({quantize}, {gpus} GPU(s))",
         f"KV cache per token:   {p.kv_bytes_per_token_per_rank / 1024:.0f} KiB per GPU "
         f"({p.kv_cache_dtype})",
-        f"KV tokens that fit:   {p.kv_tokens:,}" + ("" if p.fits else
-                                                    " (the weights alone do not fit)"),
+        f"KV tokens that fit:   {p.kv_tokens:,}"
+        + ("" if p.fits else " (the weights alone do not fit)"),
         f"sequences at {p.context:,} tokens: {p.max_seqs}",
     ])

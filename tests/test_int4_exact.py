@@ -281,3 +281,19 @@ def test_codes_and_decoders_stay_on_the_blocks_device(qtype):
         w = ggml.dequantize(raw, qtype)
         step = c.scale.repeat_interleave(32, 1)
         assert ((c.dequantize() - w).abs() <= 0.5 * step + 1e-7).all()
+
+
+def test_an_awq_group_tinygemm_lacks_is_rounded_on_its_nearest(tmp_path, tiny_config):
+    """AWQ at groups of 16 (tinygemm takes 32-256): the one case rounded a second time, from
+    AWQ's own values, at groups of 32."""
+    from test_weights_awq import write_awq_pair
+
+    from qwq.models import build_model
+    from qwq.weights import expected_shapes
+    state = {n: torch.randn(s) * 0.1 for n, s in expected_shapes(tiny_config).items()}
+    awq_dir, plain_dir = write_awq_pair(state, tiny_config, tmp_path, group=16)
+    net = build_model(open_checkpoint(awq_dir), torch.bfloat16, torch.device("cpu"), int4=True)
+    down = net.layers[0].mlp.down_proj
+    assert down.group_size == 32
+    want = open_checkpoint(plain_dir).load("model.layers.0.mlp.down_proj.weight", torch.float32)
+    assert (down.dequantized().float() - want).norm() / want.norm() < 0.1

@@ -5,9 +5,9 @@ holds 256 KiB of KV cache per token; the cache takes 85% of what the weights and
 import subprocess
 import sys
 
-from qwq.config import PRESETS
 import pytest
 
+from qwq.config import PRESETS
 from qwq.plan import CUDA_RESERVE, GIB, KV_SHARE, parse_size, plan
 
 QWQ = PRESETS["qwq-32b-preview"]
@@ -86,6 +86,6 @@ def test_the_24gib_figures_the_readme_gives():
 def test_cli_plans_a_4_bit_checkpoint():
     r = subprocess.run([sys.executable, "-m", "qwq.cli", "plan", "--gpu-memory", "24GiB",
                         "--quantize", "q4_k_m", "--kv-cache-dtype", "fp8"],
-                       capture_output=True, text=True, timeout=60)
+                       check=False, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "20.72 GB (q4_k_m" in r.stdout and "27,094" in r.stdout

@@ -384,6 +384,10 @@ def _int4_linear(ckpt, names: list[str], bias: torch.Tensor | None, dtype: torch
     else:
         codes = [ckpt.group_codes(n) for n in names]  # AWQ; None for a float tensor
     group = next((c.group for c in codes if c is not None), None)
+    if group is not None and group not in INT4_GROUPS:  # an AWQ group tinygemm lacks (16, 512):
+        k = codes[0].q.shape[1]                          # the one case rounded a second time
+        group = int4_group_size(k, min(INT4_GROUPS, key=lambda g: abs(g - group)))
+        codes = [c if c is None else round_codes(c.dequantize(), group) for c in codes]
     for i, n in enumerate(names):  # float parts: rounded on the others' grid
         if codes[i] is None:
             w = ckpt.load(n, torch.float32).to(device)

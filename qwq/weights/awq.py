@@ -10,7 +10,9 @@ config.json's quantization_config says {"quant_method": "awq", "bits": 4, "group
 Within a word, the nibble at bits 4p..4p+3 holds output column AWQ_ORDER[p] of its eight, so
 column k sits at nibble UNPACK[k]. The weight is (q - zero) * scale, groups running along the
 input dimension; qwq yields it under the linear's `weight` name and shape (out, in), one tensor
-at a time, and --quantize packs it like any other weight (`auto`: as a 4-6 bit GGUF).
+at a time, and --quantize packs it like any other weight (`auto` on CPU: as a 4-6 bit GGUF).
+As int4 (`auto` on GPUs) the codes themselves are taken (group_codes): (q - z) * s is
+tinygemm's (q - 8) * s + (8 - z) * s, at AWQ's own group size.
 """
 
 from __future__ import annotations
