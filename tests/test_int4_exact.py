@@ -297,3 +297,17 @@ def test_an_awq_group_tinygemm_lacks_is_rounded_on_its_nearest(tmp_path, tiny_co
     assert down.group_size == 32
     want = open_checkpoint(plain_dir).load("model.layers.0.mlp.down_proj.weight", torch.float32)
     assert (down.dequantized().float() - want).norm() / want.norm() < 0.1
+
+
+def test_int4_on_cuda_computes_in_bfloat16():
+    """tinygemm on CUDA takes bf16 activations only: AWQ's float16 config becomes bf16 under
+    dtype auto, an explicit float16 is refused by name; other modes and CPU are untouched."""
+    from qwq.errors import QwQError
+    from qwq.models import _int4_dtype
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert _int4_dtype("int4", "auto", torch.float16, cuda) == torch.bfloat16
+    assert _int4_dtype("int4", "auto", torch.bfloat16, cuda) == torch.bfloat16
+    assert _int4_dtype("int8", "auto", torch.float16, cuda) == torch.float16
+    assert _int4_dtype("int4", "float16", torch.float16, cpu) == torch.float16
+    with pytest.raises(QwQError, match="bfloat16"):
+        _int4_dtype("int4", "float16", torch.float16, cuda)
