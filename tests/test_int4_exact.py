@@ -311,3 +311,45 @@ def test_int4_on_cuda_computes_in_bfloat16():
     assert _int4_dtype("int4", "float16", torch.float16, cpu) == torch.float16
     with pytest.raises(QwQError, match="bfloat16"):
         _int4_dtype("int4", "float16", torch.float16, cuda)
+
+
+_LOAD = """
+import json, sys
+import torch
+from qwq.benchmark.machine import peak_rss_mib, reset_peak_rss, rss_mib
+from qwq import LLM
+from qwq.models import load_tokenizer
+load_tokenizer(sys.argv[1])
+base = rss_mib()
+reset_peak_rss()
+llm = LLM(sys.argv[1], max_model_len=256, kv_cache_memory=8 << 20, enable_prefix_caching=False,
+          quantize="int4")
+net = llm.engine.runner.model
+table = net.embed_tokens.raw  # a view of the file, not held
+held = sum(t.numel() * t.element_size() for t in (*net.parameters(), *net.buffers())
+           if t is not table)
+print(json.dumps({"base": base, "peak": peak_rss_mib(), "held_mib": held / 2**20,
+                  "format": llm.engine.config.quantize}))
+"""
+
+
+def test_int4_loading_makes_no_float_copy_of_the_model(tmp_path):
+    """A Q4_K_M GGUF loads as int4 one tensor at a time: peak memory while loading stays
+    within what the int4 model holds plus a slab's temporaries, well under the model in 16
+    bits (its head and table alone would be 2 x 297 MiB here)."""
+    import json
+    import subprocess
+
+    import random_gguf
+    path = tmp_path / "small.gguf"
+    random_gguf.SHAPES["small"] = (4, 1024, 2816, 8, 2, 151936, 4096)
+    random_gguf.write(path, "small", "q4_k_m")
+    proc = subprocess.run([sys.executable, "-c", _LOAD, str(path)], capture_output=True,
+                          text=True, timeout=600, check=False, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["format"] == "int4"
+    bf16_mib = (4 * (1024 * (1024 + 2 * 256 + 1024) + 3 * 1024 * 2816) + 2 * 151936 * 1024) \
+        * 2 / 2**20
+    grew = res["peak"] - res["base"]
+    assert grew < res["held_mib"] + 192 and grew < 0.5 * bf16_mib, (res, bf16_mib)

@@ -109,6 +109,21 @@ class Int8Linear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.to(dtype), requires_grad=False)
         self.out_features, self.in_features = weight.shape
 
+    @classmethod
+    def from_rows(cls, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+                  dtype: torch.dtype) -> Int8Linear:
+        """Weight-only int8 from rows rounded already (quantize_weight_rows, a slab at a
+        time: load_int4's head never exists whole in floats)."""
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.int8_activations = False
+        layer.register_buffer("weight", q)
+        layer.register_buffer("scale", scale.to(dtype))
+        layer.bias = None if bias is None else nn.Parameter(bias.to(q.device, dtype),
+                                                            requires_grad=False)
+        layer.out_features, layer.in_features = q.shape
+        return layer
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
@@ -418,7 +433,16 @@ def load_int4(model, ckpt, dtype: torch.dtype, device: torch.device,
         model.lm_head.weight = model.embed_tokens.weight
     elif head_mode == "int4":
         model.lm_head = _int4_linear(ckpt, ["lm_head.weight"], None, dtype, device)
-    else:  # rounded on the CPU from the 16-bit head (1.56 GB for QwQ-32B), then moved
+    elif head_mode == "int8":  # rows read and rounded a slab at a time, from float32
+        q = torch.empty((cfg.vocab_size, cfg.hidden_size), dtype=torch.int8, device=device)
+        scale = torch.empty(cfg.vocab_size, dtype=torch.float32, device=device)
+        for r in range(0, cfg.vocab_size, 8192):
+            stop = min(r + 8192, cfg.vocab_size)
+            rows = ckpt.load_slice("lm_head.weight", 0, r, stop, torch.float32).to(device)
+            q[r:stop], scale[r:stop] = quantize_weight_rows(rows)
+            del rows
+        model.lm_head = Int8Linear.from_rows(q, scale, None, dtype)
+    else:  # another format: rounded on the CPU from the 16-bit head, then moved
         head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False, device="meta")
         head.weight = nn.Parameter(ckpt.load("lm_head.weight", dtype), requires_grad=False)
         model.lm_head = quantize_linear(head, head_mode, dtype).to(device)
