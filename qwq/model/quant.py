@@ -351,10 +351,12 @@ def _quantize_model(model: nn.Module, mode: str, head_mode: str | None) -> nn.Mo
 # other types: Q6_K for half the layers' attn_v and ffn_down (32 of QwQ-32B's 64: 4.70 G
 # weights) and the output head, sometimes Q5_0/Q8_0. Those projections are re-rounded to int4
 # at groups of 32 (5 bits a weight with a bf16 scale and zero: 2.94 GB) rather than int8 per
-# row (4.70 GB): with int8 QwQ-32B Q4_K_M would weigh 22.5 GB and leave no useful KV cache on
-# a 24 GB GPU; with int4 it is 20.7 GB (16.57 GB of Q4_K layers, 2.94 GB re-rounded, the
-# head int8 0.78 GB, the token table kept as Q4_K blocks 0.44 GB), leaving ~4 GB of cache
-# (qwq plan). Groups of 32 keep most of Q6_K's precision where 128 would not.
+# row (4.70 GB). QwQ-32B Q4_K_M is then 20.72 GB: 16.57 GB of Q4_K layers at groups of 32,
+# 2.94 GB re-rounded, the head int8 0.78 GB, the token table kept in its Q4_K blocks 0.44 GB.
+# On a 24 GiB card that leaves 3.6 GB of KV cache, 13,759 tokens in bf16 (27,094 in fp8;
+# qwq plan); with int8 rows it would be 22.48 GB and 2.1 GB, 8,039 tokens, and on a card of
+# 24e9 bytes 2,301 against 8,020. Groups of 32 keep most of Q6_K's precision where 128 would
+# not (and share the Q4_K parts' grid, so a fused q|k|v or gate|up stays one kernel call).
 _GGUF_INT4_GROUP = 32
 
 
