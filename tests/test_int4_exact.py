@@ -155,6 +155,7 @@ def test_awq_directory_loads_as_int4_with_its_own_codes(tmp_path, tiny_config, g
     ckpt, plain = open_checkpoint(awq_dir), open_checkpoint(plain_dir)
     net = build_model(ckpt, torch.bfloat16, torch.device("cpu"), int4=True)
     assert isinstance(net.lm_head, Int8Linear)
+    assert all(t.device.type == "cpu" for t in (*net.parameters(), *net.buffers()))
     rerounded_differs = False
     for i, layer in enumerate(net.layers):
         for fused, linear in projections(layer).items():
