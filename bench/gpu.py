@@ -19,6 +19,19 @@ There (device tool: carry [".gpu"]):
 On CPU a small config runs every step, in float32 so the greedy tokens of both must agree
 (tests/test_bench.py does this):
     python bench/gpu.py --device cpu --config tiny --dtype float32
+
+--int4 (issue 15's check) runs instead: 4-bit checkpoints as int4 on torch's tinygemm kernel.
+- kernel: Int4Linear.from_codes on the device against dequantize-then-matmul, for AWQ codes
+  (groups of 128) and GGUF Q4_0 / Q4_1 / Q4_K blocks (groups of 32, their codes taken on the
+  device), batches 1, 8 and 64; on CUDA also against the CPU kernel on the same codes.
+- model: the QwQ-32B shape built as load_int4 builds a 4-bit checkpoint, from random codes
+  (no file: the device has no 20 GB to write), once as AWQ (groups of 128, 16-bit token
+  table) and once as a Q4_K_M GGUF (groups of 32, the table in Q4_K blocks); the head int8.
+  Its weight bytes against `qwq plan`'s, a KV cache sized as on a --gpu-memory card (85% of
+  what is left after the weights and 0.75 GiB), KV tokens against the plan's, a 2048-token
+  prefill and batch-1 decode (eager and CUDA graphs), and the peak memory against the card.
+    PYTHONPATH=. python3 bench/gpu.py --int4 --tokenizer .gpu/tokenizer --out $OUT/int4.json
+On CPU (tests/test_bench.py): python bench/gpu.py --int4 --device cpu --config tiny
 """
 
 from __future__ import annotations
@@ -196,6 +209,170 @@ def run(args: argparse.Namespace) -> dict:
     return res
 
 
+def int4_kernel_check(device: torch.device, n: int, k: int) -> dict:
+    """Largest relative error of Int4Linear.from_codes against x @ dequantized codes, per
+    source; on CUDA also the largest relative difference from the CPU kernel."""
+    from qwq.kernels import ggml
+    from qwq.model.quant import Int4Linear
+    from qwq.weights import awq
+    gen = torch.Generator().manual_seed(0)
+    sources = {}
+    g = 128
+    q, z = torch.randint(0, 16, (k, n), generator=gen), torch.randint(0, 16, (k // g, n),
+                                                                     generator=gen)
+    s = (torch.rand(k // g, n, generator=gen) * 0.01 + 1e-3).half()
+    sources["awq"] = awq.group_codes(awq.pack(q), awq.pack(z), s, g)
+    for t in ggml.INT4_EXACT:  # the codes taken on the device, as load_int4 does
+        sources[t] = ggml.group_codes(ggml.random_blocks(t, n, k, gen).to(device), t)
+    out: dict = {}
+    for name, codes in sources.items():
+        layer = Int4Linear.from_codes([codes], None, torch.bfloat16, device)
+        w = codes.dequantize().to(device)
+        cpu = Int4Linear.from_codes([codes], None, torch.bfloat16, "cpu") \
+            if device.type == "cuda" else None
+        err = vs_cpu = 0.0
+        for m in (1, 8, 64):
+            x = torch.randn(m, k, generator=gen).bfloat16()
+            y = layer(x.to(device)).float()
+            ref = x.to(device).float() @ w.t()
+            err = max(err, ((y - ref).norm() / ref.norm()).item())
+            if cpu is not None:
+                yc = cpu(x).float().to(device)
+                vs_cpu = max(vs_cpu, ((y - yc).norm() / yc.norm()).item())
+        out[name] = {"rel_err": round(err, 5), "ok": err < 0.01}
+        if cpu is not None:
+            out[name]["vs_cpu_kernel"] = round(vs_cpu, 5)
+    return out
+
+
+def random_int4_model(config: ModelConfig, layout: str, device: torch.device, seed: int = 0):
+    """The network load_int4 makes of a 4-bit checkpoint, from random codes made on the device
+    one projection at a time: layout "awq" (groups of 128, a 16-bit token table) or "q4_k_m"
+    (groups of 32, the table in random Q4_K blocks, Q4_0 where the width is no multiple of
+    256); the head int8, norms 1, biases N(0, 0.02). Weights come out about N(0, 0.02)."""
+    from qwq.kernels import ggml
+    from qwq.model import Qwen2Model
+    from qwq.model.ggml_linear import GGMLEmbedding
+    from qwq.model.layout import layer_shapes
+    from qwq.model.quant import Int4Linear, Int8Linear
+    from qwq.weights.stored import GroupCodes, StoredTensor
+    group = 128 if layout == "awq" else 32
+    dtype, h, vocab = torch.bfloat16, config.hidden_size, config.vocab_size
+    gen = torch.Generator(device=device).manual_seed(seed)
+    shapes = layer_shapes(config)
+
+    def codes(rows: int, cols: int) -> GroupCodes:
+        q = torch.randint(0, 16, (rows, cols), dtype=torch.uint8, device=device, generator=gen)
+        scale = torch.full((rows, cols // group), 0.02 / 4.6, device=device)  # std(q - 8) 4.6
+        return GroupCodes(q, scale, torch.zeros_like(scale), group)
+
+    def linear(names: list[str], bias):
+        parts = [codes(*shapes[n.split(".", 3)[3]]) for n in names]
+        return Int4Linear.from_codes(parts, bias, dtype, device)
+
+    def load(name: str) -> torch.Tensor:
+        shape = shapes[name.split(".", 3)[3]] if name.startswith("model.layers.") else (h,)
+        return torch.ones(shape) if name.endswith("norm.weight") else torch.randn(shape) * 0.02
+
+    with torch.device("meta"):
+        net = Qwen2Model(config)
+    net.load_linears(linear, load, dtype, device)
+    if layout == "awq":
+        table = torch.randn(vocab, h, device=device, generator=gen, dtype=dtype) * 0.02
+        net.embed_tokens = torch.nn.Embedding.from_pretrained(table, freeze=True)
+    else:
+        t = "Q4_K" if h % 256 == 0 else "Q4_0"
+        raw = ggml.random_blocks(t, vocab, h, scale=2 ** -7).to(device)
+        net.embed_tokens = GGMLEmbedding(StoredTensor(raw, t, (vocab, h)), dtype)
+    head = torch.nn.Linear(h, vocab, bias=False, device="meta")
+    weight = torch.empty(vocab, h, dtype=dtype, device=device)
+    for r in range(0, vocab, 16384):  # N(0, 0.02) a slab at a time: no float32 copy
+        weight[r:r + 16384].normal_(0, 0.02, generator=gen)
+    head.weight = torch.nn.Parameter(weight, requires_grad=False)
+    net.lm_head = Int8Linear(head.weight.data, None, dtype)
+    del head, weight
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return net.eval()
+
+
+def module_bytes(net) -> int:
+    return sum(t.numel() * t.element_size() for t in (*net.parameters(), *net.buffers()))
+
+
+def run_int4(args: argparse.Namespace) -> dict:
+    """--int4: see the module docstring."""
+    from qwq.benchmark import greedy, qwq_decode
+    from qwq.llm import run_to_completion
+    from qwq.models import engine_for, load_tokenizer, pick_device
+    from qwq.plan import CUDA_RESERVE, KV_SHARE, parse_size, plan
+    from qwq.tokenizer import Tokenizer
+
+    device = pick_device(args.device)
+    cuda = device.type == "cuda"
+    config = TINY if args.config == "tiny" else PRESETS[args.config]
+    tok = Tokenizer.from_dir(args.tokenizer) if args.tokenizer else load_tokenizer(None)[0]
+    card = parse_size(args.gpu_memory)
+    res: dict = {"device": torch.cuda.get_device_name(device) if cuda else "cpu",
+                 "torch": torch.__version__, "config": args.config, "check": "int4",
+                 "card_bytes": card}
+    small = args.config == "tiny"
+    res["kernel"] = int4_kernel_check(device, 256 if small else 1024, 512 if small else 5120)
+    prefill = 64 if small else 2048
+    for layout in ("awq", "q4_k_m"):
+        r: dict = res.setdefault(layout, {})
+        try:
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+            t = time.perf_counter()
+            net = random_int4_model(config, layout, device)
+            sync(device)
+            r["build_seconds"] = round(time.perf_counter() - t, 1)
+            p = plan(config, 1, card, quantize=layout)
+            r["weights_gb"] = round(module_bytes(net) / 1e9, 3)
+            r["plan_weights_gb"] = round(p.weights_per_rank / 1e9, 3)
+            held = torch.cuda.memory_allocated(device) if cuda else module_bytes(net)
+            # as on the card: the cache takes 85% of what the weights and torch's reserve leave
+            kv = int(KV_SHARE * (card - CUDA_RESERVE - held)) if cuda else 16 << 20
+            if kv <= 0:
+                r["error"] = f"the weights ({held / 1e9:.2f} GB) leave no room on the card"
+                continue
+            tokens = {}
+            for mode in ("eager", "graphs"):
+                engine = engine_for(net, tok, EngineConfig(
+                    quantize="int4", kv_cache_memory=kv, max_num_seqs=1,
+                    enable_prefix_caching=False, cuda_graphs=mode == "graphs"),
+                    decode_graphs=None if cuda else mode == "graphs")
+                r["kv_tokens"] = engine.blocks.num_blocks * engine.runner.block_size
+                ids = [(i * 7919) % 150000 + 100 for i in range(prefill)]
+                t = time.perf_counter()
+                out = run_to_completion(engine, [ids], [greedy(args.new)])[0].outputs[0]
+                sync(device)
+                r[f"{mode}_prefill_and_decode_seconds"] = round(time.perf_counter() - t, 2)
+                tokens[mode] = out.token_ids
+                r[f"{mode}_tok_s"] = round(qwq_decode(engine, ids[:args.prompt], args.new,
+                                                      runs=1), 1)
+                del engine
+                if cuda:
+                    torch.cuda.empty_cache()
+            r["plan_kv_tokens"] = plan(config, 1, card, quantize=layout).kv_tokens
+            r["graphs_eager_tokens_agree"] = next(
+                (i for i, (a, b) in enumerate(zip(tokens["graphs"], tokens["eager"]))
+                 if a != b), len(tokens["eager"]))
+            if cuda:
+                peak = torch.cuda.max_memory_reserved(device)
+                r["peak_reserved_gb"] = round(peak / 1e9, 2)
+                r["fits_card"] = peak + CUDA_RESERVE <= card
+        except Exception as e:  # noqa: BLE001 - report and go on to the other layout
+            r["error"] = f"{type(e).__name__}: {e}"[:500]
+        finally:
+            net = None
+            if cuda:
+                torch.cuda.empty_cache()
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto")
@@ -208,11 +385,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-transformers", action="store_true")
     p.add_argument("--out", help="also write the result here as JSON")
     p.add_argument("--export-tokenizer", metavar="DIR", help="write the demo tokenizer and stop")
+    p.add_argument("--int4", action="store_true",
+                   help="issue 15's check instead: 4-bit checkpoints as int4 (see above)")
+    p.add_argument("--gpu-memory", default="24GiB",
+                   help="--int4: the card whose memory the KV cache is sized for")
     args = p.parse_args(argv)
     if args.export_tokenizer:
         export_tokenizer(Path(args.export_tokenizer))
         return 0
-    res = run(args)
+    res = run_int4(args) if args.int4 else run(args)
     text = json.dumps(res, indent=1)
     print(text)
     if args.out:

@@ -125,7 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a preset (qwq-32b-preview, qwq-demo) or a checkpoint")
     pl.add_argument("--gpus", type=int, default=1)
     pl.add_argument("--gpu-memory", default="80GB", help="per GPU, e.g. 80GB, 141GB, 24GB")
-    pl.add_argument("--quantize", default="none", choices=list(QUANT_MODES))
+    from qwq.plan import PLAN_SETUPS
+    pl.add_argument("--quantize", default="none",
+                    choices=[m for m in QUANT_MODES if m != "gguf"] + list(PLAN_SETUPS),
+                    help="a quantize mode, or a 4-bit checkpoint on a GPU: awq (AWQ's int4 "
+                         "codes), q4_k_m (a 4-bit GGUF as int4 at groups of 32)")
     pl.add_argument("--context", type=int, default=None, help="tokens per sequence")
     add_kv_cache_arg(pl)
     pl.set_defaults(func=cmd_plan)

@@ -30,7 +30,7 @@ from qwq.engine.runner import ModelRunner
 from qwq.errors import CheckpointError, QwQError
 from qwq.model import KVCache, Qwen2Model
 from qwq.model.kv_quant import kv_storage_dtype
-from qwq.model.quant import QUANT_MODES, auto_quantization, quantize_model
+from qwq.model.quant import QUANT_MODES, auto_quantization, int4_source, load_int4, quantize_model
 from qwq.reasoning.controls import REASONING_PARSERS, ControlFactory
 from qwq.tokenizer import Tokenizer
 from qwq.weights import open_checkpoint
@@ -136,6 +136,12 @@ class LoadPlan:
         """Layers computed in the file's own block types (quantize="gguf")."""
         return self.quantize == "gguf"
 
+    @property
+    def int4_codes(self) -> bool:
+        """int4 layers from the checkpoint's own 4-bit codes (AWQ, a 4-bit GGUF), one rank."""
+        return self.quantize == "int4" and self.tensor_parallel_size == 1 \
+            and int4_source(self.ckpt)
+
     def tokenizer(self) -> Tokenizer:
         return tokenizer_of(self.ckpt)
 
@@ -157,20 +163,27 @@ def plan_load(model: str | os.PathLike | ResolvedModel | None, *, dtype: str | t
     if cfg.quantize == "auto":
         cfg = dataclasses.replace(cfg, quantize=auto_quantization(
             ckpt.weight_types(), torch_dtype, dev, sharded=tensor_parallel_size != 1))
+    torch_dtype = _int4_dtype(cfg.quantize, dtype, torch_dtype, dev)
     return LoadPlan(resolved, ckpt, dev, torch_dtype, cfg, tensor_parallel_size)
 
 
 def build_model(ckpt, dtype: torch.dtype, device: torch.device, block_scales: bool = False,
-                stored: bool = False, tp: TPGroup | None = None):
+                stored: bool = False, tp: TPGroup | None = None, int4: bool = False,
+                head_mode: str | None = None):
     """The network with the checkpoint's weights, or an error and nothing half-built.
     block_scales: keep the grids of weights stored on one (AWQ) for a q5_0/q8_0 packing.
     stored: layers computed in the file's own block types (quantize="gguf"), views of it.
     tp: this rank's shard (TensorParallelQwen2) on tp.device, only its slices read from the
-    file, as floats (block_scales and stored do not apply)."""
+    file, as floats (block_scales and stored do not apply).
+    int4: an AWQ directory or a GGUF as int4 layers from its own codes, tensor by tensor
+    (quant.load_int4; head_mode: the head's format there, default int8)."""
     with torch.device("meta"):
         model = Qwen2Model(ckpt.config) if tp is None else TensorParallelQwen2(ckpt.config, tp)
     if tp is not None:
         device, tensors = tp.device, shard_tensors(ckpt, tp.rank, tp.size, dtype)
+    elif int4:
+        load_int4(model, ckpt, dtype, device, head_mode)
+        return model.eval()
     elif stored:
         if device.type != "cpu":
             raise QwQError(f"quantize='gguf' runs on CPU; on {device.type} choose int8 or "
@@ -188,7 +201,19 @@ def build_model(ckpt, dtype: torch.dtype, device: torch.device, block_scales: bo
 def build_network(plan: LoadPlan, tp: TPGroup | None = None):
     """The plan's network (this rank's shard with tp), not yet quantized."""
     return build_model(plan.ckpt, plan.dtype, plan.device, block_scales=plan.block_scales,
-                       stored=plan.stored, tp=tp)
+                       stored=plan.stored, tp=tp, int4=plan.int4_codes and tp is None,
+                       head_mode=plan.engine_config.head_quantize)
+
+
+def _int4_dtype(mode: str, asked, dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """int4 on CUDA computes in bfloat16 (tinygemm takes no other); AWQ configs say float16,
+    so "auto" becomes bfloat16 there, and an explicit float16 is refused by name."""
+    if mode != "int4" or device.type != "cuda" or dtype == torch.bfloat16:
+        return dtype
+    if asked in (None, "auto"):
+        return torch.bfloat16
+    raise QwQError(f"quantize='int4' on CUDA runs in bfloat16 (torch's int4 kernel takes no "
+                   f"other activation dtype); got dtype={asked!r}")
 
 
 def num_kv_blocks(config: ModelConfig, engine: EngineConfig, dtype: torch.dtype,

@@ -97,6 +97,26 @@ def test_gpu_check_runs_every_step_on_cpu(tmp_path):
     assert res["qwq_fraction_of_limit"] == round(res["qwq_tok_s"] / res["limit_tok_s"], 3)
 
 
+def test_gpu_int4_check_runs_every_step_on_cpu(tmp_path):
+    """bench/gpu.py --int4 (issue 15's check) on a small config on CPU, through the CPU form
+    of the same kernel: codes against their dequantized weights, both layouts built, sized
+    as `qwq plan` counts them, and decoding (CUDA-only figures are absent, not failing)."""
+    out = tmp_path / "int4.json"
+    run = subprocess.run([sys.executable, "bench/gpu.py", "--int4", "--device", "cpu",
+                          "--config", "tiny", "--prompt", "16", "--new", "8", "--out", str(out)],
+                         check=False, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert set(res["kernel"]) == {"awq", "Q4_0", "Q4_1", "Q4_K"}
+    assert all(k["ok"] for k in res["kernel"].values()), res["kernel"]
+    for layout in ("awq", "q4_k_m"):
+        r = res[layout]
+        assert "error" not in r, r
+        assert abs(r["weights_gb"] - r["plan_weights_gb"]) <= 0.002, r
+        assert r["eager_tok_s"] > 0 and r["graphs_eager_tokens_agree"] == 8
+        assert "peak_reserved_gb" not in r
+
+
 def test_gpu_check_tokenizer_travels_as_files(tmp_path, tokenizer):
     """The device machine has no demo model: the exported tokenizer files rebuild the same
     tokenizer (ids, stop ids, chat template)."""

@@ -27,6 +27,12 @@ from qwq.kernels import kernels_available
 _BIT8 = torch.arange(8, dtype=torch.uint8)
 
 
+def _shifts(bits: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """(len(bits), 1) uint8 shift counts on `like`'s device (the decoders run on GPUs too:
+    a CPU tensor of more than one value does not broadcast against a CUDA one)."""
+    return torch.tensor(bits, dtype=torch.uint8, device=like.device)[:, None]
+
+
 def _f16(b: torch.Tensor, at: int) -> torch.Tensor:
     """The fp16 at byte `at` of each block (n, block_bytes) as float32, (n, 1)."""
     return b[:, at:at + 2].contiguous().view(torch.float16).float()
@@ -39,7 +45,7 @@ def _nibbles(qs: torch.Tensor) -> torch.Tensor:
 
 def _bits32(qh: torch.Tensor) -> torch.Tensor:
     """(n, 4) bytes of a little-endian uint32 -> (n, 32): bit i."""
-    return ((qh[:, :, None] >> _BIT8) & 1).flatten(1)
+    return ((qh[:, :, None] >> _BIT8.to(qh.device)) & 1).flatten(1)
 
 
 def _q4_0(b: torch.Tensor) -> torch.Tensor:
@@ -84,7 +90,7 @@ def _k4(b: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 def _low_high(qs: torch.Tensor) -> torch.Tensor:
     """(n, 128) bytes -> (n, 8, 32): 32 bytes a piece, the low nibbles then the high of each."""
-    pieces = qs.reshape(-1, 4, 1, 32) >> torch.tensor([0, 4], dtype=torch.uint8)[:, None]
+    pieces = qs.reshape(-1, 4, 1, 32) >> _shifts((0, 4), qs)
     return (pieces & 15).view(-1, 8, 32)
 
 
@@ -94,16 +100,16 @@ def _q4_k(b: torch.Tensor) -> torch.Tensor:
 
 def _q5_k(b: torch.Tensor) -> torch.Tensor:
     # sub-block j's fifth bits are bit j of the 32 qh bytes
-    high = (b[:, None, 16:48] >> _BIT8[:, None]) & 1
+    high = (b[:, None, 16:48] >> _BIT8.to(b.device)[:, None]) & 1
     return _k4(b, _low_high(b[:, 48:176]) | (high << 4))
 
 
 def _q6_k(b: torch.Tensor) -> torch.Tensor:
     # per half of 128: ql's 64 bytes give inputs 0-63 (low nibbles) and 64-127 (high); qh's 32
     # bytes give bits 4-5 of inputs l, l + 32, l + 64, l + 96 from their bit pairs 0-1 .. 6-7
-    ql = (b[:, :128].reshape(-1, 2, 1, 64) >> torch.tensor([0, 4], dtype=torch.uint8)[:, None]) & 15
+    ql = (b[:, :128].reshape(-1, 2, 1, 64) >> _shifts((0, 4), b)) & 15
     qh = (b[:, 128:192].reshape(-1, 2, 1, 32)
-          >> torch.tensor([0, 2, 4, 6], dtype=torch.uint8)[:, None]) & 3
+          >> _shifts((0, 2, 4, 6), b)) & 3
     q = (ql.reshape(-1, 16, 16) | (qh.reshape(-1, 16, 16) << 4)).float() - 32
     scales = b[:, 192:208].contiguous().view(torch.int8).float()
     return ((_f16(b, 208) * scales)[..., None] * q).flatten(1)
@@ -245,6 +251,36 @@ def linear(x: torch.Tensor, raw: torch.Tensor, t: GGMLType | str | int,
     else:
         y = linear_reference(x2, raw, t, bias, out_features)
     return y.view(*x.shape[:-1], out_features)
+
+
+# The 4-bit types whose values are exactly tinygemm's int4 grid at groups of 32 inputs:
+# Q4_0 d * (q - 8); Q4_1 d * q + m; Q4_K per sub-block of 32, d * sc * q - dmin * m.
+INT4_EXACT = ("Q4_0", "Q4_1", "Q4_K")
+
+
+def group_codes(raw: torch.Tensor, t: GGMLType | str | int):
+    """(rows, row_bytes) Q4_0 / Q4_1 / Q4_K blocks -> their GroupCodes (qwq.weights.stored) at
+    groups of 32, w = (q - 8) * scale + zero, on raw's device, with no rounding: the codes are
+    the file's nibbles, scale and zero float32 products of its fp16 and 6-bit fields
+    (Q4_0: scale d, zero 0; Q4_1: scale d, zero m + 8d; Q4_K: scale d * sc_j, zero
+    8 d sc_j - dmin m_j)."""
+    from qwq.weights.stored import GroupCodes
+    t = ggml_type(t)
+    if t.name not in INT4_EXACT:
+        raise ValueError(f"{t.name} is not a 4-bit grid of groups of 32; exact int4 codes "
+                         f"come from {', '.join(INT4_EXACT)}")
+    rows, cols = raw.shape[0], _check_raw(raw, t)
+    b = raw.reshape(-1, t.block_bytes)
+    if t.name == "Q4_K":
+        scales, mins = _scales_mins_k4(b[:, 4:16])
+        q = _low_high(b[:, 16:144])  # (n, 8, 32)
+        scale = _f16(b, 0) * scales.float()
+        zero = 8 * scale - _f16(b, 2) * mins.float()
+    else:
+        q = _nibbles(b[:, 2:] if t.name == "Q4_0" else b[:, 4:])
+        scale = _f16(b, 0)
+        zero = torch.zeros_like(scale) if t.name == "Q4_0" else _f16(b, 2) + 8 * scale
+    return GroupCodes(q.reshape(rows, cols), scale.reshape(rows, -1), zero.reshape(rows, -1), 32)
 
 
 def random_blocks(t: GGMLType | str | int, rows: int, cols: int,

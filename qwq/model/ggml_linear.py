@@ -88,14 +88,17 @@ class GGMLEmbedding(nn.Module):
     """The token table in its stored type: only the rows looked up are dequantized (QwQ-32B's
     table is 1.56 GB in 16 bits, 0.45 GB as Q4_K)."""
 
-    def __init__(self, stored: StoredTensor, dtype: torch.dtype):
+    def __init__(self, stored: StoredTensor, dtype: torch.dtype,
+                 device: torch.device | str | None = None):
         super().__init__()
         self.qtype, self.dtype = stored.qtype, dtype
         self.num_embeddings, self.embedding_dim = stored.shape
-        if stored.qtype in ggml.TYPES:
-            self.register_buffer("raw", stored.data, persistent=False)
+        if stored.qtype in ggml.TYPES:  # on a GPU: a copy of the blocks (ggml.rows is torch)
+            raw = stored.data if device is None else stored.data.to(device)
+            self.register_buffer("raw", raw, persistent=False)
         else:  # a float table (or a type without a kernel) is held as one
-            self.register_buffer("raw", _dequantize_other(stored).to(dtype), persistent=False)
+            self.register_buffer("raw", _dequantize_other(stored).to(device, dtype),
+                                 persistent=False)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.raw.dtype != torch.uint8:

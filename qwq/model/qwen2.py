@@ -153,6 +153,24 @@ class Qwen2Model(nn.Module):
     def device(self) -> torch.device:
         return self.norm.weight.device
 
+    def load_linears(self, linear: Callable[[list[str], torch.Tensor | None], nn.Module],
+                     load: Callable[[str], torch.Tensor], dtype: torch.dtype,
+                     device: torch.device | str = "cpu") -> None:
+        """Build the decoder layers of a network made on the meta device one projection at a
+        time, with no float copy of the model: linear(HF names of a fused projection's parts,
+        its bias on `device` or None) makes each one; norms, a few MB, load as `dtype` on
+        `device`. The embedding and the head are the caller's (load_stored, load_int4)."""
+        for i, layer in enumerate(self.layers):
+            p = f"model.layers.{i}."
+            for fused_name, parts in PROJECTIONS.items():
+                biases = [p + part + ".bias" for part in parts if part in BIASED]
+                bias = torch.cat([load(b) for b in biases]).to(device) if biases else None
+                layer.set_submodule(fused_name, linear([p + part + ".weight" for part in parts],
+                                                       bias))
+            for norm in NORMS:
+                _materialize(getattr(layer, norm), load(p + norm + ".weight").to(device), dtype)
+        _materialize(self.norm, load("model.norm.weight").to(device), dtype)
+
     def load_stored(self, stored: Callable[[str], StoredTensor],
                     load: Callable[[str], torch.Tensor], dtype: torch.dtype) -> None:
         """Build the model on the checkpoint's stored blocks (quantize="gguf"), from a network
@@ -160,16 +178,8 @@ class Qwen2Model(nn.Module):
         file types (views of the file, nothing dequantized in bulk); norms and biases, a few
         MB, load as `dtype`. stored(name) / load(name): one HF-named tensor."""
         cfg = self.config
-        for i, layer in enumerate(self.layers):
-            p = f"model.layers.{i}."
-            for fused_name, parts in PROJECTIONS.items():
-                biases = [p + part + ".bias" for part in parts if part in BIASED]
-                bias = torch.cat([load(b) for b in biases]) if biases else None
-                layer.set_submodule(fused_name, GGMLLinear(
-                    [stored(p + part + ".weight") for part in parts], bias, dtype))
-            for norm in NORMS:
-                _materialize(getattr(layer, norm), load(p + norm + ".weight"), dtype)
-        _materialize(self.norm, load("model.norm.weight"), dtype)
+        self.load_linears(lambda names, bias: GGMLLinear([stored(n) for n in names], bias, dtype),
+                          load, dtype)
         table = stored("model.embed_tokens.weight")
         self.embed_tokens = GGMLEmbedding(table, dtype)
         self.lm_head = GGMLLinear([table if cfg.tie_word_embeddings

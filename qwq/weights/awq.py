@@ -10,7 +10,9 @@ config.json's quantization_config says {"quant_method": "awq", "bits": 4, "group
 Within a word, the nibble at bits 4p..4p+3 holds output column AWQ_ORDER[p] of its eight, so
 column k sits at nibble UNPACK[k]. The weight is (q - zero) * scale, groups running along the
 input dimension; qwq yields it under the linear's `weight` name and shape (out, in), one tensor
-at a time, and --quantize packs it like any other weight (`auto`: as a 4-6 bit GGUF).
+at a time, and --quantize packs it like any other weight (`auto` on CPU: as a 4-6 bit GGUF).
+As int4 (`auto` on GPUs) the codes themselves are taken (group_codes): (q - z) * s is
+tinygemm's (q - 8) * s + (8 - z) * s, at AWQ's own group size.
 """
 
 from __future__ import annotations
@@ -138,3 +140,15 @@ def block_scales(scales: torch.Tensor, group_size: int):
     if group_size % 32:
         return None
     return BlockScales(scales.t().to(torch.float16).contiguous(), group_size)
+
+
+def group_codes(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+                group_size: int):
+    """The linear as GroupCodes (qwq.weights.stored), (out, in), with no rounding: AWQ's
+    (q - z) * s is tinygemm's (q - 8) * scale + zero with scale = s and zero = (8 - z) * s
+    (exact in float32: s is 16-bit, z an integer below 16), at AWQ's own group size."""
+    from qwq.weights.stored import GroupCodes
+    q = unpack(qweight).t().to(torch.uint8).contiguous()
+    s = scales.float().t().contiguous()
+    zero = (8 - unpack(qzeros).t().float()) * s
+    return GroupCodes(q, s, zero, group_size)

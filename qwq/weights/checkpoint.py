@@ -83,6 +83,12 @@ class Checkpoint:
             return self.gguf_types()
         return dict.fromkeys(getattr(self._backend, "weights", {}), "AWQ4")
 
+    def group_codes(self, name: str):
+        """An AWQ linear's 4-bit codes and group parameters as stored (GroupCodes), None for
+        any other tensor (GGUF blocks: stored() and qwq.kernels.ggml.group_codes)."""
+        codes = getattr(self._backend, "group_codes", None)
+        return codes(name) if codes else None
+
     def gguf_metadata(self) -> dict[str, Any]:
         """Decoded GGUF key-values (tokenizer.ggml.*, chat template, ...); {} for safetensors."""
         return dict(self._backend.metadata) if self.format == "gguf" else {}

@@ -237,6 +237,14 @@ class AWQBackend(SafetensorsBackend):
         return awq_format.dequantize(*parts, self.awq.group_size,
                                      dtype or parts[2].dtype)
 
+    def group_codes(self, name: str):
+        """An AWQ linear's own codes and group parameters (GroupCodes), else None."""
+        if name not in self.weights:
+            return None
+        prefix = name[: -len(".weight")]
+        parts = [super(AWQBackend, self).load(f"{prefix}.{p}") for p in awq_format.PARTS]
+        return awq_format.group_codes(*parts, self.awq.group_size)
+
     def block_scales(self, name: str):
         """An AWQ linear's group scales for the block packer (BlockScales), else None."""
         if name not in self.weights:

@@ -16,3 +16,27 @@ class StoredTensor:
     data: torch.Tensor
     qtype: str
     shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class GroupCodes:
+    """A weight as 4-bit codes on an affine grid per group of `group` inputs, in torch's
+    tinygemm convention (torch.ops.aten._weight_int4pack_mm): w = (q - 8) * scale + zero.
+    q: (rows, cols) uint8 of 0..15; scale, zero: (rows, cols // group) float32. AWQ's
+    (q - z) * s and GGUF's Q4_0 / Q4_1 / Q4_K blocks are exactly this (qwq.weights.awq,
+    qwq.kernels.ggml.group_codes)."""
+
+    q: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor
+    group: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.q.shape)
+
+    def dequantize(self) -> torch.Tensor:
+        """(rows, cols) float32: the values the codes stand for."""
+        rows, cols = self.q.shape
+        q = self.q.float().view(rows, cols // self.group, self.group) - 8
+        return (q * self.scale[..., None] + self.zero[..., None]).view(rows, cols)
