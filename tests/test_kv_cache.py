@@ -227,8 +227,8 @@ def test_demo_model_over_an_int8_cache_keeps_its_text_and_perplexity():
     got = [o.outputs[0].token_ids for o in run_to_completion(int8, prompts, params)]
     agree = [next((i for i, (a, b) in enumerate(zip(w, g)) if a != b), len(w))
              for w, g in zip(want, got)]
-    print("int8 cache: leading agreement", agree)
-    assert min(agree) >= 0, agree
+    # measured [64, 28, 28] of 64 (Intel Xeon, 2026-12-03): they part at near-ties, late
+    assert min(agree) >= 16 and sum(agree) >= 96, agree
     windows = ppl_windows(llm.tokenizer, 512, 2)
     base = qwq_ppl(llm, windows)
     llm.engine = int8
