@@ -255,7 +255,7 @@ def random_int4_model(config: ModelConfig, layout: str, device: torch.device, se
     from qwq.model.ggml_linear import GGMLEmbedding
     from qwq.model.layout import layer_shapes
     from qwq.model.quant import Int4Linear, Int8Linear
-    from qwq.weights.stored import GroupCodes, StoredTensor
+    from qwq.stored import GroupCodes, StoredTensor
     group = 128 if layout == "awq" else 32
     dtype, h, vocab = torch.bfloat16, config.hidden_size, config.vocab_size
     gen = torch.Generator(device=device).manual_seed(seed)

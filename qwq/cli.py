@@ -13,7 +13,7 @@ from qwq.errors import QwQError
 from qwq.eval.cli import add_eval_parser
 from qwq.model.quant import QUANT_MODES
 from qwq.models import resolve
-from qwq.plan import describe, parse_size, plan
+from qwq.plan import PLAN_SETUPS, describe, parse_size, plan
 from qwq.reasoning.options import add_reasoning_args, reasoning_fields
 from qwq.sampling_params import SamplingParams
 from qwq.weights import open_checkpoint
@@ -125,7 +125,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a preset (qwq-32b-preview, qwq-demo) or a checkpoint")
     pl.add_argument("--gpus", type=int, default=1)
     pl.add_argument("--gpu-memory", default="80GB", help="per GPU, e.g. 80GB, 141GB, 24GB")
-    from qwq.plan import PLAN_SETUPS
     pl.add_argument("--quantize", default="none",
                     choices=[m for m in QUANT_MODES if m != "gguf"] + list(PLAN_SETUPS),
                     help="a quantize mode, or a 4-bit checkpoint on a GPU: awq (AWQ's int4 "

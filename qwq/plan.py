@@ -10,6 +10,7 @@ import torch
 from qwq.config import ModelConfig
 from qwq.kernels.blocks import FORMATS
 from qwq.model.kv_quant import kv_storage_dtype, row_bytes
+from qwq.model.quant import DEFAULT_HEADS
 
 GIB = 1 << 30
 # bytes per weight of each format, scales included (int4: a bf16 scale and zero per 128;
@@ -39,7 +40,6 @@ def setup_of(quantize: str) -> Setup:
       q4_k_m: a 4-bit GGUF: every projection int4 at groups of 32 (Q4_K's codes exactly, the
         Q6_K ones re-rounded), 5 bits a weight with the bf16 scale and zero; the head int8;
         the token table kept in its Q4_K blocks (4.5 bits)."""
-    from qwq.model.quant import DEFAULT_HEADS
     int8 = BYTES_PER_WEIGHT["int8"]
     if quantize == "awq":
         return Setup(BYTES_PER_WEIGHT["int4"], int8)

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 def bf16_grid(codes):
     """The weight the kernel holds: the codes on scale and zero rounded to bfloat16."""
-    from qwq.weights.stored import GroupCodes
+    from qwq.stored import GroupCodes
     return GroupCodes(codes.q, codes.scale.bfloat16().float(), codes.zero.bfloat16().float(),
                       codes.group).dequantize()
 
@@ -267,7 +267,7 @@ def test_codes_and_decoders_stay_on_the_blocks_device(qtype):
     """On a GPU the blocks' codes are taken (and other types decoded) on the device: run on
     the meta device, any constant made on the CPU would fail to broadcast, as on CUDA."""
     from qwq.model.quant import stored_codes
-    from qwq.weights.stored import StoredTensor
+    from qwq.stored import StoredTensor
     raw = ggml.random_blocks(qtype, 4, 256)
     meta = raw.to("meta")
     assert ggml.dequantize(meta, qtype).device.type == "meta"

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from qwq.kernels import kernels_available
+from qwq.stored import GroupCodes
 
 _BIT8 = torch.arange(8, dtype=torch.uint8)
 
@@ -259,12 +260,11 @@ INT4_EXACT = ("Q4_0", "Q4_1", "Q4_K")
 
 
 def group_codes(raw: torch.Tensor, t: GGMLType | str | int):
-    """(rows, row_bytes) Q4_0 / Q4_1 / Q4_K blocks -> their GroupCodes (qwq.weights.stored) at
+    """(rows, row_bytes) Q4_0 / Q4_1 / Q4_K blocks -> their GroupCodes (qwq.stored) at
     groups of 32, w = (q - 8) * scale + zero, on raw's device, with no rounding: the codes are
     the file's nibbles, scale and zero float32 products of its fp16 and 6-bit fields
     (Q4_0: scale d, zero 0; Q4_1: scale d, zero m + 8d; Q4_K: scale d * sc_j, zero
     8 d sc_j - dmin m_j)."""
-    from qwq.weights.stored import GroupCodes
     t = ggml_type(t)
     if t.name not in INT4_EXACT:
         raise ValueError(f"{t.name} is not a 4-bit grid of groups of 32; exact int4 codes "

@@ -22,7 +22,7 @@ from torch import nn
 from qwq.kernels import ggml
 
 if TYPE_CHECKING:  # a type only: qwq.weights imports qwq.model.layout
-    from qwq.weights.stored import StoredTensor
+    from qwq.stored import StoredTensor
 
 
 def _dequantize_other(stored: StoredTensor) -> torch.Tensor:

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from qwq.errors import QwQError
-from qwq.kernels import blocks, kernels_available
-from qwq.model.ggml_linear import GGMLLinear
-from qwq.weights.stored import GroupCodes, StoredTensor
+from qwq.kernels import blocks, ggml, kernels_available
+from qwq.model.ggml_linear import GGMLEmbedding, GGMLLinear, _dequantize_other
+from qwq.stored import GroupCodes, StoredTensor
 
 QUANT_MODES = ("none", "gguf", "int8", "w8a8", "int4", "q5_0", "q8_0")
 
@@ -365,8 +365,6 @@ def stored_codes(stored: StoredTensor, device: torch.device | str = "cpu",
     """A GGUF tensor as int4 GroupCodes on `device`: Q4_0 / Q4_1 / Q4_K exactly (group 32),
     any other type dequantized and re-rounded (round_codes at `group`), a slab of rows at a
     time (float32 temporaries of a whole 27648-wide matrix would be gigabytes)."""
-    from qwq.kernels import ggml
-    from qwq.model.ggml_linear import _dequantize_other
     rows, cols = stored.shape
     exact = stored.qtype in ggml.INT4_EXACT
     g = _GGUF_INT4_GROUP if exact else group
@@ -419,7 +417,6 @@ def load_int4(model, ckpt, dtype: torch.dtype, device: torch.device,
     one tensor at a time: projections from their own codes (see above), the head in
     head_mode (default int8; a tied head shares the float token table), the token table as
     the file holds it (a GGUF's blocks; AWQ's 16 bits)."""
-    from qwq.model.ggml_linear import GGMLEmbedding
     device = torch.device(device)
     model.load_linears(lambda names, bias: _int4_linear(ckpt, names, bias, dtype, device),
                        lambda n: ckpt.load(n, dtype), dtype, device)

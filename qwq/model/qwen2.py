@@ -25,7 +25,7 @@ from qwq.model.layout import BIASED, NORMS, PROJECTIONS, hf_weight_names, layer_
 from qwq.model.rope import RotaryEmbedding, apply_rope_prepared, rope_factors
 
 if TYPE_CHECKING:  # a type only: qwq.weights imports qwq.model.layout
-    from qwq.weights.stored import StoredTensor
+    from qwq.stored import StoredTensor
 
 
 def fused(x: torch.Tensor) -> bool:

@@ -27,7 +27,7 @@ from qwq.server import chat
 from qwq.server.errors import APIError, from_exception, validation_error
 from qwq.server.metrics import RequestTrack
 from qwq.server.protocol import ChatCompletionRequest
-from qwq.server.render import finish_reason, stop_reason
+from qwq.server.render import stop_reason
 from qwq.server.state import ServerState, state_of, tenant_of
 from qwq.server.streaming import ClientGone, Stream, start_tracked, watch
 from qwq.server.tools import ToolCallStream

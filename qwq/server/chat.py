@@ -36,7 +36,6 @@ from qwq.server.sampling import (
     prompt_too_long,
     resolve_max_tokens,
     sampling_params,
-    template_message,
 )
 from qwq.server.sampling import chat_logprobs as logprobs_of
 from qwq.server.state import ServerState, state_of, tenant_of

@@ -24,6 +24,7 @@ import torch
 
 from qwq.errors import CheckpointError
 from qwq.kernels.blocks import BlockScales
+from qwq.stored import GroupCodes
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble p holds column AWQ_ORDER[p]
 UNPACK = tuple(AWQ_ORDER.index(k) for k in range(8))  # column k sits at nibble UNPACK[k]
@@ -144,10 +145,9 @@ def block_scales(scales: torch.Tensor, group_size: int):
 
 def group_codes(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
                 group_size: int):
-    """The linear as GroupCodes (qwq.weights.stored), (out, in), with no rounding: AWQ's
+    """The linear as GroupCodes (qwq.stored), (out, in), with no rounding: AWQ's
     (q - z) * s is tinygemm's (q - 8) * scale + zero with scale = s and zero = (8 - z) * s
     (exact in float32: s is 16-bit, z an integer below 16), at AWQ's own group size."""
-    from qwq.weights.stored import GroupCodes
     q = unpack(qweight).t().to(torch.uint8).contiguous()
     s = scales.float().t().contiguous()
     zero = (8 - unpack(qzeros).t().float()) * s

@@ -15,7 +15,7 @@ import torch
 from qwq.config import ModelConfig
 from qwq.errors import CheckpointError
 from qwq.model.layout import iter_shapes
-from qwq.weights.stored import StoredTensor
+from qwq.stored import StoredTensor
 
 
 class _Backend(Protocol):

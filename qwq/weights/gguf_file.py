@@ -23,8 +23,8 @@ from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 from qwq.config import ModelConfig
 from qwq.errors import CheckpointError
 from qwq.model.layout import expected_shapes
+from qwq.stored import StoredTensor
 from qwq.weights.checkpoint import Checkpoint, check_tensor_set
-from qwq.weights.stored import StoredTensor
 
 MAX_TENSORS = 1_000_000
 MAX_KVS = 1_000_000
