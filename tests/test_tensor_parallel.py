@@ -137,8 +137,13 @@ def test_killing_a_rank_mid_generation_stops_the_server_naming_the_rank(tmp_path
         except httpx.HTTPError:
             pass  # the server went away mid-stream
         assert not finished, "the generation completed although a rank died"
-        assert proc.wait(timeout=20) == 1
-        assert time.monotonic() - killed < 10
+        try:  # the watchdog polls every 0.2 s and exits 2 s after; a loaded CI box is slower
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the server kept running after rank 1 died:\n"
+                                 + log_path.read_text()[-3000:]) from None
+        assert code == 1, log_path.read_text()[-3000:]
+        assert time.monotonic() - killed < 45
     finally:
         _stop(proc)
     log = log_path.read_text()
