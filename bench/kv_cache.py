@@ -57,7 +57,7 @@ def greedy_tokens(llm, new: int) -> list[list[int]]:
 
 
 def sizes(net, dtype: str) -> dict:
-    cfg, model_dtype = net.config, net.embed_tokens.weight.dtype
+    cfg, model_dtype = net.config, net.dtype
     storage = kv_storage_dtype(dtype, model_dtype)
     budget = EngineConfig(kv_cache_memory=1 << 30, kv_cache_dtype=dtype)
     return {"storage": str(storage),
