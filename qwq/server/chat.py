@@ -20,7 +20,7 @@ from qwq.errors import RequestError, TooManyTokens
 from qwq.outputs import CompletionOutput
 from qwq.reasoning.parser import ReasoningStreamer, extract_boxed
 from qwq.sampling_params import SamplingParams
-from qwq.server.errors import APIError, error_body, from_exception
+from qwq.server.errors import APIError, from_exception
 from qwq.server.metrics import RequestTrack
 from qwq.server.prompts import encode_messages
 from qwq.server.protocol import ChatCompletionRequest
@@ -39,7 +39,16 @@ from qwq.server.sampling import (
 )
 from qwq.server.sampling import chat_logprobs as logprobs_of
 from qwq.server.state import ServerState, state_of, tenant_of
-from qwq.server.streaming import DONE, ClientGone, SSEResponse, Stream, sse, start_tracked, watch
+from qwq.server.streaming import (
+    DONE,
+    ClientGone,
+    SSEResponse,
+    Stream,
+    failed_event,
+    sse,
+    start_tracked,
+    watch,
+)
 from qwq.server.tools import ToolCallStream, parse_tool_calls
 
 router = APIRouter()
@@ -274,10 +283,9 @@ async def _events(job: ChatJob, stream: Stream, track: RequestTrack) -> AsyncIte
     try:
         async for out in stream.outputs():
             for o in out.outputs:
-                if o.finish_reason == "error":
+                if (failed := failed_event(o)) is not None:
                     outcome = "error"
-                    yield sse(error_body(500, o.error or "generation failed",
-                                         code="generation_failed"))
+                    yield failed
                     return
                 st = states.get(o.index) or states.setdefault(o.index, _ChoiceState(
                     ToolCallStream() if job.tools else None, _reasoning_streamer(job)))

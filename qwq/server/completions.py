@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from qwq.engine.async_engine import EngineDeadError
 from qwq.errors import RequestError, TooManyTokens
 from qwq.outputs import CompletionOutput
-from qwq.server.errors import APIError, error_body, from_exception
+from qwq.server.errors import APIError, from_exception
 from qwq.server.metrics import RequestTrack
 from qwq.server.prompts import fim_ids
 from qwq.server.protocol import CompletionRequest
@@ -28,7 +28,16 @@ from qwq.server.sampling import (
     sampling_params,
 )
 from qwq.server.state import ServerState, state_of, tenant_of
-from qwq.server.streaming import DONE, ClientGone, SSEResponse, Stream, sse, start_tracked, watch
+from qwq.server.streaming import (
+    DONE,
+    ClientGone,
+    SSEResponse,
+    Stream,
+    failed_event,
+    sse,
+    start_tracked,
+    watch,
+)
 
 router = APIRouter()
 
@@ -179,10 +188,9 @@ async def _events(job: CompletionJob, streams: list[Stream],
             sent: dict[int, tuple[int, int]] = {}  # choice -> (logprob entries, text chars)
             async for out in stream.outputs():
                 for o in out.outputs:
-                    if o.finish_reason == "error":
+                    if (failed := failed_event(o)) is not None:
                         outcome = "error"
-                        yield sse(error_body(500, o.error or "generation failed",
-                                             code="generation_failed"))
+                        yield failed
                         return
                     chunk = _stream_choice(job, k, o, sent, out.prompt_logprobs)
                     if chunk is not None:

@@ -15,9 +15,9 @@ from starlette.responses import Response, StreamingResponse
 
 from qwq.engine.async_engine import EngineDeadError
 from qwq.errors import QwQError
-from qwq.outputs import RequestOutput
+from qwq.outputs import CompletionOutput, RequestOutput
 from qwq.sampling_params import SamplingParams
-from qwq.server.errors import APIError, from_exception
+from qwq.server.errors import APIError, error_body, from_exception
 from qwq.server.metrics import RequestTrack
 from qwq.server.state import ServerState
 
@@ -33,6 +33,14 @@ class ClientGone(Exception):
 def sse(data: Any) -> bytes:
     return b"data: " + json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode() \
         + b"\n\n"
+
+
+def failed_event(o: CompletionOutput) -> bytes | None:
+    """The SSE event that ends a stream whose choice failed in the engine (NaN logits, ...);
+    None for a choice that did not."""
+    if o.finish_reason != "error":
+        return None
+    return sse(error_body(500, o.error or "generation failed", code="generation_failed"))
 
 
 async def watch(awaitable: Awaitable[T], request: Request) -> T:
