@@ -16,7 +16,7 @@ from qwq.model.ggml_linear import GGMLEmbedding, GGMLLinear
 from qwq.weights import open_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.append(str(ROOT / "bench"))  # after site-packages: bench/ names must not shadow packages
 import random_gguf
 
 

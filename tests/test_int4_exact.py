@@ -16,8 +16,8 @@ from qwq.model.quant import Int4Linear, Int8Linear, auto_quantization, round_cod
 from qwq.weights import awq, open_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.append(str(ROOT / "tests"))
+sys.path.append(str(ROOT / "bench"))  # after site-packages: bench/ names must not shadow packages
 
 
 def bf16_grid(codes):

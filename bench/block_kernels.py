@@ -1,6 +1,6 @@
 """qwq's block kernels alone: read bandwidth of a decode step's matmuls, and prefill rate.
 
-    python bench/kernels.py [--threads 2]
+    python bench/block_kernels.py [--threads 2]
 
 Builds the demo model's shapes with random weights (24 layers of q|k|v 1152x896, o 896x896,
 gate|up 9728x896, down 896x4864 in q5_0, and the 151936x896 head in q8_0), far more bytes than
