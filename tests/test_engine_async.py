@@ -2,8 +2,10 @@
 thread that built the engine hands its OpenMP workers back."""
 
 import asyncio
+import json
 import os
-import threading
+import subprocess
+import sys
 import time
 
 import pytest
@@ -11,7 +13,6 @@ import torch
 
 from qwq.config import EngineConfig
 from qwq.engine.async_engine import AsyncEngine
-from qwq.engine.threads import release_openmp_workers
 from qwq.models import engine_for
 from qwq.sampling_params import SamplingParams
 
@@ -42,25 +43,38 @@ def test_a_consumer_that_falls_behind_reads_the_same_tokens_merged(net, tokenize
     assert not engine.has_unfinished() and aeng.num_active() == 0
 
 
-def _threads() -> int:
+# In a process of its own: the suite's process has other threads (servers, engines of earlier
+# tests) that may start or end while this one counts.
+_RELEASE_SCRIPT = """
+import json, os, threading, torch
+from qwq.engine.threads import release_openmp_workers
+
+def threads():
     return len(os.listdir("/proc/self/task"))
+
+got = {}
+
+def work():
+    before = threads()
+    torch.randn(512, 512).sum(dim=1)  # a parallel region: this thread's team starts
+    torch.ones(1 << 20).mul_(2)
+    got["started"] = threads() - before
+    got["released"] = release_openmp_workers()
+    got["left"] = threads() - before
+
+t = threading.Thread(target=work)
+t.start()
+t.join()
+print(json.dumps({**got, "num_threads": torch.get_num_threads()}))
+"""
 
 
 @pytest.mark.skipif(torch.get_num_threads() < 2 or not os.path.isdir("/proc/self/task"),
                     reason="needs a parallel torch and /proc")
 def test_a_thread_releases_its_openmp_workers():
-    got = {}
-
-    def work() -> None:
-        before = _threads()
-        torch.randn(512, 512).sum(dim=1)  # a parallel region: this thread's team starts
-        torch.ones(1 << 20).mul_(2)
-        got["started"] = _threads() - before
-        got["released"] = release_openmp_workers()
-        got["left"] = _threads() - before
-
-    t = threading.Thread(target=work)
-    t.start()
-    t.join()
-    assert got["started"] == torch.get_num_threads() - 1
+    run = subprocess.run([sys.executable, "-c", _RELEASE_SCRIPT], capture_output=True,
+                         text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["started"] == got["num_threads"] - 1
     assert got["released"] and got["left"] == 0
