@@ -28,6 +28,7 @@ SHAPES = {  # layers, hidden, intermediate, heads, kv heads, vocab, context
     "qwq-32b": (64, 5120, 27648, 40, 8, 152064, 32768),
     "qwen2.5-7b": (28, 3584, 18944, 28, 4, 152064, 32768),
     "tiny": (2, 256, 512, 4, 2, 151936, 4096),
+    "small": (4, 1024, 2816, 8, 2, 151936, 4096),  # the load-memory tests' (~240 MiB)
 }
 Q = GGMLQuantizationType
 

@@ -1,7 +1,23 @@
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from qwq.config import ModelConfig
+
+# bench/'s scripts (random_gguf) for the tests; after site-packages, so that none of its
+# names shadows an installed package
+sys.path.append(str(Path(__file__).resolve().parents[1] / "bench"))
+
+
+@pytest.fixture(scope="session")
+def tiny_q4_k_m(tmp_path_factory):
+    """A random-weight GGUF of a tiny Qwen2 in llama.cpp's Q4_K_M mix (bench/random_gguf.py)."""
+    import random_gguf
+    path = tmp_path_factory.mktemp("gguf") / "tiny-q4_k_m.gguf"
+    random_gguf.write(path, "tiny", "q4_k_m")
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -5,26 +5,15 @@ greedy tokens follow llama.cpp's on the same file."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+import random_gguf
 import torch
 
 from qwq import LLM, SamplingParams
 from qwq.kernels import kernels_available
 from qwq.model.ggml_linear import GGMLEmbedding, GGMLLinear
 from qwq.weights import open_checkpoint
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.append(str(ROOT / "bench"))  # after site-packages: bench/ names must not shadow packages
-import random_gguf
-
-
-@pytest.fixture(scope="module")
-def tiny_q4_k_m(tmp_path_factory):
-    path = tmp_path_factory.mktemp("gguf") / "tiny-q4_k_m.gguf"
-    random_gguf.write(path, "tiny", "q4_k_m")
-    return path
 
 
 def test_auto_computes_each_tensor_in_its_stored_type(tiny_q4_k_m):
@@ -87,7 +76,6 @@ def test_loading_makes_no_full_size_temporaries(tmp_path):
     """Peak memory while loading stays within the file's size (plus the small KV cache and a
     little runtime): the token table of this file alone would be 2x its bytes in 16 bits."""
     path = tmp_path / "small.gguf"
-    random_gguf.SHAPES["small"] = (4, 1024, 2816, 8, 2, 151936, 4096)
     size_mib = random_gguf.write(path, "small", "q4_k_m") / 2**20
     proc = subprocess.run([sys.executable, "-c", _LOAD, str(path)], capture_output=True,
                           text=True, timeout=600, check=False)

@@ -17,7 +17,6 @@ from qwq.weights import awq, open_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT / "tests"))
-sys.path.append(str(ROOT / "bench"))  # after site-packages: bench/ names must not shadow packages
 
 
 def bf16_grid(codes):
@@ -210,14 +209,6 @@ def test_int4_on_cpu_through_the_engine_and_unchanged_auto(tmp_path, tiny_config
     assert auto.engine.config.quantize == ("q5_0" if kernels_available() else "w8a8")
 
 
-@pytest.fixture(scope="module")
-def tiny_q4_k_m(tmp_path_factory):
-    import random_gguf
-    path = tmp_path_factory.mktemp("gguf") / "tiny-q4_k_m.gguf"
-    random_gguf.write(path, "tiny", "q4_k_m")
-    return path
-
-
 def test_q4_k_m_gguf_loads_as_int4(tiny_q4_k_m):
     """A Q4_K_M file with quantize="int4" on CPU: its Q4_K projections are the file's codes
     exactly (groups of 32), its Q6_K ones re-rounded at groups of 32, the token table stays in
@@ -303,8 +294,8 @@ def test_an_awq_group_tinygemm_lacks_is_rounded_on_its_nearest(tmp_path, tiny_co
 def test_int4_on_cuda_computes_in_bfloat16():
     """tinygemm on CUDA takes bf16 activations only: AWQ's float16 config becomes bf16 under
     dtype auto, an explicit float16 is refused by name; other modes and CPU are untouched."""
-    from qwq.errors import QwQError
     from qwq.compose import _int4_dtype
+    from qwq.errors import QwQError
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert _int4_dtype("int4", "auto", torch.float16, cuda) == torch.bfloat16
     assert _int4_dtype("int4", "auto", torch.bfloat16, cuda) == torch.bfloat16
@@ -343,7 +334,6 @@ def test_int4_loading_makes_no_float_copy_of_the_model(tmp_path):
 
     import random_gguf
     path = tmp_path / "small.gguf"
-    random_gguf.SHAPES["small"] = (4, 1024, 2816, 8, 2, 151936, 4096)
     random_gguf.write(path, "small", "q4_k_m")
     proc = subprocess.run([sys.executable, "-c", _LOAD, str(path)], capture_output=True,
                           text=True, timeout=600, check=False, cwd=ROOT)
