@@ -1,8 +1,15 @@
-"""Prompt-lookup speculative decoding on reasoning-style outputs that quote their prompt:
-decode tok/s without and with drafts (same model, same process, greedy, best of N
-alternating runs), the acceptance rate, and a check that the tokens are identical.
+"""Speculative decoding: decode tok/s without and with drafts (same model, same process,
+greedy, best of N alternating runs), the acceptance rate, and a check that the tokens are
+identical.
+
+Prompt lookup, on reasoning-style outputs that quote their prompt:
 
     python bench/speculative.py [--k 4] [--tokens 128] [--quantize auto] [--runs 2] [--json]
+
+A draft model (speculative_model=): the issue's self-draft is the demo model in bfloat16 as
+the target and its quantized GGUF, as shipped, as the draft:
+
+    python bench/speculative.py --draft qwq-demo --quantize none --k 4
 """
 
 from __future__ import annotations
@@ -53,9 +60,14 @@ TASKS = {
 }
 
 
-def decode(llm, ids, params, k: int) -> tuple[float, list[int], int, int]:
+def decode(llm, ids, params, k: int, draft_model: bool) -> tuple[float, list[int], int, int]:
+    """k drafts a step, from the draft model when the engine has one, else by prompt lookup
+    (k=0: the model alone)."""
     eng = llm.engine
-    eng.config.speculative_ngram = k
+    if draft_model:
+        eng.config.num_speculative_tokens = k
+    else:
+        eng.config.speculative_ngram = k
     before = dict(eng.counters)
     t = time.perf_counter()
     out = llm.generate([ids], params)[0].outputs[0]
@@ -69,25 +81,30 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--k", type=int, default=4, help="draft tokens per step")
     ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--quantize", default="auto")
+    ap.add_argument("--quantize", default="auto", help="the target's format")
+    ap.add_argument("--draft", default=None,
+                    help="a draft model (speculative_model); without it, prompt lookup")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from qwq import LLM, SamplingParams
-    llm = LLM(None, quantize=args.quantize, enable_prefix_caching=False)
+    llm = LLM(None, quantize=args.quantize, enable_prefix_caching=False,
+              speculative_model=args.draft, num_speculative_tokens=args.k)
+    draft = args.draft is not None
     params = SamplingParams(temperature=0, max_tokens=args.tokens)
     llm.generate([llm.encode_chat([{"role": "user", "content": "hi"}])],
                  SamplingParams(temperature=0, max_tokens=4))  # warm up
     result = {"date": today(), "machine": machine(), "load_before": load_average(),
-              "k": args.k, "format": llm.engine.config.quantize, "tasks": {}}
+              "k": args.k, "format": llm.engine.config.quantize, "draft": args.draft,
+              "tasks": {}}
     for name, prompt in TASKS.items():
         ids = llm.encode_chat([{"role": "user", "content": prompt}])
         base, spec = [], []
         for _ in range(args.runs):  # alternate, so drift in machine load hits both
-            base.append(decode(llm, ids, params, 0))
-            spec.append(decode(llm, ids, params, args.k))
+            base.append(decode(llm, ids, params, 0, draft))
+            spec.append(decode(llm, ids, params, args.k, draft))
         b, s = max(base, key=lambda r: r[0]), max(spec, key=lambda r: r[0])
         result["tasks"][name] = {
             "tokens": len(b[1]), "identical": all(r[1] == b[1] for r in base + spec),
@@ -100,6 +117,7 @@ def main() -> None:
         print(json.dumps(result))
         return
     print(f"{result['date']}  {result['machine']}  format {result['format']}  k={args.k}  "
+          f"drafts from {args.draft or 'prompt lookup'}  "
           f"load {result['load_before']} -> {result['load_after']}")
     print(f"{'task':10s} {'tokens':>6s} {'tok/s':>7s} {'spec tok/s':>10s} {'speedup':>8s} "
           f"{'accept':>7s} {'same':>5s}")
