@@ -60,11 +60,33 @@ def test_without_the_cap_the_long_prefill_holds_the_budget():
     assert steps == -(-12_000 // BUDGET)
 
 
-def test_a_long_prompt_alone_takes_the_whole_budget():
+def test_a_long_prompt_alone_grows_to_the_whole_budget():
     sched = make()
-    long = seq(2_000)
+    long = seq(4_000)
     sched.add(long)
-    assert [step(sched)[long.seq_id] for _ in range(3)] == [BUDGET] * 3
+    cap = sched.prefill_cap
+    assert [step(sched)[long.seq_id] for _ in range(5)] == [cap, 2 * cap, BUDGET, BUDGET, BUDGET]
+
+
+def test_the_step_after_others_finish_stays_at_the_cap():
+    """Clients send their next request as soon as the last answer ends: the step under way
+    then must be a short one, or each new request waits for a whole budget of prefill."""
+    sched = make()
+    long = seq(12_000)
+    sched.add(long)
+    for _ in range(4):
+        step(sched)  # alone: grown to the budget
+    short = seq(30)
+    short.params = SamplingParams(max_tokens=2)
+    sched.add(short)
+    step(sched)  # its prompt and first token, beside a capped chunk
+    got = step(sched)  # its second token, the last
+    assert got == {long.seq_id: sched.prefill_cap, short.seq_id: 1}
+    sched.finish(short)
+    assert step(sched) == {long.seq_id: sched.prefill_cap}  # the next request is on its way
+    nxt = seq(30)
+    sched.add(nxt)
+    assert step(sched) == {long.seq_id: sched.prefill_cap, nxt.seq_id: 30}
 
 
 def test_two_long_prompts_together_fill_the_step():
@@ -72,8 +94,9 @@ def test_two_long_prompts_together_fill_the_step():
     a, b = seq(3_000), seq(3_000)
     sched.add(a)
     sched.add(b)
-    got = step(sched)
-    assert sum(got.values()) == BUDGET and got[b.seq_id] >= 100
+    sizes = [sum(step(sched).values()) for _ in range(4)]
+    assert sizes == [200, 200, 400, BUDGET]
+    assert all(n >= 100 for n in step(sched).values())
 
 
 def test_decodes_beside_a_long_prefill_keep_the_step_short():
@@ -109,6 +132,7 @@ def test_filling_up_stops_at_the_free_blocks_and_preempts_no_one():
     a, b = seq(600), seq(600)
     sched.add(a)
     sched.add(b)
+    sched._alone_steps = 2  # as after two steps of capped prefills alone: room to grow
     out = sched.schedule()
     got = {s.seq_id: n for s, n in zip(out.seqs, out.num_new)}
     assert got == {a.seq_id: 192, b.seq_id: 128}  # a took the 4 blocks left, b kept its cap

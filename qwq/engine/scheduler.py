@@ -8,9 +8,11 @@ to be recomputed (its prefix-cached blocks often survive, which makes that cheap
 
 One long prompt must not stall everyone (vLLM's long_prefill_token_threshold): a prefill chunk
 takes at most `long_prefill_token_threshold` tokens a step, so the budget always has room to
-admit new requests and the step stays short while decodes and short prompts share it. Only a
-step made of nothing but capped prefills (no one else is waiting for it) is filled up to the
-budget, so a long prompt alone still prefills at full speed.
+admit new requests and the step stays short while decodes and short prompts share it. A step
+made of nothing but capped prefills (no one else is waiting for it) grows: twice the cap, then
+four times, up to the budget, so a long prompt alone still prefills at full speed. It grows one
+step at a time because a request arriving now waits for the step under way: the step right
+after others finish (when clients and agents send their next request) stays at the cap.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class Scheduler:
             raise QwQError(f"num_speculative_tokens={config.num_speculative_tokens}: need >= 0")
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self._alone_steps = 0  # consecutive steps made of capped prefills only
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -96,13 +99,17 @@ class Scheduler:
 
     def _fill_up(self, out: SchedulerOutput, budget: int) -> None:
         """When every sequence in the step is a prefill cut at the cap, nobody is waiting on
-        a short step: hand them the rest of the budget, in order, as far as free blocks go
-        (never by preempting)."""
+        a short step: hand them more of the budget, in order, as far as free blocks go (never
+        by preempting): the step holds cap * 2**k tokens after k such steps in a row."""
         cap = self.prefill_cap
         capped = all(not seq.draft_ids and n == cap < seq.num_uncomputed
                      for seq, n in zip(out.seqs, out.num_new))
         if not out.seqs or not capped:
+            self._alone_steps = 0
             return
+        taken = sum(out.num_new)
+        budget = min(budget, (cap << min(self._alone_steps, 30)) - taken)
+        self._alone_steps += 1
         for i, seq in enumerate(out.seqs):
             if budget <= 0:
                 return
