@@ -29,6 +29,7 @@ import json
 import re
 import statistics
 import time
+from collections.abc import Callable
 
 from common import machine, today
 
@@ -234,29 +235,36 @@ def print_report(name: str, summary: dict, times: dict[str, float], max_tokens: 
 LANGS = ["Dutch", "Polish", "Greek", "Czech", "Danish", "Irish", "Welsh", "Basque", "Catalan",
          "Breton", "Maltese", "Latvian", "Slovak", "Croatian", "Serbian", "Bosnian"]
 GREETINGS = ["hallo", "cześć", "geia", "ahoj", "hej", "dia duit", "helo", "kaixo"]
-STYLES = ("numbered", "inline", "table", "two-line")
 
 
 def _item(i: int) -> str:
     return f"**{LANGS[i % 16]}**: \"{GREETINGS[i // 16 % 8]}\", or \"{GREETINGS[i % 8]}\""
 
 
+# list styles: item i of the cycle under counter n, as its lines
+STYLES: dict[str, Callable[[int, int], list[str]]] = {
+    "numbered": lambda n, i: [f"{n}. {_item(i)}"],
+    "inline": lambda n, i: [f"Greeting {n} - {_item(i)}"],
+    "table": lambda n, i: [f"| {n} | {_item(i)} |"],
+    "two-line": lambda n, i: [f"{n}. **{LANGS[i % 16]}**",
+                              f"   Say \"{GREETINGS[i % 8]}\" or \"{GREETINGS[i // 8 % 8]}\"."],
+}
+
+
+def cycle_lines(period: int, copies: int, item: Callable[[int, int], list[str]]) -> list[str]:
+    """`period` lines that repeat `copies` times, the counter (from 1) running on: item(n, i) is
+    item i of the cycle under counter n, in lines (every item as many)."""
+    per_cycle = period // len(item(1, 0))
+    lines = []
+    for c in range(copies):
+        for i in range(per_cycle):
+            lines += item(1 + c * per_cycle + i, i)
+    return lines
+
+
 def synthetic_cycle(period: int, style: str, copies: int) -> tuple[str, list[str]]:
-    """(intro, lines): `period` lines that repeat `copies` times, the counter running on."""
-    lines, n = [], 1
-    for _ in range(copies):
-        for i in range(period // 2 if style == "two-line" else period):
-            if style == "numbered":
-                lines.append(f"{n}. {_item(i)}")
-            elif style == "inline":
-                lines.append(f"Greeting {n} - {_item(i)}")
-            elif style == "table":
-                lines.append(f"| {n} | {_item(i)} |")
-            else:
-                lines += [f"{n}. **{LANGS[i % 16]}**",
-                          f"   Say \"{GREETINGS[i % 8]}\" or \"{GREETINGS[i // 8 % 8]}\"."]
-            n += 1
-    return "Here is the list you asked for:\n\n", lines
+    """(intro, lines): `period` lines of a list in `style` that repeat `copies` times."""
+    return "Here is the list you asked for:\n\n", cycle_lines(period, copies, STYLES[style])
 
 
 def synthetic_progressions() -> dict[str, str]:

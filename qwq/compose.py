@@ -174,7 +174,7 @@ def build_model(ckpt, dtype: torch.dtype, device: torch.device, block_scales: bo
     block_scales: keep the grids of weights stored on one (AWQ) for a q5_0/q8_0 packing.
     stored: layers computed in the file's own block types (quantize="gguf"), views of it.
     tp: this rank's shard (TensorParallelQwen2) on tp.device, only its slices read from the
-    file, as floats (block_scales and stored do not apply).
+    file, as floats (block_scales, stored and int4 do not apply).
     int4: an AWQ directory or a GGUF as int4 layers from its own codes, tensor by tensor
     (quant.load_int4; head_mode: the head's format there, default int8)."""
     with torch.device("meta"):
@@ -201,7 +201,7 @@ def build_model(ckpt, dtype: torch.dtype, device: torch.device, block_scales: bo
 def build_network(plan: LoadPlan, tp: TPGroup | None = None):
     """The plan's network (this rank's shard with tp), not yet quantized."""
     return build_model(plan.ckpt, plan.dtype, plan.device, block_scales=plan.block_scales,
-                       stored=plan.stored, tp=tp, int4=plan.int4_codes and tp is None,
+                       stored=plan.stored, tp=tp, int4=plan.int4_codes,
                        head_mode=plan.engine_config.head_quantize)
 
 

@@ -6,6 +6,7 @@ import time
 
 import pytest
 import torch
+from loops import cycle_lines
 from test_reasoning_helpers import FakeTokenizer, drive
 
 from qwq.reasoning.budget import PhaseTracker
@@ -230,23 +231,15 @@ def _item(i):
     return f"**{NAMES[i % 16]}** is known for its {THINGS[i // 16 % 8]} and {THINGS[i % 8]}"
 
 
-def _counter_cycle(period, style, copies=6, start=1):
-    """A list whose `period` lines repeat, copy after copy, with the counter running on."""
-    lines = []
-    n = start
-    for _ in range(copies):
-        for i in range(period // 2 if style == "two-line" else period):
-            if style == "numbered":
-                lines.append(f"{n}. {_item(i)}.")
-            elif style == "step":
-                lines.append(f"Step {n}: consider how {_item(i)}.")
-            elif style == "table":
-                lines.append(f"| {n} | {_item(i)} | yes |")
-            else:  # two-line items: a numbered title, its description on the next line
-                lines += [f"{n}. **Fact {NAMES[i % 16]}**",
-                          f"   It is known for its {THINGS[i % 8]} and {THINGS[i // 8]}."]
-            n += 1
-    return lines
+# list styles (bench/loops.py's cycle_lines): item i of the cycle under counter n, as its lines
+STYLES = {
+    "numbered": lambda n, i: [f"{n}. {_item(i)}."],
+    "step": lambda n, i: [f"Step {n}: consider how {_item(i)}."],
+    "table": lambda n, i: [f"| {n} | {_item(i)} | yes |"],
+    # a numbered title, its description on the next line
+    "two-line": lambda n, i: [f"{n}. **Fact {NAMES[i % 16]}**",
+                              f"   It is known for its {THINGS[i % 8]} and {THINGS[i // 8]}."],
+}
 
 
 @pytest.mark.parametrize("period,style", [(2, "two-line"), (3, "step"), (5, "table"),
@@ -255,7 +248,7 @@ def _counter_cycle(period, style, copies=6, start=1):
                                           (64, "step")])
 def test_counter_cycles_up_to_64_lines_are_caught_within_three_cycles(period, style):
     tok = FakeTokenizer()
-    lines = _counter_cycle(period, style)
+    lines = cycle_lines(period, 6, STYLES[style])
     text = prose(40) + "\n" + "\n".join(lines) + "\n"
     fired = first_event(text, tok)
     three_copies = len(tok.encode(prose(40) + "\n" + "\n".join(lines[:3 * period]) + "\n"))

@@ -7,7 +7,8 @@
 // one decode covers), kRecBytes (a token's activation record per chunk, a multiple of 64),
 // decode(p, n) (a chunk of n bytes at p; a short last chunk reads only its n bytes), quantize(x,
 // rec) (kChunk floats -> a record) and dot(w, rec, acc) (acc += the chunk's row . token, in
-// float lanes that are summed at the end of the row).
+// float lanes that are summed at the end of the row). A family's formats take all but their
+// name, layout and decode from one base (Blocks32 here, Super256 in ggml_kquants.h).
 //
 // Integer sums are exact in any order, so the only roundings are the float ones in dot, always
 // the same sequence for a given row and token.
@@ -18,6 +19,7 @@
 #include <array>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 namespace qwq::ggml {
 
@@ -142,63 +144,78 @@ inline void quantize_q8_0(const float* x, uint8_t* rec) {
   }
 }
 
-inline __m512 dot_sym32(const Sym32& w, const uint8_t* rec, __m512 acc) {
-  __m512i s = _mm512_loadu_si512(rec + 192);
-  s = _mm512_dpbusd_epi32(s, w.w[0], _mm512_loadu_si512(rec));
-  s = _mm512_dpbusd_epi32(s, w.w[1], _mm512_loadu_si512(rec + 64));
-  const float* d = reinterpret_cast<const float*>(rec + 128);
-  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(w.d, _mm512_loadu_ps(d)), acc);
-}
+// What every 32-input format shares: four blocks of kBytes to a chunk, activations as Q8_0
+// records, and the chunk's dot product. Weights stored as q with q - kOffset meant decode to
+// Sym32; those with a min (kOffset 0) to Affine32.
+template <int kBytes, int kOffset>
+struct Blocks32 {
+  static constexpr int kBlock = 32, kBlockBytes = kBytes;
+  static constexpr int kChunk = 128, kChunkBytes = 4 * kBytes, kRecBytes = 256;
+  using Weights = std::conditional_t<kOffset == 0, Affine32, Sym32>;
 
-inline __m512 dot_affine32(const Affine32& w, const uint8_t* rec, __m512 acc) {
-  __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w.w[0], _mm512_loadu_si512(rec));
-  s = _mm512_dpbusd_epi32(s, w.w[1], _mm512_loadu_si512(rec + 64));
-  const float* f = reinterpret_cast<const float*>(rec + 128);
-  acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(w.d, _mm512_loadu_ps(f)), acc);
-  return _mm512_fmadd_ps(w.m, _mm512_loadu_ps(f + 16), acc);
-}
+  static void quantize(const float* x, uint8_t* rec) { quantize_q8_0<kOffset>(x, rec); }
 
-struct Q4_0 {
+  static __m512 dot(const Weights& w, const uint8_t* rec, __m512 acc) {
+    const float* f = reinterpret_cast<const float*>(rec + 128);
+    __m512i s = kOffset ? _mm512_loadu_si512(rec + 192) : _mm512_setzero_si512();
+    s = _mm512_dpbusd_epi32(s, w.w[0], _mm512_loadu_si512(rec));
+    s = _mm512_dpbusd_epi32(s, w.w[1], _mm512_loadu_si512(rec + 64));
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(w.d, _mm512_loadu_ps(f)), acc);
+    if constexpr (kOffset == 0) acc = _mm512_fmadd_ps(w.m, _mm512_loadu_ps(f + 16), acc);
+    return acc;
+  }
+};
+
+// Where a block of 4-bit values keeps its fields: the fp16 scale at byte 0, then at these byte
+// offsets the fp16 min and the 32 fifth bits (-1 where the format has none) and the 16 bytes of
+// nibbles, the block's last.
+struct NibbleLayout {
+  int min = -1, qh = -1, qs;
+};
+
+// Q4_0, Q5_0 (values q - 8, q - 16) and Q4_1, Q5_1 (d * q + m) from their layout alone.
+template <NibbleLayout L>
+struct Nibbles32 : Blocks32<L.qs + 16, L.min >= 0 ? 0 : L.qh >= 0 ? 16 : 8> {
+  static constexpr int kBytes = L.qs + 16;
+  static constexpr Words kQs = qs_words(kBytes, L.qs), kD = scale_words(kBytes, 0);
+
+  static typename Nibbles32::Weights decode(const uint8_t* p, int n) {
+    const __m512i v0 = load_part(p, 0, n), v1 = load_part(p, 64, n);
+    typename Nibbles32::Weights w;
+    nibbles(v0, v1, kQs, w.w[0], w.w[1]);
+    if constexpr (L.qh >= 0) {
+      static constexpr Words kQh = qh_words(kBytes, L.qh);
+      add_fifth_bits(v0, v1, kQh, w.w[0], w.w[1]);
+    }
+    w.d = block_scales(v0, v1, kD);
+    if constexpr (L.min >= 0) {
+      static constexpr Words kM = scale_words(kBytes, L.min);
+      w.m = block_mins(v0, v1, kM);
+    }
+    return w;
+  }
+};
+
+struct Q4_0 : Nibbles32<NibbleLayout{.qs = 2}> {
   static constexpr const char* kName = "Q4_0";
-  static constexpr int kBlock = 32, kBlockBytes = 18;
-  static constexpr int kChunk = 128, kChunkBytes = 72, kRecBytes = 256;
-  static constexpr Words kQs = qs_words(18, 2), kD = scale_words(18, 0);
-  static Sym32 decode(const uint8_t* p, int n) {
-    const __m512i v0 = load_part(p, 0, n), v1 = load_part(p, 64, n);
-    Sym32 w;
-    nibbles(v0, v1, kQs, w.w[0], w.w[1]);
-    w.d = block_scales(v0, v1, kD);
-    return w;
-  }
-  static void quantize(const float* x, uint8_t* rec) { quantize_q8_0<8>(x, rec); }
-  static __m512 dot(const Sym32& w, const uint8_t* rec, __m512 acc) {
-    return dot_sym32(w, rec, acc);
-  }
 };
 
-struct Q5_0 {
+struct Q5_0 : Nibbles32<NibbleLayout{.qh = 2, .qs = 6}> {
   static constexpr const char* kName = "Q5_0";
-  static constexpr int kBlock = 32, kBlockBytes = 22;
-  static constexpr int kChunk = 128, kChunkBytes = 88, kRecBytes = 256;
-  static constexpr Words kQs = qs_words(22, 6), kD = scale_words(22, 0), kQh = qh_words(22, 2);
-  static Sym32 decode(const uint8_t* p, int n) {
-    const __m512i v0 = load_part(p, 0, n), v1 = load_part(p, 64, n);
-    Sym32 w;
-    nibbles(v0, v1, kQs, w.w[0], w.w[1]);
-    add_fifth_bits(v0, v1, kQh, w.w[0], w.w[1]);
-    w.d = block_scales(v0, v1, kD);
-    return w;
-  }
-  static void quantize(const float* x, uint8_t* rec) { quantize_q8_0<16>(x, rec); }
-  static __m512 dot(const Sym32& w, const uint8_t* rec, __m512 acc) {
-    return dot_sym32(w, rec, acc);
-  }
 };
 
-struct Q8_0 {
+struct Q4_1 : Nibbles32<NibbleLayout{.min = 2, .qs = 4}> {
+  static constexpr const char* kName = "Q4_1";
+};
+
+struct Q5_1 : Nibbles32<NibbleLayout{.min = 2, .qh = 4, .qs = 8}> {
+  static constexpr const char* kName = "Q5_1";
+};
+
+// Q8_0: the fp16 scale, then 32 int8 values (decoded as unsigned int8 + 128, the offset the
+// record takes off).
+struct Q8_0 : Blocks32<34, 128> {
   static constexpr const char* kName = "Q8_0";
-  static constexpr int kBlock = 32, kBlockBytes = 34;
-  static constexpr int kChunk = 128, kChunkBytes = 136, kRecBytes = 256;
   // w[0] from bytes 0-127, w[1] from bytes 8-135 (a word permute reaches 128 bytes)
   static constexpr Words kLo = qs_words(34, 2), kHi = qs_words(34, 18 - 8);
   static constexpr Words kD = scale_words(34, 0);
@@ -211,50 +228,6 @@ struct Q8_0 {
     w.w[1] = _mm512_xor_si512(_mm512_permutex2var_epi16(v2, vec(kHi), v3), flip);
     w.d = block_scales(v0, v1, kD);
     return w;
-  }
-  static void quantize(const float* x, uint8_t* rec) { quantize_q8_0<128>(x, rec); }
-  static __m512 dot(const Sym32& w, const uint8_t* rec, __m512 acc) {
-    return dot_sym32(w, rec, acc);
-  }
-};
-
-struct Q4_1 {
-  static constexpr const char* kName = "Q4_1";
-  static constexpr int kBlock = 32, kBlockBytes = 20;
-  static constexpr int kChunk = 128, kChunkBytes = 80, kRecBytes = 256;
-  static constexpr Words kQs = qs_words(20, 4), kD = scale_words(20, 0), kM = scale_words(20, 2);
-  static Affine32 decode(const uint8_t* p, int n) {
-    const __m512i v0 = load_part(p, 0, n), v1 = load_part(p, 64, n);
-    Affine32 w;
-    nibbles(v0, v1, kQs, w.w[0], w.w[1]);
-    w.d = block_scales(v0, v1, kD);
-    w.m = block_mins(v0, v1, kM);
-    return w;
-  }
-  static void quantize(const float* x, uint8_t* rec) { quantize_q8_0<0>(x, rec); }
-  static __m512 dot(const Affine32& w, const uint8_t* rec, __m512 acc) {
-    return dot_affine32(w, rec, acc);
-  }
-};
-
-struct Q5_1 {
-  static constexpr const char* kName = "Q5_1";
-  static constexpr int kBlock = 32, kBlockBytes = 24;
-  static constexpr int kChunk = 128, kChunkBytes = 96, kRecBytes = 256;
-  static constexpr Words kQs = qs_words(24, 8), kQh = qh_words(24, 4);
-  static constexpr Words kD = scale_words(24, 0), kM = scale_words(24, 2);
-  static Affine32 decode(const uint8_t* p, int n) {
-    const __m512i v0 = load_part(p, 0, n), v1 = load_part(p, 64, n);
-    Affine32 w;
-    nibbles(v0, v1, kQs, w.w[0], w.w[1]);
-    add_fifth_bits(v0, v1, kQh, w.w[0], w.w[1]);
-    w.d = block_scales(v0, v1, kD);
-    w.m = block_mins(v0, v1, kM);
-    return w;
-  }
-  static void quantize(const float* x, uint8_t* rec) { quantize_q8_0<0>(x, rec); }
-  static __m512 dot(const Affine32& w, const uint8_t* rec, __m512 acc) {
-    return dot_affine32(w, rec, acc);
   }
 };
 

@@ -76,6 +76,18 @@ inline __m512 dot_k(const KQuant& w, const uint8_t* rec, __m512 acc) {
   return acc;
 }
 
+// What every K-quant shares: a superblock of kBytes is a chunk, against Q8_K records; kMins:
+// Q4_K, Q5_K (a min per sub-block), else Q6_K.
+template <int kBytes, bool kMins>
+struct Super256 {
+  static constexpr int kBlock = 256, kBlockBytes = kBytes;
+  static constexpr int kChunk = 256, kChunkBytes = kBytes, kRecBytes = 384;
+  static void quantize(const float* x, uint8_t* rec) { quantize_q8_k<kMins>(x, rec); }
+  static __m512 dot(const KQuant& w, const uint8_t* rec, __m512 acc) {
+    return dot_k<kMins>(w, rec, acc);
+  }
+};
+
 // Index vectors for vpermd / vpermt2d, lane j -> f(j).
 using Lanes = std::array<int32_t, 16>;
 template <typename Fn>
@@ -143,15 +155,9 @@ inline KQuant decode_k4(const uint8_t* p, const uint8_t* qs) {
   return k;
 }
 
-struct Q4_K {
+struct Q4_K : Super256<144, true> {
   static constexpr const char* kName = "Q4_K";
-  static constexpr int kBlock = 256, kBlockBytes = 144;
-  static constexpr int kChunk = 256, kChunkBytes = 144, kRecBytes = 384;
   static KQuant decode(const uint8_t* p, int) { return decode_k4(p, p + 16); }
-  static void quantize(const float* x, uint8_t* rec) { quantize_q8_k<true>(x, rec); }
-  static __m512 dot(const KQuant& w, const uint8_t* rec, __m512 acc) {
-    return dot_k<true>(w, rec, acc);
-  }
 };
 
 // Q5_K's fifth bits: bit k of qh byte l is input l of sub-block k. Lane j (sub-block k = j % 8,
@@ -166,10 +172,8 @@ inline __m512i k5_bits(__m512i w, __m512i qh) {
   return _mm512_ternarylogic_epi32(w, bits, _mm512_set1_epi8(16), 0xF8);  // w | (bits & 16)
 }
 
-struct Q5_K {
+struct Q5_K : Super256<176, true> {
   static constexpr const char* kName = "Q5_K";
-  static constexpr int kBlock = 256, kBlockBytes = 176;
-  static constexpr int kChunk = 256, kChunkBytes = 176, kRecBytes = 384;
   static KQuant decode(const uint8_t* p, int) {
     KQuant k = decode_k4(p, p + 48);
     const __m512i qh = _mm512_castsi256_si512(load256(p + 16));
@@ -178,10 +182,6 @@ struct Q5_K {
     k.w[2] = k5_bits<2>(k.w[2], qh);
     k.w[3] = k5_bits<3>(k.w[3], qh);
     return k;
-  }
-  static void quantize(const float* x, uint8_t* rec) { quantize_q8_k<true>(x, rec); }
-  static __m512 dot(const KQuant& w, const uint8_t* rec, __m512 acc) {
-    return dot_k<true>(w, rec, acc);
   }
 };
 
@@ -206,10 +206,8 @@ inline __m512i q6_lanes(__m512i ql0, __m512i ql1, __m512i qh) {
   return _mm512_ternarylogic_epi32(high2, low, _mm512_set1_epi8(0x0F), 0xF8);  // high2 | (low & 15)
 }
 
-struct Q6_K {
+struct Q6_K : Super256<210, false> {
   static constexpr const char* kName = "Q6_K";
-  static constexpr int kBlock = 256, kBlockBytes = 210;
-  static constexpr int kChunk = 256, kChunkBytes = 210, kRecBytes = 384;
   static KQuant decode(const uint8_t* p, int) {
     KQuant k;
     const __m512i ql0 = _mm512_loadu_si512(p), ql1 = _mm512_loadu_si512(p + 64);
@@ -222,10 +220,6 @@ struct Q6_K {
     k.scale = _mm512_mul_ps(_mm512_set1_ps(fp16(p + 208)), sc);
     k.mins = _mm512_setzero_ps();
     return k;
-  }
-  static void quantize(const float* x, uint8_t* rec) { quantize_q8_k<false>(x, rec); }
-  static __m512 dot(const KQuant& w, const uint8_t* rec, __m512 acc) {
-    return dot_k<false>(w, rec, acc);
   }
 };
 

@@ -5,26 +5,22 @@ in stream deltas) with the boxed final_answer."""
 
 from __future__ import annotations
 
-import time
-import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import anyio
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
-from qwq.engine.async_engine import EngineDeadError
 from qwq.errors import RequestError, TooManyTokens
-from qwq.outputs import CompletionOutput
+from qwq.outputs import CompletionOutput, RequestOutput
 from qwq.reasoning.parser import ReasoningStreamer, extract_boxed
 from qwq.sampling_params import SamplingParams
-from qwq.server.errors import APIError, from_exception
-from qwq.server.metrics import RequestTrack
 from qwq.server.prompts import encode_messages
 from qwq.server.protocol import ChatCompletionRequest
 from qwq.server.render import (
+    Objects,
+    OpenAIJob,
     chat_logprobs,
     ending,
     finish_reason,
@@ -39,33 +35,27 @@ from qwq.server.sampling import (
 )
 from qwq.server.sampling import chat_logprobs as logprobs_of
 from qwq.server.state import ServerState, state_of, tenant_of
-from qwq.server.streaming import (
-    DONE,
-    ClientGone,
-    SSEResponse,
-    Stream,
-    failed_event,
-    sse,
-    start_tracked,
-    watch,
-)
+from qwq.server.streaming import ChunkChoice, Stream, respond
 from qwq.server.tools import ToolCallStream, parse_tool_calls
 
 router = APIRouter()
 
 
-@dataclass
-class ChatJob:
-    state: ServerState
+@dataclass(kw_only=True)
+class ChatJob(OpenAIJob):
+    OBJECTS: ClassVar[Objects] = Objects("chatcmpl", "chat.completion", "chat.completion.chunk")
     body: ChatCompletionRequest
-    model: str
     ids: list[int]
     params: SamplingParams
     tools: list[dict[str, Any]] | None
     top_n: int | None
     reasoning_style: str | None  # how answers split into reasoning and content; None: no split
-    request_id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
-    created: int = field(default_factory=lambda: int(time.time()))
+
+    def whole(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        body = super().whole(choices, **extra)
+        if self.body.return_token_ids:
+            body["prompt_token_ids"] = self.ids
+        return body
 
 
 async def _constraint(state: ServerState, body: ChatCompletionRequest,
@@ -106,8 +96,9 @@ async def prepare(state: ServerState, body: ChatCompletionRequest, model: str,
     params = sampling_params(body, max_tokens=max_tokens, logprobs=top_n,
                              vocab_size=state.tokenizer.vocab_size, tenant=tenant,
                              extra={"logits_processors": processors} if processors else None)
-    return ChatJob(state, body, model, ids, params, tools if body.tool_choice != "none" else None,
-                   top_n, style)
+    return ChatJob(state=state, body=body, model=model, ids=ids, params=params,
+                   tools=tools if body.tool_choice != "none" else None, top_n=top_n,
+                   reasoning_style=style)
 
 
 @router.post("/v1/chat/completions")
@@ -118,12 +109,8 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     job = await prepare(state, body, model, tenant_of(request))
     track = state.metrics.track("chat")
     stream = Stream(state, job.ids, job.params, job.request_id, track)
-    refused = await start_tracked([stream], request, track)
-    if refused is not None:
-        return refused
-    if body.stream:
-        return SSEResponse(_events(job, stream, track))
-    return await _complete(job, stream, track, request)
+    return await respond(job, [stream], request, track, _stream_choices(job),
+                         lambda finals: [_choice(job, o) for o in finals[0].outputs])
 
 
 # -- whole answers ------------------------------------------------------------------------------
@@ -174,30 +161,6 @@ def _choice(job: ChatJob, o: CompletionOutput) -> dict[str, Any]:
     return choice
 
 
-async def _complete(job: ChatJob, stream: Stream, track: RequestTrack,
-                    request: Request) -> Response:
-    try:
-        final = await watch(stream.final(), request)
-    except ClientGone:
-        track.finish("disconnected", *stream.usage_counts()[:2])
-        return Response(status_code=499)
-    except EngineDeadError as e:
-        track.finish("error")
-        raise from_exception(e) from None
-    prompt, completion, cached = stream.usage_counts()
-    failed = next((o for o in final.outputs if o.finish_reason == "error"), None)
-    if failed is not None:
-        track.finish("error", prompt, completion)
-        raise APIError(500, failed.error or "generation failed", code="generation_failed")
-    track.finish("ok", prompt, completion)
-    body = {"id": job.request_id, "object": "chat.completion", "created": job.created,
-            "model": job.model, "choices": [_choice(job, o) for o in final.outputs],
-            "usage": job.state.usage(prompt, completion, cached)}
-    if job.body.return_token_ids:
-        body["prompt_token_ids"] = job.ids
-    return JSONResponse(body)
-
-
 # -- streamed answers ---------------------------------------------------------------------------
 @dataclass
 class _ChoiceState:
@@ -208,11 +171,6 @@ class _ChoiceState:
     started: bool = False
     logprobs_sent: int = 0
     done: bool = False
-
-
-def _chunk(job: ChatJob, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-    return {"id": job.request_id, "object": "chat.completion.chunk", "created": job.created,
-            "model": job.model, "choices": choices, **extra}
 
 
 def _delta(job: ChatJob, st: _ChoiceState, o: CompletionOutput) -> dict[str, Any] | None:
@@ -277,29 +235,13 @@ def tool_deltas(tools: ToolCallStream | None, text: str,
     return content, calls
 
 
-async def _events(job: ChatJob, stream: Stream, track: RequestTrack) -> AsyncIterator[bytes]:
+def _stream_choices(job: ChatJob) -> ChunkChoice:
+    """The chunk choice for what each output adds to its choice, None when it adds nothing."""
     states: dict[int, _ChoiceState] = {}
-    outcome = "disconnected"
-    try:
-        async for out in stream.outputs():
-            for o in out.outputs:
-                if (failed := failed_event(o)) is not None:
-                    outcome = "error"
-                    yield failed
-                    return
-                st = states.get(o.index) or states.setdefault(o.index, _ChoiceState(
-                    ToolCallStream() if job.tools else None, _reasoning_streamer(job)))
-                choice = None if st.done else _delta(job, st, o)
-                if choice is not None:
-                    yield sse(_chunk(job, [choice]))
-        opts = job.body.stream_options
-        if opts is not None and opts.include_usage:
-            yield sse(_chunk(job, [], usage=job.state.usage(*stream.usage_counts())))
-        outcome = "ok"
-        yield DONE
-    except EngineDeadError as e:  # the engine died mid-stream: say so, then close
-        outcome = "error"
-        yield sse(from_exception(e).body())
-    finally:
-        track.finish(outcome, *stream.usage_counts()[:2])
-        await stream.close()
+
+    def choice(_k: int, _out: RequestOutput, o: CompletionOutput) -> dict[str, Any] | None:
+        st = states.get(o.index) or states.setdefault(o.index, _ChoiceState(
+            ToolCallStream() if job.tools else None, _reasoning_streamer(job)))
+        return None if st.done else _delta(job, st, o)
+
+    return choice

@@ -3,24 +3,25 @@ logprobs, streaming or not. Each prompt is its own engine request; all run at on
 
 from __future__ import annotations
 
-import time
-import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import anyio
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
-from qwq.engine.async_engine import EngineDeadError
 from qwq.errors import RequestError, TooManyTokens
-from qwq.outputs import CompletionOutput
-from qwq.server.errors import APIError, from_exception
-from qwq.server.metrics import RequestTrack
+from qwq.outputs import CompletionOutput, RequestOutput
 from qwq.server.prompts import fim_ids
 from qwq.server.protocol import CompletionRequest
-from qwq.server.render import completion_logprobs, ending, finish_reason, logprob_entries
+from qwq.server.render import (
+    Objects,
+    OpenAIJob,
+    completion_logprobs,
+    ending,
+    finish_reason,
+    logprob_entries,
+)
 from qwq.server.sampling import (
     CONFLICTING_FIELDS,
     prompt_too_long,
@@ -28,16 +29,7 @@ from qwq.server.sampling import (
     sampling_params,
 )
 from qwq.server.state import ServerState, state_of, tenant_of
-from qwq.server.streaming import (
-    DONE,
-    ClientGone,
-    SSEResponse,
-    Stream,
-    failed_event,
-    sse,
-    start_tracked,
-    watch,
-)
+from qwq.server.streaming import ChunkChoice, Stream, respond
 
 router = APIRouter()
 
@@ -48,14 +40,11 @@ class Prompt:
     ids: list[int]
 
 
-@dataclass
-class CompletionJob:
-    state: ServerState
+@dataclass(kw_only=True)
+class CompletionJob(OpenAIJob):
+    OBJECTS: ClassVar[Objects] = Objects("cmpl", "text_completion", "text_completion")
     body: CompletionRequest
-    model: str
     prompts: list[Prompt]
-    request_id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
-    created: int = field(default_factory=lambda: int(time.time()))
 
 
 def _prompts(state: ServerState, prompt: Any) -> list[Prompt]:
@@ -94,7 +83,7 @@ async def _prepare(state: ServerState, body: CompletionRequest, model: str) -> C
             body.conclude = False
     else:
         prompts = await anyio.to_thread.run_sync(_prompts, state, body.prompt)
-    return CompletionJob(state, body, model, prompts)
+    return CompletionJob(state=state, body=body, model=model, prompts=prompts)
 
 
 def _fim_prompts(state: ServerState, prompt: Any, suffix: str) -> list[Prompt]:
@@ -119,17 +108,13 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     track = state.metrics.track("completions")
     streams = [Stream(state, p.ids, sp, f"{job.request_id}-{i}", track)
                for i, (p, sp) in enumerate(zip(job.prompts, params))]
-    refused = await start_tracked(streams, request, track)
-    if refused is not None:
-        return refused
-    if body.stream:
-        return SSEResponse(_events(job, streams, track))
-    return await _complete(job, streams, track, request)
+    return await respond(job, streams, request, track, _stream_choices(job),
+                         lambda finals: _whole_choices(job, finals))
 
 
-def _usage_counts(streams: list[Stream]) -> tuple[int, int, int]:
-    counts = [s.usage_counts() for s in streams]
-    return tuple(sum(c[i] for c in counts) for i in range(3))  # type: ignore[return-value]
+def _whole_choices(job: CompletionJob, finals: list[RequestOutput]) -> list[dict[str, Any]]:
+    return [_choice(job, k, o, o.text, o.logprobs or [], job.body.echo, 0, out.prompt_logprobs)
+            for k, out in enumerate(finals) for o in out.outputs]
 
 
 def _choice(job: CompletionJob, k: int, o: CompletionOutput, text: str,
@@ -149,71 +134,6 @@ def _choice(job: CompletionJob, k: int, o: CompletionOutput, text: str,
     return choice
 
 
-async def _complete(job: CompletionJob, streams: list[Stream], track: RequestTrack,
-                    request: Request) -> Response:
-    async def finals() -> list:
-        return [await s.final() for s in streams]
-
-    try:
-        outs = await watch(finals(), request)
-    except ClientGone:
-        track.finish("disconnected", *_usage_counts(streams)[:2])
-        return Response(status_code=499)
-    except EngineDeadError as e:
-        track.finish("error")
-        raise from_exception(e) from None
-    finally:
-        for s in streams:
-            await s.close()
-    prompt, completion, cached = _usage_counts(streams)
-    failed = next((o for out in outs for o in out.outputs if o.finish_reason == "error"), None)
-    if failed is not None:
-        track.finish("error", prompt, completion)
-        raise APIError(500, failed.error or "generation failed", code="generation_failed")
-    track.finish("ok", prompt, completion)
-    choices = [_choice(job, k, o, o.text, o.logprobs or [], job.body.echo, 0,
-                       out.prompt_logprobs)
-               for k, out in enumerate(outs) for o in out.outputs]
-    return JSONResponse({"id": job.request_id, "object": "text_completion",
-                         "created": job.created, "model": job.model, "choices": choices,
-                         "usage": job.state.usage(prompt, completion, cached)})
-
-
-async def _events(job: CompletionJob, streams: list[Stream],
-                  track: RequestTrack) -> AsyncIterator[bytes]:
-    """Prompts stream one after another (all of them run in the engine at once)."""
-    outcome = "disconnected"
-    try:
-        for k, stream in enumerate(streams):
-            sent: dict[int, tuple[int, int]] = {}  # choice -> (logprob entries, text chars)
-            async for out in stream.outputs():
-                for o in out.outputs:
-                    if (failed := failed_event(o)) is not None:
-                        outcome = "error"
-                        yield failed
-                        return
-                    chunk = _stream_choice(job, k, o, sent, out.prompt_logprobs)
-                    if chunk is not None:
-                        yield sse(_chunk(job, [chunk]))
-        opts = job.body.stream_options
-        if opts is not None and opts.include_usage:
-            yield sse(_chunk(job, [], usage=job.state.usage(*_usage_counts(streams))))
-        outcome = "ok"
-        yield DONE
-    except EngineDeadError as e:  # the engine died mid-stream: say so, then close
-        outcome = "error"
-        yield sse(from_exception(e).body())
-    finally:
-        track.finish(outcome, *_usage_counts(streams)[:2])
-        for s in streams:
-            await s.close()
-
-
-def _chunk(job: CompletionJob, choices: list, **extra: Any) -> dict[str, Any]:
-    return {"id": job.request_id, "object": "text_completion", "created": job.created,
-            "model": job.model, "choices": choices, **extra}
-
-
 def _stream_choice(job: CompletionJob, k: int, o: CompletionOutput,
                    sent: dict[int, tuple[int, int]],
                    prompt_logprobs: list | None = None) -> dict[str, Any] | None:
@@ -231,3 +151,14 @@ def _stream_choice(job: CompletionJob, k: int, o: CompletionOutput,
     sent[o.index] = (-1, -1) if o.finish_reason else (n_lp + len(entries),
                                                       n_chars + len(o.delta_text))
     return _choice(job, k, o, o.delta_text, entries, echo, offset, prompt_logprobs)
+
+
+def _stream_choices(job: CompletionJob) -> ChunkChoice:
+    """The chunk choice for what each output adds to its choice, None when it adds nothing."""
+    # per prompt: choice index -> (logprob entries, text chars) sent, (-1, -1) once finished
+    sent: list[dict[int, tuple[int, int]]] = [{} for _ in job.prompts]
+
+    def choice(k: int, out: RequestOutput, o: CompletionOutput) -> dict[str, Any] | None:
+        return _stream_choice(job, k, o, sent[k], out.prompt_logprobs)
+
+    return choice

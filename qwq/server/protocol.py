@@ -168,11 +168,21 @@ class ChatMessage(_Body):
         return schema
 
 
-class FunctionDef(_Body):
-    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
+FunctionName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
+
+
+class FunctionFields(BaseModel):
+    """A function tool's declaration, as chat's tools[].function and the Responses API's flat
+    tools[] both write it; each API's model takes these fields beside its own body base."""
+
+    name: FunctionName
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
+
+
+class FunctionDef(_Body, FunctionFields):
+    """tools[].function."""
 
 
 class Tool(_Body):

@@ -1,15 +1,56 @@
-"""Engine outputs in the OpenAI response shapes: finish reasons and logprobs."""
+"""Engine outputs in the OpenAI response shapes: the envelope of an answer, finish reasons
+and logprobs."""
 
 from __future__ import annotations
 
-from typing import Any
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
 
 from qwq.outputs import CompletionOutput
+from qwq.server.protocol import SamplingFields
 from qwq.server.state import ServerState
 
 # the engine's reasons (reasoning controls add their own, e.g. "loop") in OpenAI's vocabulary
 _FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls",
            "content_filter": "content_filter", "abort": "abort"}
+
+
+class Objects(NamedTuple):
+    """How an OpenAI route names its answers: the request id's prefix, and the object of a whole
+    body and of a stream chunk."""
+
+    id_prefix: str
+    whole: str
+    chunk: str
+
+
+@dataclass(kw_only=True)
+class OpenAIJob:
+    """One chat or completions request being answered, and what its body and each of its
+    chunks carry: id, object, created, model."""
+
+    OBJECTS: ClassVar[Objects]
+    state: ServerState
+    body: SamplingFields
+    model: str
+    request_id: str = field(init=False)
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def __post_init__(self) -> None:
+        self.request_id = f"{self.OBJECTS.id_prefix}-{uuid.uuid4().hex}"
+
+    def whole(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        return self._envelope(self.OBJECTS.whole, choices, extra)
+
+    def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        return self._envelope(self.OBJECTS.chunk, choices, extra)
+
+    def _envelope(self, obj: str, choices: list[dict[str, Any]],
+                  extra: dict[str, Any]) -> dict[str, Any]:
+        return {"id": self.request_id, "object": obj, "created": self.created,
+                "model": self.model, "choices": choices, **extra}
 
 
 def finish_reason(o: CompletionOutput) -> str | None:

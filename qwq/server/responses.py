@@ -15,11 +15,18 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
 
 from qwq.errors import RequestError
 from qwq.server.bridge import Run, chat_request
-from qwq.server.protocol import MAX_ITEMS, MAX_TOKENS_BOUND, ChatCompletionRequest, Name
+from qwq.server.protocol import (
+    MAX_ITEMS,
+    MAX_TOKENS_BOUND,
+    ChatCompletionRequest,
+    FunctionFields,
+    FunctionName,
+    Name,
+)
 from qwq.server.responses_stream import ending, events, new_id, output_items, usage
 from qwq.server.streaming import SSEResponse
 
@@ -52,12 +59,12 @@ class Item(_Body):
     summary: Parts | None = None
 
 
-class FunctionTool(_Body):
+class FunctionTool(_Body, FunctionFields):
+    """A tool, flat: any type, and a function's fields beside it (the name optional, so a tool
+    that is not a function gets a clear error)."""
+
     type: Name
-    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")] | None = None
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None
+    name: FunctionName | None = None
 
 
 class NamedChoice(_Body):

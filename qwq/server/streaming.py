@@ -1,17 +1,18 @@
 """Running engine requests for HTTP clients: wait for outputs while watching for a client that
-hangs up (its request is aborted, its KV blocks freed), and server-sent events."""
+hangs up (its request is aborted, its KV blocks freed), and server-sent events; the answer of
+OpenAI's chat and completions routes, whole or streamed, over one or more engine requests."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
 from typing import Any, TypeVar
 
 import anyio
 from fastapi import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from qwq.engine.async_engine import EngineDeadError
 from qwq.errors import QwQError
@@ -19,6 +20,7 @@ from qwq.outputs import CompletionOutput, RequestOutput
 from qwq.sampling_params import SamplingParams
 from qwq.server.errors import APIError, error_body, from_exception
 from qwq.server.metrics import RequestTrack
+from qwq.server.render import OpenAIJob
 from qwq.server.state import ServerState
 
 T = TypeVar("T")
@@ -147,6 +149,93 @@ async def start_all(streams: list[Stream], request: Request) -> None:
         for s in streams:
             await s.close()
         raise errors[0]
+
+
+def usage_counts(streams: list[Stream]) -> tuple[int, int, int]:
+    """(prompt, completion, cached prompt) tokens so far, over all the streams."""
+    counts = [s.usage_counts() for s in streams]
+    return tuple(sum(c[i] for c in counts) for i in range(3))  # type: ignore[return-value]
+
+
+async def finals(streams: list[Stream], request: Request,
+                 track: RequestTrack) -> list[RequestOutput] | Response:
+    """Each started stream's last output, read while watching the client, with the outcome in
+    metrics: a 499 response when the client hangs up first; a dead engine or a failed choice
+    raises APIError. The streams are closed however it ends."""
+    async def read() -> list[RequestOutput]:
+        return [await s.final() for s in streams]
+
+    try:
+        outs = await watch(read(), request)
+    except ClientGone:
+        track.finish("disconnected", *usage_counts(streams)[:2])
+        return Response(status_code=499)
+    except EngineDeadError as e:
+        track.finish("error")
+        raise from_exception(e) from None
+    finally:
+        for s in streams:
+            await s.close()
+    prompt, completion, _ = usage_counts(streams)
+    failed = next((o for out in outs for o in out.outputs if o.finish_reason == "error"), None)
+    if failed is not None:
+        track.finish("error", prompt, completion)
+        raise APIError(500, failed.error or "generation failed", code="generation_failed")
+    track.finish("ok", prompt, completion)
+    return outs
+
+
+ChunkChoice = Callable[[int, RequestOutput, CompletionOutput], dict[str, Any] | None]
+
+
+async def respond(job: OpenAIJob, streams: list[Stream], request: Request, track: RequestTrack,
+                  choice: ChunkChoice,
+                  choices: Callable[[list[RequestOutput]], list[dict[str, Any]]]) -> Response:
+    """Start the streams and answer an OpenAI chat or completions request: its events when the
+    body asks for a stream (choice: what each output adds, see `events`), else its whole body
+    (choices: from the streams' final outputs); a refusal or a client gone as `start_tracked`
+    and `finals` say."""
+    refused = await start_tracked(streams, request, track)
+    if refused is not None:
+        return refused
+    if job.body.stream:
+        return SSEResponse(events(job, streams, track, choice))
+    outs = await finals(streams, request, track)
+    if isinstance(outs, Response):
+        return outs
+    return JSONResponse(job.whole(choices(outs), usage=job.state.usage(*usage_counts(streams))))
+
+
+async def events(job: OpenAIJob, streams: list[Stream], track: RequestTrack,
+                 choice: ChunkChoice) -> AsyncIterator[bytes]:
+    """An OpenAI answer's SSE events: the started streams one after another (all run in the
+    engine at once), a chunk for each choice(k, out, o) of stream k's output o that is not
+    None, then the usage when stream_options asks for it, then [DONE]. A failed choice or a dead
+    engine ends the events with an error; the outcome goes into metrics and the streams are
+    closed however they end."""
+    outcome = "disconnected"
+    try:
+        for k, stream in enumerate(streams):
+            async for out in stream.outputs():
+                for o in out.outputs:
+                    if (failed := failed_event(o)) is not None:
+                        outcome = "error"
+                        yield failed
+                        return
+                    if (c := choice(k, out, o)) is not None:
+                        yield sse(job.chunk([c]))
+        opts = job.body.stream_options
+        if opts is not None and opts.include_usage:
+            yield sse(job.chunk([], usage=job.state.usage(*usage_counts(streams))))
+        outcome = "ok"
+        yield DONE
+    except EngineDeadError as e:  # the engine died mid-stream: say so, then close
+        outcome = "error"
+        yield sse(from_exception(e).body())
+    finally:
+        track.finish(outcome, *usage_counts(streams)[:2])
+        for s in streams:
+            await s.close()
 
 
 class SSEResponse(StreamingResponse):
