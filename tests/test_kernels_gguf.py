@@ -220,3 +220,49 @@ def test_python_errors_name_the_type():
         ggml.linear(torch.randn(1, 512), raw, "Q6_K", None, 4)
     with pytest.raises(ValueError, match="Q6_K weights take 256 inputs; x has 512"):
         ggml.linear_reference(torch.randn(1, 512), raw, "Q6_K", None, 4)
+
+
+# a q|k|v of three types (two sharing activation records), a gate|up of one, a lone Q6_K
+PART_SETS = [("Q5_0", "Q5_0", "Q8_0"), ("Q4_K", "Q6_K"), ("Q4_0", "Q4_1", "Q5_1"), ("Q6_K",)]
+
+
+@kernel
+@pytest.mark.parametrize("names", PART_SETS, ids="|".join)
+@pytest.mark.parametrize("m", [1, 3, 17, 40])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_parts_are_each_part_as_a_lone_tensor(names, m, dtype):
+    """One call over q|k|v equals each part alone, concatenated, bit for bit, with the bias
+    added in float32 before the output's rounding; a token's bits do not depend on its batch."""
+    types = [ggml.TYPES[n] for n in names]
+    rows = [37, 16, 21][:len(types)]
+    raws = [_blocks(t, r, 512, seed=i) for i, (t, r) in enumerate(zip(types, rows))]
+    x = (torch.randn(m, 512) * 2).to(dtype)
+    bias = torch.randn(sum(rows))
+    got = ggml.LinearParts(raws, types, bias)(x)
+    alone = torch.cat([torch.ops.qwq.ggml_linear(x.float(), r, t.id, None, r.shape[0])
+                       for r, t in zip(raws, types)], -1)
+    assert torch.equal(got, (alone + bias).to(dtype))
+    assert torch.equal(ggml.LinearParts(raws, types, bias)(x[m // 2:m // 2 + 1]),
+                       got[m // 2:m // 2 + 1])
+    # the torch path (no kernels) computes the same product
+    assert torch.allclose(_torch_parts(raws, types, bias, x).float(), got.float(),
+                          rtol=2 ** -7, atol=1e-3)
+
+
+def _torch_parts(raws, types, bias, x):
+    real = ggml.kernels_available
+    ggml.kernels_available = lambda: False
+    try:
+        return ggml.LinearParts(raws, types, bias)(x)
+    finally:
+        ggml.kernels_available = real
+
+
+def test_fused_parts_refuse_mismatched_parts_by_name():
+    q4k, q8 = _blocks(ggml.TYPES["Q4_K"], 4, 512), _blocks(ggml.TYPES["Q8_0"], 4, 256)
+    with pytest.raises(ValueError, match="different input widths"):
+        ggml.LinearParts([q4k, q8], ["Q4_K", "Q8_0"])
+    with pytest.raises(ValueError, match=r"bias must be \(8,\)"):
+        ggml.LinearParts([q4k, q4k], ["Q4_K", "Q4_K"], torch.zeros(4))
+    with pytest.raises(ValueError, match="take 512 inputs; x has 256"):
+        ggml.LinearParts([q4k], ["Q4_K"])(torch.randn(1, 256))

@@ -71,7 +71,7 @@ def kernels_available() -> bool:
         # a failed build leaves the torch paths; it must not stop a load
         log.warning("qwq: building qwq's kernels failed (%s); using torch kernels", e)
         return False
-    return all(hasattr(torch.ops.qwq, op) for op in ("q8_0_linear", "silu_mul", "ggml_linear"))
+    return all(hasattr(torch.ops.qwq, op) for op in ("q8_0_linear", "silu_mul", "ggml_linear_parts"))
 
 
 def fused_layers_take(x: torch.Tensor) -> bool:

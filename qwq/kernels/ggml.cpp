@@ -103,45 +103,63 @@ inline int tile_tokens(int64_t left) {
   return left >= 16 ? 16 : left > 8 ? 8 : static_cast<int>(left);
 }
 
+struct Job;
+
+// One stored tensor of a fused weight (q|k|v, gate|up): its rows are out's columns
+// [first, first + rows), computed in its own format against that format's records of x.
+struct Slice {
+  const uint8_t* w;
+  int64_t row_stride, first, rows;
+  const uint8_t* acts;
+  void (*run)(const Slice&, const Job&, int64_t n0, int64_t n1);
+};
+
+struct Job {
+  int64_t M, N, K;
+  const float* bias;  // (N,) or null
+  void* out;          // (M, N) of the activation type
+};
+
+// x's tokens as F's activation records (zero-padded to whole chunks), one token per task.
 template <typename F, typename T>
-void linear_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
-                 at::Tensor& out) {
-  const int64_t M = x.size(0), N = w.size(0), row_stride = w.stride(0);
+at::Tensor records(const at::Tensor& x) {
+  const int64_t M = x.size(0);
   const Shape<F> s(x.size(1));
   const int64_t token_bytes = s.chunks * F::kRecBytes;
   const T* xp = x.const_data_ptr<T>();
-  const uint8_t* wp = w.const_data_ptr<uint8_t>();
-  const float* bp = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
-  T* op = out.mutable_data_ptr<T>();
-
   // torch's allocator aligns to 64 bytes and records are whole vectors: no load splits a line
   at::Tensor acts = at::empty({M * token_bytes}, at::kByte);
   uint8_t* ap = acts.mutable_data_ptr<uint8_t>();
   at::parallel_for(0, M, 1, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) quantize_token<F, T>(xp + m * s.K, s, ap + m * token_bytes);
   });
+  return acts;
+}
 
+// The part's rows [n0, n1) against every token: token tiles whose records stay in L2, register
+// tiles of up to 16 tokens within them.
+template <typename F, typename T>
+void part_rows(const Slice& p, const Job& j, int64_t n0, int64_t n1) {
+  const Shape<F> s(j.K);
+  const int64_t token_bytes = s.chunks * F::kRecBytes;
   const int64_t tile = std::max<int64_t>(kTokens, kTileBytes / token_bytes / kTokens * kTokens);
-  at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
-    float sums[kTokens];
-    for (int64_t t0 = 0; t0 < M; t0 += tile) {
-      const int64_t t1 = std::min(M, t0 + tile);
-      for (int64_t n = n0; n < n1; ++n) {
-        const float b = bp ? bp[n] : 0.f;
-        for (int64_t m = t0, nt; m < t1; m += nt) {
-          nt = tile_tokens(t1 - m);
-          row_tile<F>(nt, wp + n * row_stride, s, ap + m * token_bytes, token_bytes, sums);
-          for (int t = 0; t < nt; ++t) op[(m + t) * N + n] = static_cast<T>(sums[t] + b);
-        }
+  T* op = static_cast<T*>(j.out) + p.first;
+  float sums[kTokens];
+  for (int64_t t0 = 0; t0 < j.M; t0 += tile) {
+    const int64_t t1 = std::min(j.M, t0 + tile);
+    for (int64_t n = n0; n < n1; ++n) {
+      const float b = j.bias ? j.bias[p.first + n] : 0.f;
+      for (int64_t m = t0, nt; m < t1; m += nt) {
+        nt = tile_tokens(t1 - m);
+        row_tile<F>(nt, p.w + n * p.row_stride, s, p.acts + m * token_bytes, token_bytes, sums);
+        for (int t = 0; t < nt; ++t) op[(m + t) * j.N + n] = static_cast<T>(sums[t] + b);
       }
     }
-  });
+  }
 }
 
 template <typename F>
-at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias,
-                  int64_t N) {
-  const int64_t K = x.size(1);
+void check_part(const at::Tensor& w, int64_t K) {
   TORCH_CHECK(K % F::kBlock == 0, "ggml_linear: ", F::kName, " takes inputs in whole blocks of ",
               F::kBlock, "; x has ", K);
   TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kByte && w.stride(1) == 1 &&
@@ -149,49 +167,109 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<
               "ggml_linear: ", F::kName, " weights must be (rows, row_bytes) uint8 CPU bytes");
   TORCH_CHECK(w.size(1) == K / F::kBlock * F::kBlockBytes, "ggml_linear: ", F::kName, " rows of ",
               K, " inputs are ", K / F::kBlock * F::kBlockBytes, " bytes, got ", w.size(1));
-  TORCH_CHECK(w.size(0) == N, "ggml_linear: ", F::kName, " weights hold ", w.size(0),
-              " rows; out_features is ", N);
-  at::Tensor b;
-  if (bias.has_value()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N,
-                "ggml_linear: bias must be (out_features,)");
-    b = bias->to(at::kFloat).contiguous();
-  }
-  at::Tensor out = at::empty({x.size(0), N}, x.options());
-  if (x.size(0) == 0 || N == 0) return out;
-  switch (x.scalar_type()) {
-    case at::kFloat: linear_impl<F, float>(x, w, b, out); break;
-    case at::kBFloat16: linear_impl<F, c10::BFloat16>(x, w, b, out); break;
-    case at::kHalf: linear_impl<F, c10::Half>(x, w, b, out); break;
-    default: TORCH_CHECK(false, "ggml_linear: x must be float32, bfloat16 or float16");
-  }
-  return out;
+}
+
+// A part of format F: checked, its records of x made (or shared with an earlier part of the
+// same type: q and k are often both Q5_0), its row function chosen.
+template <typename F, typename T>
+Slice make_part(const at::Tensor& x, const at::Tensor& w, int64_t type, int64_t first,
+               std::vector<std::pair<int64_t, at::Tensor>>& made) {
+  check_part<F>(w, x.size(1));
+  auto found = std::find_if(made.begin(), made.end(),
+                            [&](const auto& e) { return e.first == type; });
+  if (found == made.end()) found = made.emplace(made.end(), type, records<F, T>(x));
+  Slice part;
+  part.w = static_cast<const uint8_t*>(w.const_data_ptr());
+  part.row_stride = w.stride(0);
+  part.first = first;
+  part.rows = w.size(0);
+  part.acts = static_cast<const uint8_t*>(found->second.const_data_ptr());
+  part.run = &part_rows<F, T>;
+  return part;
 }
 
 // type: ggml's enum value (gguf.GGMLQuantizationType)
-at::Tensor ggml_linear(const at::Tensor& x, const at::Tensor& w, int64_t type,
-                       const c10::optional<at::Tensor>& bias, int64_t out_features) {
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.device().is_cpu(),
-              "ggml_linear: x must be a contiguous 2-D CPU tensor");
+template <typename T>
+Slice part_of(const at::Tensor& x, const at::Tensor& w, int64_t type, int64_t first,
+             std::vector<std::pair<int64_t, at::Tensor>>& made) {
   switch (type) {
-    case 2: return linear<Q4_0>(x, w, bias, out_features);
-    case 3: return linear<Q4_1>(x, w, bias, out_features);
-    case 6: return linear<Q5_0>(x, w, bias, out_features);
-    case 7: return linear<Q5_1>(x, w, bias, out_features);
-    case 8: return linear<Q8_0>(x, w, bias, out_features);
-    case 12: return linear<Q4_K>(x, w, bias, out_features);
-    case 13: return linear<Q5_K>(x, w, bias, out_features);
-    case 14: return linear<Q6_K>(x, w, bias, out_features);
+    case 2: return make_part<Q4_0, T>(x, w, type, first, made);
+    case 3: return make_part<Q4_1, T>(x, w, type, first, made);
+    case 6: return make_part<Q5_0, T>(x, w, type, first, made);
+    case 7: return make_part<Q5_1, T>(x, w, type, first, made);
+    case 8: return make_part<Q8_0, T>(x, w, type, first, made);
+    case 12: return make_part<Q4_K, T>(x, w, type, first, made);
+    case 13: return make_part<Q5_K, T>(x, w, type, first, made);
+    case 14: return make_part<Q6_K, T>(x, w, type, first, made);
     default:
       TORCH_CHECK(false, "ggml_linear: GGML type ", type, " has no kernel (Q4_0 2, Q4_1 3, ",
                   "Q5_0 6, Q5_1 7, Q8_0 8, Q4_K 12, Q5_K 13, Q6_K 14)");
   }
 }
 
+template <typename T>
+void parts_impl(const at::Tensor& x, at::TensorList ws, at::IntArrayRef types,
+                const at::Tensor& bias, at::Tensor& out) {
+  std::vector<std::pair<int64_t, at::Tensor>> made;  // records of x, by type
+  std::vector<Slice> parts;
+  int64_t first = 0;
+  for (size_t i = 0; i < ws.size(); first += ws[i].size(0), ++i)
+    parts.push_back(part_of<T>(x, ws[i], types[i], first, made));
+  const Job job{x.size(0), out.size(1), x.size(1),
+                bias.defined() ? bias.const_data_ptr<float>() : nullptr, out.mutable_data_ptr()};
+  // one pass over all the parts' rows: each thread takes a contiguous range of them, which
+  // may span parts (one fork and join for q|k|v instead of three)
+  at::parallel_for(0, job.N, 16, [&](int64_t n0, int64_t n1) {
+    for (const Slice& p : parts) {
+      const int64_t a = std::max(n0, p.first), b = std::min(n1, p.first + p.rows);
+      if (a < b) p.run(p, job, a - p.first, b - p.first);
+    }
+  });
+}
+
+// x (M, K) times the rows of ws, concatenated: each a (rows, row_bytes) tensor of block bytes
+// in the ggml type of the same index; bias (out_features,) or none.
+at::Tensor ggml_linear_parts(const at::Tensor& x, at::TensorList ws, at::IntArrayRef types,
+                             const c10::optional<at::Tensor>& bias, int64_t out_features) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.device().is_cpu(),
+              "ggml_linear: x must be a contiguous 2-D CPU tensor");
+  TORCH_CHECK(!ws.empty() && ws.size() == types.size(),
+              "ggml_linear: one ggml type per weight tensor, and at least one");
+  int64_t rows = 0;
+  for (const auto& w : ws) rows += w.dim() == 2 ? w.size(0) : 0;
+  TORCH_CHECK(rows == out_features, "ggml_linear: the weights hold ", rows,
+              " rows; out_features is ", out_features);
+  at::Tensor b;
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_features,
+                "ggml_linear: bias must be (out_features,)");
+    b = bias->to(at::kFloat).contiguous();
+  }
+  at::Tensor out = at::empty({x.size(0), out_features}, x.options());
+  if (x.size(0) == 0 || out_features == 0) return out;
+  switch (x.scalar_type()) {
+    case at::kFloat: parts_impl<float>(x, ws, types, b, out); break;
+    case at::kBFloat16: parts_impl<c10::BFloat16>(x, ws, types, b, out); break;
+    case at::kHalf: parts_impl<c10::Half>(x, ws, types, b, out); break;
+    default: TORCH_CHECK(false, "ggml_linear: x must be float32, bfloat16 or float16");
+  }
+  return out;
+}
+
+at::Tensor ggml_linear(const at::Tensor& x, const at::Tensor& w, int64_t type,
+                       const c10::optional<at::Tensor>& bias, int64_t out_features) {
+  return ggml_linear_parts(x, {w}, {type}, bias, out_features);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(qwq, m) {
   m.def("ggml_linear(Tensor x, Tensor w, int type, Tensor? bias, int out_features) -> Tensor");
+  m.def("ggml_linear_parts(Tensor x, Tensor[] ws, int[] types, Tensor? bias, int out_features) "
+        "-> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(qwq, CPU, m) { m.impl("ggml_linear", &ggml_linear); }
+TORCH_LIBRARY_IMPL(qwq, CPU, m) {
+  m.impl("ggml_linear", &ggml_linear);
+  m.impl("ggml_linear_parts", &ggml_linear_parts);
+}

@@ -229,15 +229,19 @@ def linear_reference(x: torch.Tensor, raw: torch.Tensor, t: GGMLType | str | int
     in x's dtype: the kernels' product in plain torch."""
     t = ggml_type(t)
     _check_linear(x, raw, t, out_features)
+    y = _product_f32(x, raw, t)
+    if bias is not None:
+        y += bias.float()
+    return y.to(x.dtype)
+
+
+def _product_f32(x: torch.Tensor, raw: torch.Tensor, t: GGMLType) -> torch.Tensor:
     m, k = x.shape
     q, d = quantize_activations(x, t)
     xq = (q.view(m, -1, t.activation_block) * d[..., None]).view(m, k)
     slab = max(1, 2 ** 24 // k)  # rows dequantized at a time: 64 MB of float32
-    y = torch.cat([xq @ dequantize(raw[r:r + slab], t).T for r in range(0, raw.shape[0], slab)],
-                  1)
-    if bias is not None:
-        y += bias.float()
-    return y.to(x.dtype)
+    return torch.cat([xq @ dequantize(raw[r:r + slab], t).T
+                      for r in range(0, raw.shape[0], slab)], 1)
 
 
 def linear(x: torch.Tensor, raw: torch.Tensor, t: GGMLType | str | int,
@@ -245,13 +249,44 @@ def linear(x: torch.Tensor, raw: torch.Tensor, t: GGMLType | str | int,
     """x (..., k) times raw's rows: torch.ops.qwq.ggml_linear where qwq's kernels are built (x86
     with AVX-512 VNNI), linear_reference elsewhere."""
     t = ggml_type(t)
-    x2 = x.reshape(-1, x.shape[-1])
-    if x.device.type == "cpu" and kernels_available():
-        _check_linear(x2, raw, t, out_features)
-        y = torch.ops.qwq.ggml_linear(x2.contiguous(), raw, t.id, bias, out_features)
-    else:
-        y = linear_reference(x2, raw, t, bias, out_features)
-    return y.view(*x.shape[:-1], out_features)
+    _check_linear(x.reshape(-1, x.shape[-1]), raw, t, out_features)
+    return LinearParts([raw], [t], bias)(x)
+
+
+class LinearParts:
+    """x times the concatenated rows of several stored tensors, each in its own type (a fused
+    q|k|v or gate|up), plus a bias: one kernel call writes every part's columns, rounding x
+    once per type, with the checks done here, once, rather than on every call."""
+
+    def __init__(self, raws: list[torch.Tensor], types: list[GGMLType | str | int],
+                 bias: torch.Tensor | None = None):
+        self.raws, self.types = list(raws), [ggml_type(t) for t in types]
+        if not self.raws or len(self.raws) != len(self.types):
+            raise ValueError("one GGML type per stored tensor, and at least one tensor")
+        widths = {_check_raw(r, t) for r, t in zip(self.raws, self.types)}
+        if len(widths) != 1:
+            raise ValueError(f"parts of one linear take different input widths: {widths}")
+        self.in_features = widths.pop()
+        self.out_features = sum(r.shape[0] for r in self.raws)
+        if bias is not None and bias.shape != (self.out_features,):
+            raise ValueError(f"bias must be ({self.out_features},), got {tuple(bias.shape)}")
+        self.bias = bias
+        self.ids = [t.id for t in self.types]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, x.shape[-1])
+        if x2.shape[1] != self.in_features:
+            raise ValueError(f"these weights take {self.in_features} inputs; x has "
+                             f"{x2.shape[1]}")
+        if x.device.type == "cpu" and kernels_available():
+            y = torch.ops.qwq.ggml_linear_parts(x2.contiguous(), self.raws, self.ids, self.bias,
+                                                self.out_features)
+        else:
+            y = torch.cat([_product_f32(x2, r, t) for r, t in zip(self.raws, self.types)], -1)
+            if self.bias is not None:
+                y += self.bias.float()
+            y = y.to(x.dtype)
+        return y.view(*x.shape[:-1], self.out_features)
 
 
 # The 4-bit types whose values are exactly tinygemm's int4 grid at groups of 32 inputs:

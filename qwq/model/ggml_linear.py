@@ -59,7 +59,11 @@ class _Part(nn.Module):
 
 
 class GGMLLinear(nn.Module):
-    """y = x W^T + b, W the concatenation of its parts' rows, each in its stored type."""
+    """y = x W^T + b, W the concatenation of its parts' rows, each in its stored type. When
+    every part has a kernel, one call computes them all (a decode step makes ~170 of these
+    calls on the 0.5B model: per-part Python, the concatenation and each part's fork/join of
+    threads weighed as much as a fifth of the step). The bias is added to the rounded product
+    in the activation dtype, as the layers always have."""
 
     def __init__(self, parts: list[StoredTensor], bias: torch.Tensor | None, dtype: torch.dtype):
         super().__init__()
@@ -70,8 +74,19 @@ class GGMLLinear(nn.Module):
         self.in_features = widths.pop()
         self.out_features = sum(p.out_features for p in self.parts)
         self.bias = None if bias is None else nn.Parameter(bias.to(dtype), requires_grad=False)
+        self._kernel: ggml.LinearParts | None = None
+
+    def _apply(self, fn, recurse=True):
+        self._kernel = None  # it holds the buffers as they were
+        return super()._apply(fn, recurse)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._kernel is None and all(p.native for p in self.parts):
+            self._kernel = ggml.LinearParts([p.raw for p in self.parts],
+                                            [p.qtype for p in self.parts])
+        if self._kernel is not None:
+            y = self._kernel(x)
+            return y if self.bias is None else y.add_(self.bias)
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).contiguous()
         outs = [part(x2) for part in self.parts]
