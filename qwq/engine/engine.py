@@ -273,11 +273,9 @@ class LLMEngine:
         for control in out.controls:
             action = control.on_token(token, out.text, seq.output_ids)
             if isinstance(action, Stop):
-                detail = dict(action.detail)
-                cut = detail.pop("text_end", None)
-                if cut is not None:  # the blocked text never reaches the caller
-                    out.text = out.text[:max(cut, out.sent_chars)]
-                seq.stop_reason = detail or None
+                if action.text_end is not None:  # the blocked text never reaches the caller
+                    out.text = out.text[:max(action.text_end, out.sent_chars)]
+                seq.stop_reason = dict(action.detail) or None
                 return self._finish(seq, action.finish_reason)
             if isinstance(action, Force) and action.token_ids:
                 room = min((seq.params.max_tokens or self.max_model_len) - len(seq.output_ids),

@@ -20,9 +20,12 @@ class Force:
 
 @dataclass
 class Stop:
-    """Finish the sequence now with this finish_reason ("loop", "content_filter", ...)."""
+    """Finish the sequence now with this finish_reason ("loop", "content_filter", ...). detail
+    goes to the caller as the sequence's stop_reason; text_end, when set, is where the text the
+    caller may see ends (an output guard's block: the blocked text never reaches it)."""
     finish_reason: str
     detail: dict[str, Any] = field(default_factory=dict)
+    text_end: int | None = None
 
 
 Action = Force | Stop | None

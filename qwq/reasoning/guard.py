@@ -207,7 +207,7 @@ def run_check(guard: Any, text: str, stage: str, count_allow: bool = True) -> Gu
 class GuardControl:
     """Checks the input before the request runs (the user turns of the prompt) and the output
     as it grows; on a block, stops with "content_filter". The Stop detail names the category,
-    the guard and the stage; an output block also carries text_end, where the blocked text
+    the guard and the stage; an output block's Stop also sets text_end, where the blocked text
     begins: the engine cuts the text there."""
 
     def __init__(self, guard: Any, tokenizer: Any = None, interval_chars: int = 400):
@@ -232,4 +232,4 @@ class GuardControl:
         if decision.allowed:
             return None
         cut = start + decision.span[0] if decision.span else self._scanned
-        return Stop("content_filter", {**decision.as_detail(), "text_end": cut})
+        return Stop("content_filter", decision.as_detail(), text_end=cut)
