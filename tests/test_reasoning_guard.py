@@ -93,6 +93,21 @@ def test_model_guard_prompt_is_replaceable_and_failure_mode_configurable():
     assert ModelGuard("m", lambda m: "no idea", {"x": "y"}).check("hi", "input").allowed
 
 
+def test_model_guard_checks_the_whole_output_every_interval():
+    seen = []
+
+    def classify(messages):
+        seen.append(messages[0]["content"])
+        return "safe"
+
+    control = GuardControl(ModelGuard("m", classify, {"x": "y"}, prompt="{text}"),
+                           interval_chars=10)
+    text = "abcdefghij" * 3
+    for n in range(1, len(text) + 1):
+        assert control.on_token(0, text[:n], []) is None
+    assert seen == [text[:11], text[:22]]  # not streaming: no window, the output from its start
+
+
 def test_decisions_and_time_are_counted():
     guard = PatternGuard.from_dict("counted", POLICY)
     before = metrics.value("guard_decision", stage="input", guard="counted", decision="block",

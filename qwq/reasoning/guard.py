@@ -1,6 +1,7 @@
 """Safety guard: checks on a request's input (before it runs) and on its output (as it streams).
 
-Two kinds, one interface (`check(text, stage) -> GuardDecision`):
+Two kinds, one interface (`Guard`: a name, `check(text, stage) -> GuardDecision`, and how
+output checks may run):
 - PatternGuard: an operator's policy of categories, each a list of regular expressions, from a
   dict or a JSON/YAML file. Cheap enough to run on every token (only the unseen tail is read).
 - ModelGuard: asks a chat model to classify, with a prompt the operator can replace.
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from qwq.reasoning import metrics
 from qwq.reasoning.actions import Stop
@@ -38,6 +39,19 @@ class GuardDecision:
 
     def as_detail(self) -> dict[str, Any]:
         return {"category": self.category, "guard": self.guard, "stage": self.stage}
+
+
+class Guard(Protocol):
+    """What GuardControl and the registry need of a guard."""
+
+    name: str
+    # cheap enough to check the output after every token; else every few hundred characters
+    streaming: bool
+    # characters re-read behind new output, for matches across tokens; None: the whole output
+    window: int | None
+
+    def check(self, text: str, stage: str) -> GuardDecision:
+        """Is text allowed at this stage ("input" or "output")?"""
 
 
 @dataclass
@@ -108,6 +122,7 @@ class ModelGuard:
     ModelGuard.from_llm(qwq.LLM(...)). Unparseable replies allow unless fail_closed."""
 
     streaming = False  # too slow for every token: checks input, and output when asked
+    window = None  # reads all of the output (its last max_chars)
 
     def __init__(self, name: str, classify: Callable[[list[dict]], str],
                  categories: dict[str, str], prompt: str = DEFAULT_GUARD_PROMPT,
@@ -153,16 +168,16 @@ BASIC_POLICY = {"categories": {
                              r"\bAKIA[0-9A-Z]{16}\b"], "stages": ["output"]},
 }}
 
-_registry: dict[str, Any] = {"basic": PatternGuard.from_dict("basic", BASIC_POLICY)}
+_registry: dict[str, Guard] = {"basic": PatternGuard.from_dict("basic", BASIC_POLICY)}
 _registry_lock = threading.Lock()
 
 
-def register_guard(guard: Any) -> None:
+def register_guard(guard: Guard) -> None:
     with _registry_lock:
         _registry[guard.name] = guard
 
 
-def get_guard(name: str) -> Any:
+def get_guard(name: str) -> Guard:
     with _registry_lock:
         if name not in _registry:
             raise KeyError(name)
@@ -190,7 +205,7 @@ def load_guards(path: str | Path) -> list[PatternGuard]:
     return guards
 
 
-def run_check(guard: Any, text: str, stage: str, count_allow: bool = True) -> GuardDecision:
+def run_check(guard: Guard, text: str, stage: str, count_allow: bool = True) -> GuardDecision:
     """One guard decision, timed and counted in metrics (output checks run on every token, so
     they count only their blocks)."""
     start = time.perf_counter()
@@ -210,10 +225,10 @@ class GuardControl:
     the guard and the stage; an output block's Stop also sets text_end, where the blocked text
     begins: the engine cuts the text there."""
 
-    def __init__(self, guard: Any, tokenizer: Any = None, interval_chars: int = 400):
+    def __init__(self, guard: Guard, tokenizer: Any = None, interval_chars: int = 400):
         self.guard = guard
         self.tokenizer = tokenizer
-        self.interval = 0 if getattr(guard, "streaming", False) else interval_chars
+        self.interval = 0 if guard.streaming else interval_chars
         self._scanned = 0
 
     def on_prompt(self, prompt_ids: list[int]) -> Stop | None:
@@ -226,7 +241,8 @@ class GuardControl:
     def on_token(self, token_id: int, text: str, output_ids: list[int]) -> Stop | None:
         if len(text) - self._scanned <= self.interval:
             return None
-        start = max(0, self._scanned - getattr(self.guard, "window", len(text)))
+        window = self.guard.window
+        start = 0 if window is None else max(0, self._scanned - window)
         self._scanned = len(text)
         decision = run_check(self.guard, text[start:], "output", count_allow=False)
         if decision.allowed:
