@@ -4,6 +4,7 @@ import pytest
 from test_reasoning_helpers import FakeTokenizer, drive
 
 from qwq.errors import RequestError
+from qwq.reasoning.actions import SequenceControl
 from qwq.reasoning.budget import ReasoningCloser
 from qwq.reasoning.controls import ControlFactory, build_controls, detect_style
 from qwq.reasoning.guard import GuardControl, get_guard
@@ -41,6 +42,10 @@ def test_every_field_builds_its_control_in_order():
     assert [type(c) for c in controls] == [GuardControl, ReasoningCloser,
                                            PenalizingLoopControl, LanguageControl]
     assert controls[1].budget == 64 and controls[1].conclude_at is None
+    assert all(isinstance(c, SequenceControl) for c in controls)
+    # only the penalizing loop control and the language mask shape logits
+    assert [c.logits_processor() is not None for c in controls] == [False, False, True, True]
+    assert controls[1].on_prompt([1, 2]) is None  # the defaults do nothing
 
 
 def test_effort_sets_the_budget():

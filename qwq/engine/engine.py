@@ -23,7 +23,7 @@ from qwq.engine.sequence import Sequence, Status
 from qwq.engine.stop import find_stop, holdback
 from qwq.errors import QueueFullError, RequestError
 from qwq.outputs import CompletionOutput, RequestOutput
-from qwq.reasoning.actions import Force, Stop
+from qwq.reasoning.actions import Force, SequenceControl, Stop
 from qwq.sampling_params import NEUTRAL_DEFAULTS, SamplingParams, defaults_from_generation_config
 from qwq.tokenizer import IncrementalDetokenizer, Tokenizer
 
@@ -38,7 +38,7 @@ class _SeqOut:
     logprobs: list[dict[int, float]] | None = None
     cumulative_logprob: float = 0.0
     error: str | None = None
-    controls: list = field(default_factory=list)  # reasoning controls of this sequence
+    controls: list[SequenceControl] = field(default_factory=list)
     draft_tokens: int = 0  # speculative decoding: tokens drafted for it, and kept
     accepted_draft_tokens: int = 0
 
@@ -62,8 +62,8 @@ class _Request:
 class LLMEngine:
     def __init__(self, runner: ModelRunner, tokenizer: Tokenizer, config: EngineConfig,
                  max_model_len: int, generation_config: dict | None = None,
-                 control_factory: Callable[[SamplingParams, Tokenizer, list[int]], list]
-                 | None = None):
+                 control_factory: Callable[[SamplingParams, Tokenizer, list[int]],
+                                           list[SequenceControl]] | None = None):
         self.runner = runner
         self.tokenizer = tokenizer
         self.config = config
@@ -103,8 +103,8 @@ class LLMEngine:
             detok = IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens)
             controls = self.control_factory(params, self.tokenizer, ids) \
                 if self.control_factory else []
-            seq.logits_processors = [c.process_logits for c in controls
-                                     if getattr(c, "process_logits", None)]
+            seq.logits_processors = [p for c in controls
+                                     if (p := c.logits_processor()) is not None]
             req.seqs.append(_SeqOut(seq, detok, logprobs=[] if params.logprobs is not None
                                     else None, controls=controls))
         refused = self._check_input(req)
@@ -119,9 +119,8 @@ class LLMEngine:
     def _check_input(req: _Request) -> Stop | None:
         """The first Stop a control raises on the prompt (an input guard's block), if any."""
         for control in req.seqs[0].controls:
-            on_prompt = getattr(control, "on_prompt", None)
-            action = on_prompt(req.prompt_ids) if on_prompt else None
-            if isinstance(action, Stop):
+            action = control.on_prompt(req.prompt_ids)
+            if action is not None:
                 return action
         return None
 

@@ -1,15 +1,15 @@
-"""What a per-sequence control may tell the engine after each sampled token.
+"""The per-sequence control interface, and the actions a control may return to the engine.
 
-Controls sit after the sampler: they watch the token stream of one sequence and return an
+Controls sit after the sampler: each watches the token stream of one sequence and returns an
 action; the engine applies it. They never touch the scheduler or the cache themselves.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-import torch
+from qwq.logits_processor import LogitsProcessor
 
 
 @dataclass
@@ -31,9 +31,20 @@ class Stop:
 Action = Force | Stop | None
 
 
-class SequenceControl(Protocol):
-    def on_token(self, token_id: int, text: str, output_ids: list[int]) -> Action:
-        """Called after each sampled token with the sequence's full output text so far."""
+class SequenceControl:
+    """One sequence's control. The engine makes one of each kind per sequence (its
+    control_factory, and SamplingParams.controls) and calls these, in the controls' order;
+    each does nothing unless a control overrides it."""
 
-    def process_logits(self, output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
-        """Called before sampling each token of this sequence; return (possibly new) logits."""
+    def on_prompt(self, prompt_ids: list[int]) -> Stop | None:
+        """Once, before the request runs: a Stop refuses it (an input guard's block)."""
+        return None
+
+    def logits_processor(self) -> LogitsProcessor | None:
+        """What shapes this sequence's logits before each of its tokens is sampled, if
+        anything; asked once, when the sequence is made."""
+        return None
+
+    def on_token(self, token_id: int, text: str, output_ids: list[int]) -> Action:
+        """After each sampled token, with the sequence's output text and ids so far."""
+        return None

@@ -9,7 +9,7 @@ end-of-reasoning marker and lets it answer in the tokens left.
 from __future__ import annotations
 
 from qwq.reasoning import metrics
-from qwq.reasoning.actions import Action, Force
+from qwq.reasoning.actions import Action, Force, SequenceControl
 from qwq.reasoning.parser import ReasoningStreamer
 
 # reasoning_effort -> thinking budget in tokens
@@ -50,7 +50,7 @@ class PhaseTracker:
         return self.answered
 
 
-class ReasoningCloser:
+class ReasoningCloser(SequenceControl):
     """Force the end-of-reasoning marker when the thinking budget is spent, or when only the
     conclusion reserve of max_tokens is left and no answer has started."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from qwq.errors import QwQError, RequestError
+from qwq.reasoning.actions import SequenceControl
 from qwq.reasoning.budget import PhaseTracker, ReasoningCloser, thinking_budget
 from qwq.reasoning.guard import GuardControl, get_guard, guard_names
 from qwq.reasoning.language import LanguageControl, detect_language, user_text
@@ -55,19 +56,20 @@ class ControlFactory:
         return self.style if self.reasoning_model else None
 
     def __call__(self, params: SamplingParams, tokenizer,
-                 prompt_ids: list[int] | None = None) -> list:
+                 prompt_ids: list[int] | None = None) -> list[SequenceControl]:
         return build_controls(params, tokenizer, prompt_ids, self.style, self.reasoning_model)
 
 
 def build_controls(params: SamplingParams, tokenizer, prompt_ids: list[int] | None = None,
-                   style: str | None = None, reasoning_model: bool | None = None) -> list:
+                   style: str | None = None, reasoning_model: bool | None = None
+                   ) -> list[SequenceControl]:
     """The controls a request asks for; [] when it asks for none."""
     if style is None:
         style, detected = detect_style(getattr(tokenizer, "chat_template", None))
         reasoning_model = detected if reasoning_model is None else reasoning_model
     conclude = params.conclude if params.conclude is not None else bool(reasoning_model)
     phase = PhaseTracker(style)
-    controls: list = []
+    controls: list[SequenceControl] = []
     if params.guard:
         controls.append(GuardControl(_guard(params.guard), tokenizer))
     budget = thinking_budget(params.max_thinking_tokens, params.reasoning_effort)

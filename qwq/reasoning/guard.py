@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from qwq.reasoning import metrics
-from qwq.reasoning.actions import Stop
+from qwq.reasoning.actions import SequenceControl, Stop
 from qwq.reasoning.language import user_text
 from qwq.sampling_params import SamplingParams
 
@@ -219,7 +219,7 @@ def run_check(guard: Guard, text: str, stage: str, count_allow: bool = True) -> 
     return decision
 
 
-class GuardControl:
+class GuardControl(SequenceControl):
     """Checks the input before the request runs (the user turns of the prompt) and the output
     as it grows; on a block, stops with "content_filter". The Stop detail names the category,
     the guard and the stage; an output block's Stop also sets text_end, where the blocked text

@@ -18,6 +18,9 @@ import weakref
 
 import torch
 
+from qwq.logits_processor import LogitsProcessor
+from qwq.reasoning.actions import SequenceControl
+
 LATIN, GREEK, CYRILLIC, HAN, KANA, HANGUL, ARABIC, HEBREW, DEVANAGARI, THAI, OTHER = (
     1 << i for i in range(11))
 SCRIPT_NAMES = {LATIN: "latin", GREEK: "greek", CYRILLIC: "cyrillic", HAN: "han", KANA: "kana",
@@ -198,7 +201,7 @@ def mixing_rate(text: str, language: str | None = None) -> float:
     return foreign / total
 
 
-class LanguageControl:
+class LanguageControl(SequenceControl):
     """Mask (or, with a finite penalty, lower) tokens of scripts outside the allowed set.
     Tokens of the prompt stay allowed, so quoting the user's input still works."""
 
@@ -214,8 +217,8 @@ class LanguageControl:
         self.penalty = penalty
         self._on: dict[tuple[torch.device, int], torch.Tensor] = {}
 
-    def on_token(self, token_id: int, text: str, output_ids: list[int]) -> None:
-        return None
+    def logits_processor(self) -> LogitsProcessor:
+        return self.process_logits
 
     def process_logits(self, output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
         # the banned ids as an index: filling a few thousand entries is ~10x cheaper than a

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
+from qwq.logits_processor import LogitsProcessor
 from qwq.reasoning import metrics
-from qwq.reasoning.actions import Force, Stop
+from qwq.reasoning.actions import Action, Force, SequenceControl, Stop
 
 
 @dataclass
@@ -302,7 +303,7 @@ class ResumeWatch:
         return sum(self._hits) >= self.needed
 
 
-class LoopControl:
+class LoopControl(SequenceControl):
     """Runs the detector on every token; on a loop: stop, nudge (force a steer), or penalize.
 
     Each action may be taken max_interventions times; the next loop after that (a fresh one, or
@@ -321,7 +322,7 @@ class LoopControl:
         self._seen_tokens = 0
         self._seen_chars = 0
 
-    def on_token(self, token_id: int, text: str, output_ids: list[int]):
+    def on_token(self, token_id: int, text: str, output_ids: list[int]) -> Action:
         event = self._feed(text, output_ids)
         if event is None:
             return None
@@ -383,6 +384,9 @@ class PenalizingLoopControl(LoopControl):
         self.cycle = sorted(set(output_ids[-self.period:]))
         self._cycle_tensor = None
         self.until = len(output_ids) + max(64, 2 * self.period)
+
+    def logits_processor(self) -> LogitsProcessor:
+        return self.process_logits
 
     def process_logits(self, output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
         if len(output_ids) >= self.until or not self.cycle:
