@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -146,15 +147,15 @@ class QwQForCausalLM:
             temperature=temperature if do_sample else 0.0, top_p=top_p, top_k=top_k,
             min_p=min_p, repetition_penalty=repetition_penalty, min_tokens=min_new_tokens or 0,
             stop_token_ids=[eos_token_id] if isinstance(eos_token_id, int) else eos_token_id,
-            extra={"logits_processors": [HFProcessors(logits_processor)]}
-            if logits_processor else {},
             loop_control="off")  # transformers' generate has no loop control: same tokens
         prompts = [row[m.bool()].tolist() for row, m in zip(input_ids.cpu(), mask.cpu())]
+        each = [replace(params, logits_processors=[HFProcessors(logits_processor, p)])
+                for p in prompts] if logits_processor else [params] * len(prompts)
         watch = _Watch(stopping_criteria, streamer)
         if streamer is not None:
             streamer.put(input_ids.cpu())
         try:
-            outs = run_to_completion(self.engine, prompts, [params] * len(prompts), watch)
+            outs = run_to_completion(self.engine, prompts, each, watch)
         finally:
             if streamer is not None:
                 streamer.end()
@@ -183,13 +184,15 @@ def _refuse(unused: dict[str, Any]) -> None:
 
 class HFProcessors:
     """transformers' logits processors, fn(input_ids (1, L), scores (1, V)) -> scores, as one
-    engine processor fn(seq, logits_row) -> logits_row."""
+    LogitsProcessor for the sequences of one prompt: their input_ids are the prompt and the
+    sequence's output so far."""
 
-    def __init__(self, processors: list):
+    def __init__(self, processors: list, prompt_ids: list[int]):
         self.processors = list(processors)
+        self.prompt_ids = list(prompt_ids)
 
-    def __call__(self, seq: Any, logits: torch.Tensor) -> torch.Tensor:
-        ids = torch.tensor([seq.token_ids], device=logits.device)
+    def __call__(self, output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
+        ids = torch.tensor([self.prompt_ids + output_ids], device=logits.device)
         scores = logits.unsqueeze(0)
         for processor in self.processors:
             scores = processor(ids, scores)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from qwq.errors import RequestError
+from qwq.logits_processor import LogitsProcessor
+from qwq.reasoning.actions import SequenceControl
 from qwq.reasoning.budget import EFFORT_BUDGETS
 from qwq.reasoning.language import LANGUAGE_SCRIPTS
 from qwq.reasoning.loops import LOOP_ACTIONS
@@ -39,7 +42,11 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     logit_bias: dict[int, float] | None = None
     cache_salt: str | None = None  # prefix-cache blocks are only shared under the same salt
-    extra: dict[str, Any] = field(default_factory=dict)
+    # vLLM's: fn(output_ids, logits) -> logits (qwq.logits_processor), for every sequence
+    logits_processors: list[LogitsProcessor] = field(default_factory=list)
+    # controls a caller adds (the server's grammars): each makes one control per sequence of
+    # the request, from the sequence's params (qwq.reasoning.actions.SequenceControl)
+    controls: list[ControlMaker] = field(default_factory=list)
     # reasoning controls (qwq.reasoning); None: the model's default
     max_thinking_tokens: int | None = None  # cap on reasoning tokens, then the answer
     reasoning_effort: str | None = None  # "low" | "medium" | "high": a thinking budget
@@ -53,6 +60,8 @@ class SamplingParams:
             self.stop = [self.stop]
         self.stop = list(self.stop or [])
         self.stop_token_ids = list(self.stop_token_ids or [])
+        self.logits_processors = list(self.logits_processors or [])
+        self.controls = list(self.controls or [])
         self.validate()
 
     def validate(self, vocab_size: int | None = None) -> None:
@@ -95,6 +104,7 @@ class SamplingParams:
         if vocab_size is not None:
             self._validate_ids(vocab_size, bad)
         self._validate_reasoning(bad)
+        self._validate_callables(bad)
 
     def _validate_reasoning(self, bad) -> None:
 
@@ -116,6 +126,12 @@ class SamplingParams:
             raise bad("guard", f"must be the name of a guard policy, got {self.guard!r}")
         if self.conclude is not None and not isinstance(self.conclude, bool):
             raise bad("conclude", f"must be true or false, got {self.conclude!r}")
+
+    def _validate_callables(self, bad) -> None:
+        if not all(callable(f) for f in self.logits_processors):
+            raise bad("logits_processors", "must be functions fn(output_ids, logits) -> logits")
+        if not all(callable(f) for f in self.controls):
+            raise bad("controls", "must be functions fn(params) -> SequenceControl")
 
     def _validate_ids(self, vocab_size: int, bad) -> None:
         for t in self.stop_token_ids:
@@ -140,6 +156,10 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature is not None and self.temperature < 1e-5
+
+
+# makes one sequence's control from the sequence's params (SamplingParams.controls)
+ControlMaker = Callable[[SamplingParams], SequenceControl]
 
 
 def defaults_from_generation_config(gen: dict[str, Any]) -> dict[str, Any]:

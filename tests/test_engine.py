@@ -8,6 +8,7 @@ from qwq.config import EngineConfig
 from qwq.errors import QueueFullError, RequestError
 from qwq.llm import run_to_completion
 from qwq.models import engine_for
+from qwq.reasoning.actions import SequenceControl
 from qwq.sampling_params import SamplingParams
 
 GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
@@ -141,15 +142,52 @@ def test_abort_frees_blocks_and_continuous_batching(net, tokenizer):
 def test_nan_logits_fail_one_request_alone(net, tokenizer):
     engine = make(net, tokenizer)
 
-    def poison(seq, logits):
+    def poison(output_ids, logits):
         return logits * float("nan")
 
-    bad = SamplingParams(temperature=0, max_tokens=5, extra={"logits_processors": [poison]})
+    bad = SamplingParams(temperature=0, max_tokens=5, logits_processors=[poison])
     outs = run_to_completion(engine, ["Hello", "Hello", "World"], [GREEDY, bad, GREEDY])
     assert outs[1].outputs[0].finish_reason == "error" and "NaN" in outs[1].outputs[0].error
     assert outs[0].outputs[0].finish_reason == "length"
     assert outs[2].outputs[0].finish_reason == "length"
     assert engine.blocks.num_free + len(engine.blocks.cached) >= engine.blocks.num_blocks - 1
+
+
+def test_request_processors_and_controls_run_for_each_sequence(net, tokenizer):
+    """SamplingParams.logits_processors (vLLM's fn(output_ids, logits)) run for every sequence
+    with its own output ids; SamplingParams.controls make one control per sequence, whose
+    processor runs after the request's."""
+    engine = make(net, tokenizer)
+    plain = texts(engine, ["Hello"])[0]
+    order = []
+
+    def ban_greedy(output_ids, logits):
+        order.append("request")
+        logits[plain[len(output_ids)]] = float("-inf")
+        return logits
+
+    class Seen(SequenceControl):
+        def __init__(self, params):
+            self.lengths = []
+
+        def logits_processor(self):
+            return self.process
+
+        def process(self, output_ids, logits):
+            order.append("control")
+            self.lengths.append(len(output_ids))
+            return logits
+
+    made = []
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, n=2,
+                            loop_control="off", logits_processors=[ban_greedy],
+                            controls=[lambda p: made.append(Seen(p)) or made[-1]])
+    out = run_to_completion(engine, ["Hello"], [params])[0]
+    assert [c.token_ids[0] != plain[0] for c in out.outputs] == [True, True]
+    assert len(made) == 2 and all(m.lengths == list(range(12)) for m in made)
+    assert order == ["request", "control"] * 24
+    with pytest.raises(RequestError, match="logits_processors"):
+        SamplingParams(logits_processors=["not a function"])
 
 
 def test_greedy_batch_fails_only_the_nan_row():

@@ -115,6 +115,11 @@ def test_json_schema_output_follows_the_schema(stack):
     chunks = client.chat.completions.create(model="tiny", messages=HI, max_tokens=40,
                                             response_format=fmt, stream=True)
     json.loads("".join(c.choices[0].delta.content or "" for c in chunks))
+    several = client.chat.completions.create(model="tiny", messages=HI, max_tokens=40, n=3,
+                                             temperature=1.0, seed=2, response_format=fmt)
+    for choice in several.choices:  # each sample has a grammar state of its own
+        value = json.loads(choice.message.content)
+        assert value["color"] in ("red", "green") and isinstance(value["ok"], bool)
 
 
 def test_json_object_output_starts_an_object(stack):

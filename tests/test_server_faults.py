@@ -89,12 +89,12 @@ def poison(stack, monkeypatch):
     engine = stack.engine
     real = engine.add_request
 
-    def nan_after_two(seq, logits):
-        return logits.fill_(float("nan")) if len(seq.output_ids) >= 2 else logits
+    def nan_after_two(output_ids, logits):
+        return logits.fill_(float("nan")) if len(output_ids) >= 2 else logits
 
     def add_request(prompt, params=None, request_id=None):
         if "POISON" in engine.tokenizer.decode(prompt):
-            params.extra["logits_processors"] = [nan_after_two]
+            params.logits_processors = [nan_after_two]
         return real(prompt, params, request_id)
 
     monkeypatch.setattr(engine, "add_request", add_request)

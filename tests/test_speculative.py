@@ -66,15 +66,15 @@ def test_tiny_model_processors_stops_and_small_pools(net, tokenizer):
     strings, max_tokens and a pool too small for drafts behave as without speculation."""
     seen = []
 
-    def processor(seq, logits):
-        seen.append(len(seq.output_ids))
-        logits[seq.output_ids[-1:] or [0]] -= 0.5
+    def processor(output_ids, logits):
+        seen.append(len(output_ids))
+        logits[output_ids[-1:] or [0]] -= 0.5
         return logits
 
     params = [SamplingParams(temperature=0, max_tokens=20, ignore_eos=True,
                              repetition_penalty=1.3),
               SamplingParams(temperature=0, max_tokens=20, ignore_eos=True,
-                             extra={"logits_processors": [processor]}),
+                             logits_processors=[processor]),
               SamplingParams(temperature=0, max_tokens=7, ignore_eos=True, stop=[" a"])]
     for p in params:
         seen.clear()
@@ -84,7 +84,7 @@ def test_tiny_model_processors_stops_and_small_pools(net, tokenizer):
         got = run(make(net, tokenizer, speculative_ngram=3, prompt_lookup_min=1), PROMPTS, p)
         assert got == base
         assert sorted(seen) == without  # one call per position, the same contexts
-        if p.extra:
+        if p.logits_processors:
             assert sorted(set(without)) == list(range(20))
     small = make(net, tokenizer, speculative_ngram=8, prompt_lookup_min=1, num_kv_blocks=14,
                  max_num_batched_tokens=9)

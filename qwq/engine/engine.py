@@ -96,24 +96,30 @@ class LLMEngine:
         if len(self.scheduler.waiting) + len(self._inbox) >= self.config.max_waiting:
             raise QueueFullError(f"the waiting queue is full ({self.config.max_waiting} "
                                  "requests); retry later")
-        rid = request_id or uuid.uuid4().hex
-        req = _Request(rid, prompt_text, ids, params)
-        for i in range(params.n):
-            seq = Sequence(next(self._seq_ids), rid, i, list(ids), params, req.arrival)
-            detok = IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens)
-            controls = self.control_factory(params, self.tokenizer, ids) \
-                if self.control_factory else []
-            seq.logits_processors = [p for c in controls
-                                     if (p := c.logits_processor()) is not None]
-            req.seqs.append(_SeqOut(seq, detok, logprobs=[] if params.logprobs is not None
-                                    else None, controls=controls))
+        req = _Request(request_id or uuid.uuid4().hex, prompt_text, ids, params)
+        req.seqs = [self._make_sequence(req, i) for i in range(params.n)]
         refused = self._check_input(req)
         if refused is not None:  # answered at once, without running: see _drain_inbox
             for s in req.seqs:
                 s.seq.finish_reason, s.seq.stop_reason = refused.finish_reason, refused.detail
                 s.seq.status = Status.FINISHED
         self._inbox.append(req)
-        return rid
+        return req.request_id
+
+    def _make_sequence(self, req: _Request, index: int) -> _SeqOut:
+        """One of req's samples: its sequence, its controls (the request's own, then the
+        engine's factory's) and its logits processors (the request's, then the controls')."""
+        params, ids = req.params, req.prompt_ids
+        seq = Sequence(next(self._seq_ids), req.request_id, index, list(ids), params,
+                       req.arrival)
+        controls = [make(params) for make in params.controls]
+        if self.control_factory:
+            controls += self.control_factory(params, self.tokenizer, ids)
+        seq.logits_processors = [*params.logits_processors,
+                                 *(p for c in controls if (p := c.logits_processor()) is not None)]
+        detok = IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens)
+        return _SeqOut(seq, detok, logprobs=[] if params.logprobs is not None else None,
+                       controls=controls)
 
     @staticmethod
     def _check_input(req: _Request) -> Stop | None:

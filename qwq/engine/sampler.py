@@ -66,9 +66,7 @@ def sample_row(logits: torch.Tensor, seq: Sequence, eos_ids: tuple[int, ...],
     raw = logits
     logits = apply_bias_and_bans(logits.clone(), seq, p, eos_ids)
     logits = apply_penalties(logits, seq, p)
-    for processor in p.extra.get("logits_processors", ()):
-        logits = processor(seq, logits)
-    for processor in seq.logits_processors:
+    for processor in seq.logits_processors:  # the request's, then its controls'
         logits = processor(seq.output_ids, logits)
     if torch.isnan(logits).any() or not torch.isfinite(logits).any():
         return Sample(token=-1, error="the model produced NaN logits for this request")
@@ -122,7 +120,7 @@ def needs_row_processing(seq: Sequence) -> bool:
     return bool(seq.logits_processors) or not (                   # to ban changes nothing
         p.greedy and p.logprobs is None and not p.logit_bias and not bans
         and p.repetition_penalty in (None, 1.0) and not p.presence_penalty
-        and not p.frequency_penalty and not p.extra.get("logits_processors"))
+        and not p.frequency_penalty)
 
 
 def sample(logits: torch.Tensor, seqs: list[Sequence], eos_ids: tuple[int, ...],

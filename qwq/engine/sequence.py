@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from qwq.logits_processor import LogitsProcessor
 from qwq.sampling_params import SamplingParams
 
 
@@ -33,14 +34,14 @@ class Sequence:
     stop_reason: Any = None
     # positions in output_ids the engine forced in (reasoning controls), not sampled
     forced_ids: set[int] = field(default_factory=set)
-    # fn(output_ids, logits) -> logits, from this sequence's reasoning controls
-    logits_processors: list[Any] = field(default_factory=list)
+    # its request's (SamplingParams.logits_processors), then its controls' (set by the engine)
+    logits_processors: list[LogitsProcessor] = field(default_factory=list)
     num_preemptions: int = 0
     # draft scheduled this step after the last token (verified by the engine): prompt
     # lookup's, or the draft model's with its distribution per token when sampled
     draft_ids: list[int] = field(default_factory=list)
     draft_probs: list[Any] = field(default_factory=list)
-    state: dict[str, Any] = field(default_factory=dict)  # per-sequence state of processors
+    state: dict[str, Any] = field(default_factory=dict)  # the runner's (prompt logprobs)
 
     @property
     def token_ids(self) -> list[int]:

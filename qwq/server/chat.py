@@ -60,7 +60,7 @@ class ChatJob(OpenAIJob):
 
 async def _constraint(state: ServerState, body: ChatCompletionRequest,
                       tools: list[dict[str, Any]] | None, style: str | None) -> list:
-    """The request's grammar as a logits processor; for a reasoning model (style) it starts
+    """The request's grammar (a per-sequence control); for a reasoning model (style) it starts
     where the answer starts, so the reasoning stays free and the JSON lands in the content."""
     rf = body.response_format
     gate = state.grammars.gate(style, bool(tools))
@@ -95,7 +95,7 @@ async def prepare(state: ServerState, body: ChatCompletionRequest, model: str,
     top_n = logprobs_of(body)
     params = sampling_params(body, max_tokens=max_tokens, logprobs=top_n,
                              vocab_size=state.tokenizer.vocab_size, tenant=tenant,
-                             extra={"logits_processors": processors} if processors else None)
+                             controls=processors)
     return ChatJob(state=state, body=body, model=model, ids=ids, params=params,
                    tools=tools if body.tool_choice != "none" else None, top_n=top_n,
                    reasoning_style=style)

@@ -1,12 +1,12 @@
 """Constrained decoding with xgrammar: response_format json_object / json_schema, and tool
 calls forced by tool_choice ("required" or a named function).
 
-A compiled grammar becomes a per-sequence logits processor (SamplingParams.extra
-"logits_processors"): it feeds the sequence's new tokens to a matcher and masks every token
-the grammar does not allow next. The matcher lives in the sequence's state, so a preempted
-and recomputed sequence continues where it was. For a reasoning model the grammar starts where
-the answer does (after `</think>` or the final-answer heading, or at a tool call): a
-ReasoningGate per sequence says where that is.
+A compiled grammar becomes a Grammar, which the request carries in SamplingParams.controls: it
+makes each sequence a GrammarControl, whose logits processor feeds the sequence's new tokens to
+a matcher and masks every token the grammar does not allow next. The control lives as long as
+its sequence, so a preempted and recomputed sequence continues where it was. For a reasoning
+model the grammar starts where the answer does (after `</think>` or the final-answer heading,
+or at a tool call): the sequence's ReasoningGate says where that is.
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ from typing import Any
 import torch
 
 from qwq.errors import RequestError
+from qwq.logits_processor import LogitsProcessor
+from qwq.reasoning.actions import SequenceControl
 from qwq.reasoning.gate import ReasoningGate
+from qwq.sampling_params import SamplingParams
 
 MAX_CACHED = 64
 
@@ -35,41 +38,53 @@ def _xgrammar() -> Any:
     return xgrammar
 
 
-class GrammarProcessor:
-    """fn(seq, logits_row) -> logits_row that allows only what the grammar allows; with gate
-    (seq -> ReasoningGate), only from where the sequence's answer starts."""
+GateMaker = Callable[[SamplingParams], ReasoningGate]  # a sequence's gate, from its params
 
-    def __init__(self, compiled: Any, vocab_size: int,
-                 gate: Callable[[Any], ReasoningGate] | None = None):
+
+class Grammar:
+    """A request's compiled grammar: called with a sequence's params (SamplingParams.controls),
+    it makes that sequence's GrammarControl; with gate, the grammar starts where the sequence's
+    answer starts."""
+
+    def __init__(self, compiled: Any, vocab_size: int, gate: GateMaker | None = None):
         self.compiled = compiled
         self.vocab_size = vocab_size
         self.gate = gate
-        self.key = f"grammar-{id(self)}"
 
-    def _state(self, seq: Any) -> dict[str, Any]:
-        state = seq.state.get(self.key)
-        if state is None:
-            xgr = _xgrammar()
-            state = seq.state[self.key] = {
-                "matcher": xgr.GrammarMatcher(self.compiled), "n": 0,
-                "mask": xgr.allocate_token_bitmask(1, self.vocab_size),
-                "gate": self.gate(seq) if self.gate else None}
-        return state
+    def __call__(self, params: SamplingParams) -> GrammarControl:
+        return GrammarControl(self.compiled, self.vocab_size,
+                              self.gate(params) if self.gate else None)
 
-    def __call__(self, seq: Any, logits: torch.Tensor) -> torch.Tensor:
-        state = self._state(seq)
-        gate = state["gate"]
-        start = gate.update(seq.output_ids) if gate else 0
+
+class GrammarControl(SequenceControl):
+    """One sequence's grammar: its logits processor allows only what the grammar allows next
+    (with gate, only from where the answer starts; until then gate.hold_open shapes them)."""
+
+    def __init__(self, compiled: Any, vocab_size: int, gate: ReasoningGate | None):
+        self.compiled = compiled
+        self.vocab_size = vocab_size
+        self.gate = gate
+        self.matcher: Any = None  # made at the first token the grammar sees
+        self.mask: Any = None
+        self.accepted = 0  # answer tokens fed to the matcher
+
+    def logits_processor(self) -> LogitsProcessor:
+        return self.process_logits
+
+    def process_logits(self, output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
+        start = self.gate.update(output_ids) if self.gate else 0
         if start is None:
-            return gate.hold_open(seq.output_ids, logits)
-        matcher = state["matcher"]
-        for token in seq.output_ids[start + state["n"]:]:
-            matcher.accept_token(token)
-        state["n"] = len(seq.output_ids) - start
+            return self.gate.hold_open(output_ids, logits)
         xgr = _xgrammar()
-        matcher.fill_next_token_bitmask(state["mask"])
+        if self.matcher is None:
+            self.matcher = xgr.GrammarMatcher(self.compiled)
+            self.mask = xgr.allocate_token_bitmask(1, self.vocab_size)
+        for token in output_ids[start + self.accepted:]:
+            self.matcher.accept_token(token)
+        self.accepted = len(output_ids) - start
+        self.matcher.fill_next_token_bitmask(self.mask)
         row = logits if logits.dtype == torch.float32 else logits.float()
-        xgr.apply_token_bitmask_inplace(row.view(1, -1), state["mask"].to(row.device),
+        xgr.apply_token_bitmask_inplace(row.view(1, -1), self.mask.to(row.device),
                                         vocab_size=self.vocab_size)
         return row
 
@@ -116,21 +131,20 @@ class Grammars:
             raise RequestError("constrained decoding needs the xgrammar package, which is not "
                                "installed on this server", param=param)
 
-    def gate(self, style: str | None, tools: bool) -> Callable[[Any], ReasoningGate] | None:
+    def gate(self, style: str | None, tools: bool) -> GateMaker | None:
         """For a reasoning model (style set): each sequence's gate, so that its grammar starts
         with its answer. None: the grammar starts with the first token."""
         if style is None:
             return None
 
-        def make(seq: Any) -> ReasoningGate:
-            p = seq.params
+        def make(p: SamplingParams) -> ReasoningGate:
             ends = [] if p.ignore_eos else list(self.tokenizer.eos_token_ids)
             return ReasoningGate(self.tokenizer, style, tools, ends + list(p.stop_token_ids),
                                  p.skip_special_tokens)
         return make
 
     def json_processor(self, schema: dict[str, Any] | None,
-                       gate: Callable[[Any], ReasoningGate] | None = None) -> GrammarProcessor:
+                       gate: GateMaker | None = None) -> Grammar:
         """Any JSON object (schema None) or JSON that follows schema."""
         param = "response_format" if schema is None else "response_format.json_schema.schema"
         self._require(param)
@@ -141,11 +155,10 @@ class Grammars:
             text = json.dumps(schema, sort_keys=True)
             compiled = self._compiled("schema:" + text, lambda c: c.compile_json_schema(
                 text, any_whitespace=False), param)
-        return GrammarProcessor(compiled, self.vocab_size, gate)
+        return Grammar(compiled, self.vocab_size, gate)
 
     def tool_call_processor(self, tools: list[dict[str, Any]],
-                            gate: Callable[[Any], ReasoningGate] | None = None
-                            ) -> GrammarProcessor:
+                            gate: GateMaker | None = None) -> Grammar:
         """Exactly one `<tool_call>` block calling one of tools with matching arguments."""
         self._require("tool_choice")
         schemas = [{"type": "object", "required": ["name", "arguments"],
@@ -163,5 +176,4 @@ class Grammars:
                                          xgr.Grammar.from_regex(r"\n</tool_call>"))
             return compiler.compile_grammar(grammar)
 
-        return GrammarProcessor(self._compiled("tools:" + text, build, "tools"),
-                                self.vocab_size, gate)
+        return Grammar(self._compiled("tools:" + text, build, "tools"), self.vocab_size, gate)

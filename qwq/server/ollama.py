@@ -209,7 +209,7 @@ async def _prompt_run(request: Request, body: GenerateRequest, model: str) -> Ru
     params = sampling_params(fields, max_tokens=resolve_max_tokens(
         asked, len(ids), state.max_model_len, "prompt", "options.num_predict"), logprobs=None,
         vocab_size=tok.vocab_size, tenant=tenant_of(request),
-        extra={"logits_processors": processors} if processors else None)
+        controls=processors)
     return await Run.prompt(request, ids, params, "ollama_generate", model)
 
 

@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from qwq.errors import RequestError
-from qwq.sampling_params import SamplingParams
+from qwq.sampling_params import ControlMaker, SamplingParams
 from qwq.server.protocol import ChatCompletionRequest, ChatMessage, SamplingFields
 
 # 400 codes for rules a JSON schema cannot state (the OpenAPI document lists them): the
@@ -68,7 +68,7 @@ def _salt(tenant: str | None, cache_salt: str | None) -> str | None:
 
 def sampling_params(body: SamplingFields, *, max_tokens: int, logprobs: int | None,
                     vocab_size: int, tenant: str | None, prompt_logprobs: int | None = None,
-                    extra: dict[str, Any] | None = None) -> SamplingParams:
+                    controls: list[ControlMaker] | None = None) -> SamplingParams:
     """SamplingParams for the request; raises RequestError (param set) for bad values."""
     if body.min_tokens > max_tokens:
         raise RequestError(f"min_tokens={body.min_tokens} is more than max_tokens={max_tokens} "
@@ -86,7 +86,7 @@ def sampling_params(body: SamplingFields, *, max_tokens: int, logprobs: int | No
         logit_bias=_logit_bias(body.logit_bias), cache_salt=_salt(tenant, body.cache_salt),
         max_thinking_tokens=body.max_thinking_tokens, reasoning_effort=body.reasoning_effort,
         loop_control=body.loop_control, language=body.language, guard=body.guard,
-        conclude=body.conclude, extra=dict(extra or {}))
+        conclude=body.conclude, controls=controls)
     params.validate(vocab_size)
     return params
 
