@@ -312,7 +312,7 @@ class LLMEngine:
         first = req.seqs[0].seq
         return RequestOutput(req.request_id, req.prompt, req.prompt_ids, outs, finished,
                              num_cached_tokens=first.num_cached_prompt, metrics=metrics,
-                             prompt_logprobs=first.state.get("prompt_logprobs"))
+                             prompt_logprobs=first.prompt_logprobs)
 
     def _completion(self, out: _SeqOut) -> CompletionOutput:
         seq = out.seq

@@ -109,7 +109,7 @@ class ModelRunner:
 
     def _score_prompts(self, logits: torch.Tensor) -> None:
         """Record, for each scored prompt position, the logprob of the prompt's next token
-        (and the top-k), in seq.state["prompt_logprobs"]."""
+        (and the top-k), in seq.prompt_logprobs."""
         row = 0
         for seq, first, count in self.scored:
             lp = logits[row: row + count].log_softmax(-1)
@@ -119,8 +119,8 @@ class ModelRunner:
             k = seq.params.prompt_logprobs
             top = torch.topk(lp, k) if k else None
             if first == 0:  # (again, after a preemption)
-                seq.state["prompt_logprobs"] = [None]
-            store = seq.state["prompt_logprobs"]
+                seq.prompt_logprobs = [None]
+            store = seq.prompt_logprobs
             for i, (t, c) in enumerate(zip(nxt.tolist(), chosen)):
                 entry = {t: c}
                 if top is not None:

@@ -41,7 +41,9 @@ class Sequence:
     # lookup's, or the draft model's with its distribution per token when sampled
     draft_ids: list[int] = field(default_factory=list)
     draft_probs: list[Any] = field(default_factory=list)
-    state: dict[str, Any] = field(default_factory=dict)  # the runner's (prompt logprobs)
+    # with params.prompt_logprobs: None for the first prompt token, then {token: logprob}
+    # for each next one (the prompt's own and the top-k), filled by the runner
+    prompt_logprobs: list[dict[int, float] | None] | None = None
 
     @property
     def token_ids(self) -> list[int]:
