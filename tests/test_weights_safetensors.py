@@ -44,6 +44,22 @@ def test_single_file_round_trip_keeps_dtype(tmp_path, tiny_config, state, dtype)
     assert tensor.dtype == torch.float32
 
 
+def test_a_float_directory_answers_with_the_backend_defaults(hf_dir):
+    """What only GGUF and AWQ store has one declared default on every backend (Backend): no
+    types, no metadata, no codes or grids, and blocks refused with the format named."""
+    from qwq.weights.checkpoint import Backend
+    ckpt = open_checkpoint(hf_dir)
+    assert isinstance(ckpt._backend, Backend) and ckpt._backend.format == ckpt.format
+    name = "model.layers.0.mlp.down_proj.weight"
+    assert ckpt.gguf_types() == {} and ckpt.weight_types() == {} and ckpt.gguf_metadata() == {}
+    assert ckpt.group_codes(name) is None
+    assert [n for n, _ in ckpt.iter_tensors(names=[name], block_scales=True)] == [name]
+    with pytest.raises(CheckpointError, match="need a GGUF file; this is a safetensors"):
+        ckpt.stored(name)
+    with pytest.raises(CheckpointError, match="raw_gguf_tensor needs a GGUF"):
+        ckpt.raw_gguf_tensor(name)
+
+
 def test_sharded_round_trip(tmp_path, tiny_config, state):
     d = save_safetensors_dir(state, tiny_config, tmp_path / "m", torch.bfloat16,
                              shard_size_bytes=20_000)

@@ -74,8 +74,9 @@ def _q5_values(data: torch.Tensor) -> torch.Tensor:
 class BlockScales:
     """Scales a checkpoint's weight already sits on (an AWQ linear's group scales): (out,
     in / group) float16, NaN where none. It travels beside the weight (Checkpoint.iter_tensors
-    with block_scales=True, then Qwen2Model.load_weights) to BlockFormat.pack; a type of its
-    own, so no tensor of a checkpoint can pass for it."""
+    with block_scales=True), is held per fused projection in Qwen2Model.pending_scales
+    (load_weights) and reaches BlockFormat.pack through quantize_model; a type of its own, so
+    no tensor of a checkpoint can pass for it."""
 
     scales: torch.Tensor
     group: int

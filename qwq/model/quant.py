@@ -18,13 +18,19 @@ A decode step reads every weight once, so bytes per weight set the speed limit.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from qwq.errors import QwQError
 from qwq.kernels import blocks, ggml, kernels_available
 from qwq.model.ggml_linear import GGMLEmbedding, GGMLLinear, _dequantize_other
+from qwq.model.layout import PROJECTIONS
 from qwq.stored import GroupCodes, StoredTensor
+
+if TYPE_CHECKING:  # a type only: the network quantize_model swaps layers in
+    from qwq.model.qwen2 import Qwen2Model
 
 QUANT_MODES = ("none", "gguf", "int8", "w8a8", "int4", "q5_0", "q8_0")
 
@@ -276,7 +282,10 @@ class BlockLinear(nn.Module):
         return y.view(*shape[:-1], self.out_features)
 
 
-def quantize_linear(linear: nn.Module, mode: str, dtype: torch.dtype) -> nn.Module:
+def quantize_linear(linear: nn.Module, mode: str, dtype: torch.dtype,
+                    block_scales: blocks.BlockScales | None = None) -> nn.Module:
+    """The linear in `mode`; block_scales: the grid its weight is stored on (an AWQ
+    checkpoint's), which q5_0/q8_0 pack on (other modes ignore it)."""
     if not isinstance(linear, nn.Linear):  # built in its format already (load_int4)
         return linear
     bias = None if linear.bias is None else linear.bias.data
@@ -289,7 +298,7 @@ def quantize_linear(linear: nn.Module, mode: str, dtype: torch.dtype) -> nn.Modu
         return Int4Linear(linear.weight.data, bias, dtype)
     if mode in blocks.FORMATS:
         return BlockLinear(linear.weight.data, bias, dtype, blocks.FORMATS[mode],
-                           getattr(linear, "block_scales", None))
+                           block_scales)
     return linear
 
 
@@ -299,19 +308,19 @@ def quantize_linear(linear: nn.Module, mode: str, dtype: torch.dtype) -> nn.Modu
 DEFAULT_HEADS = {"q5_0": "q8_0", "int4": "int8"}
 
 
-def quantize_model(model: nn.Module, mode: str, head_mode: str | None = None) -> nn.Module:
-    """Swap every projection (and the output head) for its quantized form, in place."""
+def quantize_model(model: Qwen2Model, mode: str, head_mode: str | None = None) -> Qwen2Model:
+    """Swap every projection (and the output head) for its quantized form, in place; q5_0 and
+    q8_0 pack each projection on the checkpoint's grid where model.pending_scales holds one."""
     if mode not in QUANT_MODES or (head_mode or mode) not in QUANT_MODES:
         raise QwQError(f"quantize={mode!r} is not supported; choose one of "
                        f"{', '.join(QUANT_MODES)}")
     try:
         return _quantize_model(model, mode, head_mode)
     finally:
-        for module in model.modules():  # the checkpoint's scale hints (load_weights) are spent
-            module.__dict__.pop("block_scales", None)
+        model.pending_scales.clear()  # the checkpoint's grids (load_weights) are spent
 
 
-def _quantize_model(model: nn.Module, mode: str, head_mode: str | None) -> nn.Module:
+def _quantize_model(model: Qwen2Model, mode: str, head_mode: str | None) -> Qwen2Model:
     if mode == "gguf":
         if not isinstance(model.lm_head, GGMLLinear):
             raise QwQError("quantize='gguf' computes a GGUF file's tensors as stored; this "
@@ -323,9 +332,10 @@ def _quantize_model(model: nn.Module, mode: str, head_mode: str | None) -> nn.Mo
     if dtype == torch.float32:
         raise QwQError("quantized kernels take bfloat16 or float16 activations; use "
                        "dtype='bfloat16' with quantize")
-    for layer in model.layers:
+    for i, layer in enumerate(model.layers):
         attn, mlp = layer.self_attn, layer.mlp
-        attn.qkv_proj = quantize_linear(attn.qkv_proj, mode, dtype)
+        grid = {part: model.pending_scales.get(f"layers.{i}.{part}") for part in PROJECTIONS}
+        attn.qkv_proj = quantize_linear(attn.qkv_proj, mode, dtype, grid["self_attn.qkv_proj"])
         # Under w8a8 only q|k|v, gate|up and the head take int8 activations. down_proj's input
         # (silu(gate) * up) carries outliers: on the demo model a quarter of its rows peak above
         # 25x their rms, and per-token int8 loses them (+9% perplexity on short texts). And
@@ -333,9 +343,10 @@ def _quantize_model(model: nn.Module, mode: str, head_mode: str | None) -> nn.Mo
         # rank sees a slice of a token: a per-token scale would depend on the split.
         # (q5_0 and q8_0 scale activations per block of 32, which neither concern reaches.)
         row_mode = "int8" if mode == "w8a8" else mode
-        attn.o_proj = quantize_linear(attn.o_proj, row_mode, dtype)
-        mlp.gate_up_proj = quantize_linear(mlp.gate_up_proj, mode, dtype)
-        mlp.down_proj = quantize_linear(mlp.down_proj, row_mode, dtype)
+        attn.o_proj = quantize_linear(attn.o_proj, row_mode, dtype, grid["self_attn.o_proj"])
+        mlp.gate_up_proj = quantize_linear(mlp.gate_up_proj, mode, dtype,
+                                           grid["mlp.gate_up_proj"])
+        mlp.down_proj = quantize_linear(mlp.down_proj, row_mode, dtype, grid["mlp.down_proj"])
     if not model.config.tie_word_embeddings:
         if head_mode is None:
             head_mode = DEFAULT_HEADS.get(mode)

@@ -123,6 +123,10 @@ class Qwen2Model(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.rotary = RotaryEmbedding(config)
+        # the grids the checkpoint stores projections on (AWQ's group scales), by fused
+        # module name ("layers.0.self_attn.qkv_proj"): load_weights fills it, quantize_model
+        # packs q5_0/q8_0 blocks on them and empties it
+        self.pending_scales: dict[str, BlockScales] = {}
 
     def forward(self, input_ids: torch.Tensor, meta: AttentionMetadata,
                 kv: KVCache) -> torch.Tensor:
@@ -185,8 +189,9 @@ class Qwen2Model(nn.Module):
         self.lm_head = GGMLLinear([table if cfg.tie_word_embeddings
                                    else stored("lm_head.weight")], None, dtype)
 
-    def load_weights(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Fill the model from HF-named tensors, checking every name and shape."""
+    def load_weights(self, tensors: Iterable[tuple[str, torch.Tensor | BlockScales]]) -> None:
+        """Fill the model from HF-named tensors, checking every name and shape; a projection's
+        BlockScales (Checkpoint.iter_tensors with block_scales=True) go to pending_scales."""
         expected = set(hf_weight_names(self.config))
         seen: set[str] = set()
         for name, tensor in tensors:
@@ -208,16 +213,18 @@ class Qwen2Model(nn.Module):
             raise CheckpointError(f"checkpoint lacks {len(missing)} tensors, e.g. {missing[:4]}")
 
     def _hint_in(self, name: str, hint: BlockScales) -> None:
-        """A linear's group scales from the checkpoint (AWQ), kept beside the fused weight for
-        quantize_model, which packs q5_0/q8_0 blocks on them."""
-        module, _, rows = _fused_module(self, name)
+        """A linear's group scales from the checkpoint (AWQ), held in pending_scales under the
+        fused module's name (its rows of them) for quantize_model, which packs q5_0/q8_0
+        blocks on them."""
+        path, _, rows = _fused_path(self, name)
+        module = self.get_submodule(path)
         want = (rows.stop - rows.start, module.in_features // hint.group)
         if module.in_features % hint.group or tuple(hint.scales.shape) != want:
             raise CheckpointError(f"block scales of {name!r} have shape "
                                   f"{tuple(hint.scales.shape)}, expected {want}")
-        held = module.__dict__.get("block_scales")
+        held = self.pending_scales.get(path)
         if held is None or held.group != hint.group:  # NaN: rows without scales round as usual
-            held = module.__dict__["block_scales"] = BlockScales(torch.full(
+            held = self.pending_scales[path] = BlockScales(torch.full(
                 (module.out_features, want[1]), float("nan"), dtype=torch.float16), hint.group)
         held.scales[rows] = hint.scales.to(torch.float16)
 
@@ -239,24 +246,28 @@ def _materialize(norm: RMSNorm, weight: torch.Tensor, dtype: torch.dtype) -> Non
 
 def _fused_target(model: Qwen2Model, name: str) -> tuple[torch.Tensor, slice]:
     """The parameter an HF tensor lands in, and which rows of it."""
-    module, kind, rows = _fused_module(model, name)
-    return getattr(module, kind).data, rows
+    path, kind, rows = _fused_path(model, name)
+    return getattr(model.get_submodule(path), kind).data, rows
 
 
-def _fused_module(model: Qwen2Model, name: str) -> tuple[nn.Module, str, slice]:
-    """The module an HF tensor lands in, its attribute, and which rows of it."""
+_GLOBAL_MODULES = {"model.embed_tokens.weight": "embed_tokens", "model.norm.weight": "norm",
+                   "lm_head.weight": "lm_head"}
+
+
+def _fused_path(model: Qwen2Model, name: str) -> tuple[str, str, slice]:
+    """The module an HF tensor lands in (its name in the model), its attribute, and which
+    rows of it."""
     m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", name)
     if not m:
-        module = {"model.embed_tokens.weight": model.embed_tokens,
-                  "model.norm.weight": model.norm, "lm_head.weight": model.lm_head}[name]
-        return module, "weight", slice(0, module.weight.shape[0])
-    layer, rest = model.layers[int(m.group(1))], m.group(2)
-    module_name, _, kind = rest.rpartition(".")
+        path = _GLOBAL_MODULES[name]
+        return path, "weight", slice(0, model.get_submodule(path).weight.shape[0])
+    layer = f"layers.{int(m.group(1))}."
+    module_name, _, kind = m.group(2).rpartition(".")
     shapes = layer_shapes(model.config)
     for fused_name, parts in PROJECTIONS.items():
         if module_name in parts:
             start = sum(shapes[f"{p}.weight"][0] for p in parts[:parts.index(module_name)])
             rows = slice(start, start + shapes[f"{module_name}.weight"][0])
-            return layer.get_submodule(fused_name), kind, rows
-    module = layer.get_submodule(module_name)
-    return module, kind, slice(0, getattr(module, kind).shape[0])
+            return layer + fused_name, kind, rows
+    path = layer + module_name
+    return path, kind, slice(0, getattr(model.get_submodule(path), kind).shape[0])

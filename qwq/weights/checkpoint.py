@@ -5,34 +5,84 @@ from __future__ import annotations
 
 import os
 import sys
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from qwq.config import ModelConfig
 from qwq.errors import CheckpointError
 from qwq.model.layout import iter_shapes
-from qwq.stored import StoredTensor
+from qwq.stored import GroupCodes, StoredTensor
+
+if TYPE_CHECKING:  # a type only: the packer's, built by qwq.weights.awq
+    from qwq.kernels.blocks import BlockScales
 
 
-class _Backend(Protocol):
-    """What a file format provides: its tensors by HF name (GGUF adds metadata and raw)."""
+class Backend(ABC):
+    """What a file format provides, the one interface Checkpoint reads it through: its tensors
+    by HF name (names, load, load_slice: every format's), and what only some formats store,
+    each with a default for the formats that lack it: no tensor types, no metadata, no codes
+    or grids (None), and stored / raw refused by name. safetensors_dir.SafetensorsBackend
+    (AWQBackend) and gguf_file.GGUFBackend implement it."""
 
-    def names(self) -> list[str]: ...
-    def load(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor: ...
-    def load_slice(self, name: str, dim: int, start: int, stop: int) -> torch.Tensor: ...
+    format: ClassVar[str]  # "safetensors" | "gguf"
+    path: Path  # the directory or file, for errors
+
+    @abstractmethod
+    def names(self) -> list[str]:
+        """HF names of every tensor, in the order they stream."""
+
+    @abstractmethod
+    def load(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """One tensor, whole, HF-shaped, in `dtype` (None: as stored)."""
+
+    @abstractmethod
+    def load_slice(self, name: str, dim: int, start: int, stop: int) -> torch.Tensor:
+        """Rows (dim 0) or columns (dim 1) [start, stop) of one tensor."""
+
+    def ggml_types(self) -> dict[str, str]:
+        """HF name -> GGML type name of each tensor (a GGUF's); {} for other formats."""
+        return {}
+
+    def weight_types(self) -> dict[str, str]:
+        """HF name -> how each quantized tensor is stored; {} for float checkpoints."""
+        return {}
+
+    def metadata(self) -> dict[str, Any]:
+        """The file's key-values (a GGUF's); {} for other formats."""
+        return {}
+
+    def stored(self, name: str) -> StoredTensor:
+        """One tensor in the file's own blocks, in place; only a GGUF stores blocks."""
+        raise CheckpointError(f"{self.path}: tensors in their stored block format need a "
+                              f"GGUF file; this is a {self.format} checkpoint")
+
+    def raw(self, name: str) -> tuple[Any, str, tuple[int, ...]]:
+        """(numpy data as stored, GGML type name, HF shape); only a GGUF's."""
+        raise CheckpointError(f"{self.path}: raw_gguf_tensor needs a GGUF checkpoint")
+
+    def group_codes(self, name: str) -> GroupCodes | None:
+        """A linear's 4-bit codes and group parameters as stored (AWQ's); None for any other
+        tensor or format."""
+        return None
+
+    def block_scales(self, name: str) -> BlockScales | None:
+        """The grid a weight is stored on, for the block packer (AWQ's group scales); None
+        for any other tensor or format."""
+        return None
 
 
 @dataclass
 class Checkpoint:
     path: Path
-    format: str  # "safetensors" | "gguf"
+    format: str  # "safetensors" | "gguf": the backend's
     config: ModelConfig
     generation_config: dict = field(default_factory=dict)
-    _backend: _Backend | None = field(default=None, repr=False)
+    _backend: Backend | None = field(default=None, repr=False)
 
     def tensor_names(self) -> list[str]:
         """Hugging Face names of every tensor, in the order iter_tensors yields them."""
@@ -48,10 +98,9 @@ class Checkpoint:
         unknown = sorted(set(wanted) - set(self.tensor_names()))
         if unknown:
             raise CheckpointError(f"{self.path}: no tensors named {unknown[:4]}")
-        hints = getattr(self._backend, "block_scales", None) if block_scales else None
         for name in _progress(wanted, f"loading {self.path.name}"):
             yield name, self._backend.load(name, dtype)
-            scales = hints(name) if hints else None
+            scales = self._backend.block_scales(name) if block_scales else None
             if scales is not None:
                 yield name, scales
 
@@ -72,39 +121,29 @@ class Checkpoint:
 
     def gguf_types(self) -> dict[str, str]:
         """HF name -> GGML type name (Q5_0, Q8_0, F32, ...) of each tensor; {} for safetensors."""
-        if self.format != "gguf":
-            return {}
-        return {name: t.qtype.name for name, t in self._backend.by_hf.items()}
+        return self._backend.ggml_types()
 
     def weight_types(self) -> dict[str, str]:
         """How each quantized tensor is stored: GGML type names for GGUF, "AWQ4" for an AWQ
         directory's linears; {} for float checkpoints. quantize="auto" reads this."""
-        if self.format == "gguf":
-            return self.gguf_types()
-        return dict.fromkeys(getattr(self._backend, "weights", {}), "AWQ4")
+        return self._backend.weight_types()
 
-    def group_codes(self, name: str):
+    def group_codes(self, name: str) -> GroupCodes | None:
         """An AWQ linear's 4-bit codes and group parameters as stored (GroupCodes), None for
         any other tensor (GGUF blocks: stored() and qwq.kernels.ggml.group_codes)."""
-        codes = getattr(self._backend, "group_codes", None)
-        return codes(name) if codes else None
+        return self._backend.group_codes(name)
 
     def gguf_metadata(self) -> dict[str, Any]:
         """Decoded GGUF key-values (tokenizer.ggml.*, chat template, ...); {} for safetensors."""
-        return dict(self._backend.metadata) if self.format == "gguf" else {}
+        return dict(self._backend.metadata())
 
     def stored(self, name: str) -> StoredTensor:
         """One tensor as the file stores it (a GGUF's blocks, in place), for layers that
-        compute in the stored format (quantize="gguf")."""
-        if self.format != "gguf":
-            raise CheckpointError(f"{self.path}: tensors in their stored block format need a "
-                                  f"GGUF file; this is a {self.format} checkpoint")
+        compute in the stored format (quantize="gguf"); an error for other formats."""
         return self._backend.stored(name)
 
     def raw_gguf_tensor(self, name: str) -> tuple[Any, str, tuple[int, ...]]:
         """(numpy data as stored, GGML type name, HF shape) of one tensor of a GGUF file."""
-        if self.format != "gguf":
-            raise CheckpointError(f"{self.path}: raw_gguf_tensor needs a GGUF checkpoint")
         return self._backend.raw(name)
 
 

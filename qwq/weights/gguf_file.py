@@ -24,7 +24,7 @@ from qwq.config import ModelConfig
 from qwq.errors import CheckpointError
 from qwq.model.layout import expected_shapes
 from qwq.stored import StoredTensor
-from qwq.weights.checkpoint import Checkpoint, check_tensor_set
+from qwq.weights.checkpoint import Backend, Checkpoint, check_tensor_set
 
 MAX_TENSORS = 1_000_000
 MAX_KVS = 1_000_000
@@ -313,9 +313,14 @@ def _rope_scaling(meta: dict, source: Any) -> dict[str, Any] | None:
 
 # ---- tensor data -------------------------------------------------------------------------
 
-class GGUFBackend:
+class GGUFBackend(Backend):
+    """A GGUF file's tensors: dequantized (load), as stored (stored, raw), their GGML types
+    and the file's metadata."""
+
+    format = "gguf"
+
     def __init__(self, path: Path, header: GGUFHeader):
-        self.path, self.header, self.metadata = path, header, header.metadata
+        self.path, self.header = path, header
         self.by_hf: dict[str, TensorInfo] = {}
         for t in header.tensors.values():
             h = hf_name(t.name)
@@ -330,6 +335,17 @@ class GGUFBackend:
 
     def names(self) -> list[str]:
         return list(self.by_hf)
+
+    def ggml_types(self) -> dict[str, str]:
+        return {name: t.qtype.name for name, t in self.by_hf.items()}
+
+    def weight_types(self) -> dict[str, str]:
+        """Every tensor's GGML type (F32 and F16 included: quantize="auto" reads the
+        projections')."""
+        return self.ggml_types()
+
+    def metadata(self) -> dict[str, Any]:
+        return self.header.metadata
 
     def raw(self, name: str) -> tuple[np.ndarray, str, tuple[int, ...]]:
         if name not in self.by_hf:
@@ -447,4 +463,4 @@ def open_gguf(path: Path):
     if extra:
         raise CheckpointError(f"{path}: tensors {extra[:4]} do not belong to a "
                               f"{config.num_hidden_layers}-layer qwen2 model")
-    return Checkpoint(path, "gguf", config, {}, backend)
+    return Checkpoint(path, backend.format, config, {}, backend)

@@ -11,7 +11,7 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,7 +19,11 @@ from qwq.config import ModelConfig
 from qwq.errors import CheckpointError, UnsafeCheckpointError
 from qwq.weights import awq as awq_format
 from qwq.weights.awq import AWQConfig
-from qwq.weights.checkpoint import Checkpoint, check_tensor_set
+from qwq.weights.checkpoint import Backend, Checkpoint, check_tensor_set
+
+if TYPE_CHECKING:  # types only
+    from qwq.kernels.blocks import BlockScales
+    from qwq.stored import GroupCodes
 
 MAX_HEADER = 100_000_000  # the safetensors format's own cap on the JSON header
 MAX_JSON_FILE = 50_000_000  # config.json, index.json, generation_config.json
@@ -190,9 +194,13 @@ def _index_map(index: Path) -> dict[str, str]:
     return wm
 
 
-class SafetensorsBackend:
-    def __init__(self, entries: dict[str, TensorEntry]):
-        self.entries = entries
+class SafetensorsBackend(Backend):
+    """A directory's float tensors: only the common interface (no types, metadata or blocks)."""
+
+    format = "safetensors"
+
+    def __init__(self, path: Path, entries: dict[str, TensorEntry]):
+        self.path, self.entries = path, entries
         self._order = sorted(entries, key=lambda n: (str(entries[n].file), entries[n].begin))
         self._handles: dict[Path, Any] = {}
 
@@ -220,9 +228,9 @@ class AWQBackend(SafetensorsBackend):
     """An AWQ directory's tensors: each qweight/qzeros/scales triple appears as the linear's
     `weight`, dequantized when loaded (qwq.weights.awq)."""
 
-    def __init__(self, entries: dict[str, TensorEntry], awq: AWQConfig,
+    def __init__(self, path: Path, entries: dict[str, TensorEntry], awq: AWQConfig,
                  weights: dict[str, tuple[int, int]]):
-        super().__init__(entries)
+        super().__init__(path, entries)
         self.awq, self.weights = awq, weights
         packed = awq_format.packed_names(weights)
         # each weight where its qweight was: tensors stream in file order
@@ -237,7 +245,11 @@ class AWQBackend(SafetensorsBackend):
         return awq_format.dequantize(*parts, self.awq.group_size,
                                      dtype or parts[2].dtype)
 
-    def group_codes(self, name: str):
+    def weight_types(self) -> dict[str, str]:
+        """Each AWQ linear as "AWQ4" (quantize="auto" takes it like a 4-bit GGUF)."""
+        return dict.fromkeys(self.weights, "AWQ4")
+
+    def group_codes(self, name: str) -> GroupCodes | None:
         """An AWQ linear's own codes and group parameters (GroupCodes), else None."""
         if name not in self.weights:
             return None
@@ -245,7 +257,7 @@ class AWQBackend(SafetensorsBackend):
         parts = [super(AWQBackend, self).load(f"{prefix}.{p}") for p in awq_format.PARTS]
         return awq_format.group_codes(*parts, self.awq.group_size)
 
-    def block_scales(self, name: str):
+    def block_scales(self, name: str) -> BlockScales | None:
         """An AWQ linear's group scales for the block packer (BlockScales), else None."""
         if name not in self.weights:
             return None
@@ -285,8 +297,9 @@ def open_safetensors_dir(d: Path):
     gen = _read_json_file(gen_path) if gen_path.is_file() else {}
     if not isinstance(gen, dict):
         raise _fail(gen_path, "is not a JSON object")
-    backend = AWQBackend(entries, awq, weights) if weights else SafetensorsBackend(entries)
-    return Checkpoint(d, "safetensors", config, gen, backend)
+    backend = AWQBackend(d, entries, awq, weights) if weights else \
+        SafetensorsBackend(d, entries)
+    return Checkpoint(d, backend.format, config, gen, backend)
 
 
 def _check_index_agrees(d: Path, entries: dict[str, TensorEntry]) -> None:
