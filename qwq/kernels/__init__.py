@@ -7,6 +7,7 @@ For x86 CPUs with AVX-512 VNNI (torch.ops.qwq.*):
     and without the residual add, silu * up)
   ggml.cpp: linear layers on GGUF tensors in the file's own block formats (Q4_0 ... Q6_K; see
     ggml.py), read in place
+  decoder.cpp: a whole decoder layer of a decode step on those, in one call
 The build goes to torch's extension cache (~/.cache/torch_extensions); a machine without the
 instructions or a compiler simply does not get the kernel, and callers take their torch path.
 """
@@ -25,7 +26,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-_SOURCES = [str(Path(__file__).with_name(f)) for f in ("blocks.cpp", "layers.cpp", "ggml.cpp")]
+_SOURCES = [str(Path(__file__).with_name(f)) for f in ("blocks.cpp", "layers.cpp", "ggml.cpp",
+                                                            "decoder.cpp")]
 _FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
           "-mavx512vnni", "-mfma", "-mf16c"]
 _CPU_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "fma", "f16c"}
@@ -71,9 +73,11 @@ def kernels_available() -> bool:
         # a failed build leaves the torch paths; it must not stop a load
         log.warning("qwq: building qwq's kernels failed (%s); using torch kernels", e)
         return False
-    return all(hasattr(torch.ops.qwq, op) for op in ("q8_0_linear", "silu_mul", "ggml_linear_parts"))
+    return all(hasattr(torch.ops.qwq, op) for op in ("q8_0_linear", "silu_mul", "ggml_linear_parts",
+                                                        "ggml_decode_layer"))
 
 
 def fused_layers_take(x: torch.Tensor) -> bool:
     """Whether layers.cpp's kernels take this activation (CPU, last dim a multiple of 16)."""
     return x.device.type == "cpu" and x.shape[-1] % 16 == 0 and kernels_available()
+

@@ -98,6 +98,13 @@ class GGMLLinear(nn.Module):
     def nbytes(self) -> int:
         return sum(p.nbytes() for p in self.parts)
 
+    def kernel_parts(self) -> tuple[list[torch.Tensor], list[int]] | None:
+        """The stored tensors and their ggml type ids, as ggml.cpp's kernels take them, or None
+        where a part has no kernel."""
+        if not all(p.native for p in self.parts):
+            return None
+        return [p.raw for p in self.parts], [ggml.ggml_type(p.qtype).id for p in self.parts]
+
 
 class GGMLEmbedding(nn.Module):
     """The token table in its stored type: only the rows looked up are dequantized (QwQ-32B's

@@ -21,6 +21,7 @@ from qwq.kernels import fused_layers_take
 from qwq.kernels.blocks import BlockScales
 from qwq.model.attention import AttentionMetadata, KVCache, paged_attention
 from qwq.model.ggml_linear import GGMLEmbedding, GGMLLinear
+from qwq.model.kv_quant import is_quantized
 from qwq.model.layout import BIASED, NORMS, PROJECTIONS, hf_weight_names, layer_shapes
 from qwq.model.rope import RotaryEmbedding, apply_rope_prepared, rope_factors
 
@@ -102,6 +103,36 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
+    def ggml_weights(self) -> tuple[list[torch.Tensor], list[int], list[int]] | None:
+        """The projections as ggml_decode_layer takes them (every part's stored tensor, its
+        type, the parts of q|k|v, o, gate|up and down), or None unless each is a GGMLLinear
+        with kernels for all its parts, q|k|v with its bias and the others without."""
+        attn, mlp = self.self_attn, self.mlp
+        projs = [attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj]
+        if not all(isinstance(p, GGMLLinear) for p in projs) or attn.qkv_proj.bias is None \
+                or any(p.bias is not None for p in projs[1:]):
+            return None
+        found = [p.kernel_parts() for p in projs]
+        if any(f is None for f in found):
+            return None
+        return ([w for ws, _ in found for w in ws], [t for _, ts in found for t in ts],
+                [len(ws) for ws, _ in found])
+
+    def ggml_decode(self, x: torch.Tensor, h: torch.Tensor, weights, next_norm: RMSNorm | None,
+                    cos: torch.Tensor, sin: torch.Tensor, meta: AttentionMetadata,
+                    k_cache: torch.Tensor, v_cache: torch.Tensor, block_size: int
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The layer for one new token per sequence in one kernel call (qwq/kernels/decoder.cpp):
+        the numbers of the eager path, without its ~80 calls from Python. Returns x after the
+        layer and next_norm of it (None without one)."""
+        attn, norm = self.self_attn, self.post_attention_layernorm
+        ws, types, parts = weights
+        return torch.ops.qwq.ggml_decode_layer(
+            x, h, ws, types, parts, attn.qkv_proj.bias, norm.weight,
+            None if next_norm is None else next_norm.weight, norm.eps, cos, sin, k_cache,
+            v_cache, meta.slot_mapping, meta.block_tables, meta.context_lens_t, block_size,
+            attn.scale, attn.heads, attn.kv_heads)
+
 
 def _embedding(vocab: int, hidden: int) -> nn.Embedding:
     # nn.Embedding's normal_ init on the meta device goes through torch._refs, which imports
@@ -127,6 +158,8 @@ class Qwen2Model(nn.Module):
         # module name ("layers.0.self_attn.qkv_proj"): load_weights fills it, quantize_model
         # packs q5_0/q8_0 blocks on them and empties it
         self.pending_scales: dict[str, BlockScales] = {}
+        # per layer, its weights as ggml_decode_layer takes them; False: not every layer can
+        self._ggml_layers: list | bool | None = None
 
     def forward(self, input_ids: torch.Tensor, meta: AttentionMetadata,
                 kv: KVCache) -> torch.Tensor:
@@ -135,6 +168,15 @@ class Qwen2Model(nn.Module):
         cos, sin = rope_factors(*self.rotary.cos_sin(meta.positions, max(meta.context_lens)),
                                 x.dtype)
         h = self.layers[0].input_layernorm(x)
+        fused_layers = self._ggml_decode_weights(x, meta, kv)
+        if fused_layers is not None:
+            last = len(self.layers) - 1
+            for i, (layer, weights) in enumerate(zip(self.layers, fused_layers)):
+                nxt = self.layers[i + 1].input_layernorm if i < last else None
+                x, h = layer.ggml_decode(x, h, weights, nxt, cos, sin, meta, kv.k[i], kv.v[i],
+                                         kv.block_size)
+            x = self.norm(x[meta.logits_indices])
+            return self.lm_head(x.float())
         for i, layer in enumerate(self.layers):
             x, h = layer.post_attention_layernorm.add(
                 x, layer.self_attn(h, cos, sin, meta, kv.k[i], kv.v[i], kv.block_size))
@@ -147,6 +189,22 @@ class Qwen2Model(nn.Module):
         if isinstance(self.lm_head, GGMLLinear):  # its float32 sums as they are, as llama.cpp's
             return self.lm_head(x.float())        # (16-bit logits step by 0.125 near 20)
         return self.lm_head(x).float()
+
+    def _ggml_decode_weights(self, x: torch.Tensor, meta: AttentionMetadata, kv: KVCache):
+        """Every layer's ggml_decode_layer weights when this step can take that path: one new
+        token per sequence, the kernels, every projection on them, a cache of float rows. The
+        weights are found once (a module move, _apply, forgets them)."""
+        if not (meta.decode_only and fused(x) and x.is_contiguous()) or is_quantized(kv.k.dtype) \
+                or self.config.head_dim % 32 or self.config.head_dim > 256:
+            return None
+        if self._ggml_layers is None:
+            found = [layer.ggml_weights() for layer in self.layers]
+            self._ggml_layers = False if any(f is None for f in found) else found
+        return self._ggml_layers or None
+
+    def _apply(self, fn, recurse=True):
+        self._ggml_layers = None  # they hold the buffers as they were
+        return super()._apply(fn, recurse)
 
     @property
     def dtype(self) -> torch.dtype:
