@@ -32,7 +32,7 @@ using namespace qwq::ggml;
 
 constexpr int kTokens = 16;              // tokens in a register tile, at most
 constexpr int64_t kTileBytes = 1 << 20;  // activation records a token tile keeps in L2
-constexpr int kPrefetch = 1024;          // bytes ahead in a row that each chunk prefetches
+constexpr int kPrefetch = 2048;          // bytes ahead in a row that each chunk prefetches
 
 // A tensor's rows: `full` whole chunks, then `tail` bytes of a last, short chunk (32-input
 // blocks only, when K is not a multiple of 128).
