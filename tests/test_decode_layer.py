@@ -21,7 +21,7 @@ def _logprobs(outputs):
 
 
 def _eager(net):
-    net._ggml_decode_weights = lambda *args: None
+    net._ggml_decode_args = lambda *args: None
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
@@ -52,13 +52,13 @@ def test_the_kernel_names_what_is_wrong(tiny_q4_k_m):
     llm = LLM(str(tiny_q4_k_m), max_model_len=256, kv_cache_memory=16 << 20,
               enable_prefix_caching=False)
     layer = llm.engine.runner.model.layers[0]
-    ws, types, parts = layer.ggml_weights()
+    (ws, types, parts, bias, post, _, eps), after = layer.ggml_decode_args(None)
     x = torch.zeros(1, 256, dtype=torch.bfloat16)
     kc = torch.zeros(64, 2, 64, dtype=torch.bfloat16)
     cos = torch.zeros(1, 1, 64, dtype=torch.bfloat16)
-    args = dict(qkv_bias=layer.self_attn.qkv_proj.bias, post_norm=layer.post_attention_layernorm
-                .weight, next_norm=None, eps=1e-6, cos=cos, sin=cos, k_cache=kc, v_cache=kc,
-                slots=torch.zeros(1, dtype=torch.long),
+    assert after == (0.125, 4, 2)
+    args = dict(qkv_bias=bias, post_norm=post, next_norm=None, eps=eps, cos=cos, sin=cos,
+                k_cache=kc, v_cache=kc, slots=torch.zeros(1, dtype=torch.long),
                 block_tables=torch.zeros(1, 4, dtype=torch.long),
                 context_lens=torch.ones(1, dtype=torch.long), block_size=16, scale=0.125,
                 heads=4, kv_heads=2)

@@ -103,11 +103,13 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def ggml_weights(self) -> tuple[list[torch.Tensor], list[int], list[int]] | None:
-        """The projections as ggml_decode_layer takes them (every part's stored tensor, its
-        type, the parts of q|k|v, o, gate|up and down), or None unless each is a GGMLLinear
-        with kernels for all its parts, q|k|v with its bias and the others without."""
-        attn, mlp = self.self_attn, self.mlp
+    def ggml_decode_args(self, next_norm: RMSNorm | None) -> tuple[tuple, tuple] | None:
+        """What ggml_decode_layer (qwq/kernels/decoder.cpp) takes of this layer, found once per
+        model: the arguments before the step's (every projection part's stored tensor, its
+        type, the parts of q|k|v, o, gate|up and down, q|k|v's bias, the norms' weights, eps)
+        and after them (attention's scale and heads). None unless each projection is a
+        GGMLLinear with kernels for all its parts, q|k|v with its bias and the others without."""
+        attn, mlp, norm = self.self_attn, self.mlp, self.post_attention_layernorm
         projs = [attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj]
         if not all(isinstance(p, GGMLLinear) for p in projs) or attn.qkv_proj.bias is None \
                 or any(p.bias is not None for p in projs[1:]):
@@ -115,23 +117,11 @@ class DecoderLayer(nn.Module):
         found = [p.kernel_parts() for p in projs]
         if any(f is None for f in found):
             return None
-        return ([w for ws, _ in found for w in ws], [t for _, ts in found for t in ts],
-                [len(ws) for ws, _ in found])
-
-    def ggml_decode(self, x: torch.Tensor, h: torch.Tensor, weights, next_norm: RMSNorm | None,
-                    cos: torch.Tensor, sin: torch.Tensor, meta: AttentionMetadata,
-                    k_cache: torch.Tensor, v_cache: torch.Tensor, block_size: int
-                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The layer for one new token per sequence in one kernel call (qwq/kernels/decoder.cpp):
-        the numbers of the eager path, without its ~80 calls from Python. Returns x after the
-        layer and next_norm of it (None without one)."""
-        attn, norm = self.self_attn, self.post_attention_layernorm
-        ws, types, parts = weights
-        return torch.ops.qwq.ggml_decode_layer(
-            x, h, ws, types, parts, attn.qkv_proj.bias, norm.weight,
-            None if next_norm is None else next_norm.weight, norm.eps, cos, sin, k_cache,
-            v_cache, meta.slot_mapping, meta.block_tables, meta.context_lens_t, block_size,
-            attn.scale, attn.heads, attn.kv_heads)
+        weights = ([w for ws, _ in found for w in ws], [t for _, ts in found for t in ts],
+                   [len(ws) for ws, _ in found])
+        return ((*weights, attn.qkv_proj.bias, norm.weight,
+                 None if next_norm is None else next_norm.weight, norm.eps),
+                (attn.scale, attn.heads, attn.kv_heads))
 
 
 def _embedding(vocab: int, hidden: int) -> nn.Embedding:
@@ -158,7 +148,7 @@ class Qwen2Model(nn.Module):
         # module name ("layers.0.self_attn.qkv_proj"): load_weights fills it, quantize_model
         # packs q5_0/q8_0 blocks on them and empties it
         self.pending_scales: dict[str, BlockScales] = {}
-        # per layer, its weights as ggml_decode_layer takes them; False: not every layer can
+        # per layer, what ggml_decode_layer takes of it; False: not every layer can
         self._ggml_layers: list | bool | None = None
 
     def forward(self, input_ids: torch.Tensor, meta: AttentionMetadata,
@@ -168,13 +158,14 @@ class Qwen2Model(nn.Module):
         cos, sin = rope_factors(*self.rotary.cos_sin(meta.positions, max(meta.context_lens)),
                                 x.dtype)
         h = self.layers[0].input_layernorm(x)
-        fused_layers = self._ggml_decode_weights(x, meta, kv)
+        fused_layers = self._ggml_decode_args(x, meta, kv)
         if fused_layers is not None:
-            last = len(self.layers) - 1
-            for i, (layer, weights) in enumerate(zip(self.layers, fused_layers)):
-                nxt = self.layers[i + 1].input_layernorm if i < last else None
-                x, h = layer.ggml_decode(x, h, weights, nxt, cos, sin, meta, kv.k[i], kv.v[i],
-                                         kv.block_size)
+            # one kernel call a layer, the same numbers as the loop below (decoder.cpp): a
+            # decode step of a small model spent a fifth of its time in that loop's calls
+            step = (cos, sin)
+            cache = (meta.slot_mapping, meta.block_tables, meta.context_lens_t, kv.block_size)
+            for (before, after), k, v in zip(fused_layers, kv.k.unbind(0), kv.v.unbind(0)):
+                x, h = torch.ops.qwq.ggml_decode_layer(x, h, *before, *step, k, v, *cache, *after)
             x = self.norm(x[meta.logits_indices])
             return self.lm_head(x.float())
         for i, layer in enumerate(self.layers):
@@ -190,15 +181,16 @@ class Qwen2Model(nn.Module):
             return self.lm_head(x.float())        # (16-bit logits step by 0.125 near 20)
         return self.lm_head(x).float()
 
-    def _ggml_decode_weights(self, x: torch.Tensor, meta: AttentionMetadata, kv: KVCache):
-        """Every layer's ggml_decode_layer weights when this step can take that path: one new
-        token per sequence, the kernels, every projection on them, a cache of float rows. The
-        weights are found once (a module move, _apply, forgets them)."""
+    def _ggml_decode_args(self, x: torch.Tensor, meta: AttentionMetadata, kv: KVCache):
+        """Every layer's ggml_decode_args when this step can take that path: one new token per
+        sequence, the kernels, every projection on them, a cache of float rows. They are found
+        once (a module move, _apply, forgets them)."""
         if not (meta.decode_only and fused(x) and x.is_contiguous()) or is_quantized(kv.k.dtype) \
                 or self.config.head_dim % 32 or self.config.head_dim > 256:
             return None
         if self._ggml_layers is None:
-            found = [layer.ggml_weights() for layer in self.layers]
+            nexts = [layer.input_layernorm for layer in self.layers[1:]] + [None]
+            found = [layer.ggml_decode_args(n) for layer, n in zip(self.layers, nexts)]
             self._ggml_layers = False if any(f is None for f in found) else found
         return self._ggml_layers or None
 
