@@ -21,6 +21,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <vector>
 
 #include "ggml_formats.h"
@@ -217,12 +218,19 @@ void parts_impl(const at::Tensor& x, at::TensorList ws, at::IntArrayRef types,
     parts.push_back(part_of<T>(x, ws[i], types[i], first, made));
   const Job job{x.size(0), out.size(1), x.size(1),
                 bias.defined() ? bias.const_data_ptr<float>() : nullptr, out.mutable_data_ptr()};
-  // one pass over all the parts' rows: each thread takes a contiguous range of them, which
-  // may span parts (one fork and join for q|k|v instead of three)
-  at::parallel_for(0, job.N, 16, [&](int64_t n0, int64_t n1) {
-    for (const Slice& p : parts) {
-      const int64_t a = std::max(n0, p.first), b = std::min(n1, p.first + p.rows);
-      if (a < b) p.run(p, job, a - p.first, b - p.first);
+  // one pass over all the parts' rows (one fork and join for q|k|v instead of three). The
+  // threads take blocks of rows in order from a shared counter rather than a fixed half each:
+  // on a shared machine one core is often slower, and a fixed split waits for it.
+  const int64_t block = std::max<int64_t>(16, job.N / (4 * at::get_num_threads()));
+  const int64_t blocks = (job.N + block - 1) / block;
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
+    for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < blocks;) {
+      const int64_t n0 = i * block, n1 = std::min(job.N, n0 + block);
+      for (const Slice& p : parts) {
+        const int64_t a = std::max(n0, p.first), b = std::min(n1, p.first + p.rows);
+        if (a < b) p.run(p, job, a - p.first, b - p.first);
+      }
     }
   });
 }
