@@ -20,32 +20,46 @@ def _logprobs(outputs):
               for step in o.outputs[0].logprobs]) for o in outputs]
 
 
+def _rows(kv):
+    """Each layer's written K and V rows, as bytes, in sorted order."""
+    return [sorted(bytes(r.numpy()) for r in c.view(c.shape[0], -1).view(torch.uint8) if r.any())
+            for cache in (kv.k, kv.v) for c in cache]
+
+
 def _eager(net):
     net._ggml_decode_args = lambda *args: None
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
-def test_fused_decode_is_the_eager_layer_bit_for_bit(tiny_q4_k_m, dtype):
+@pytest.mark.parametrize(("dtype", "kv"), [("bfloat16", "auto"), ("float32", "auto"),
+                                           ("bfloat16", "int8"), ("float32", "int8")])
+def test_fused_decode_is_the_eager_layer_bit_for_bit(tiny_q4_k_m, dtype, kv):
     llm = LLM(str(tiny_q4_k_m), max_model_len=256, kv_cache_memory=16 << 20, dtype=dtype,
-              quantize="gguf", enable_prefix_caching=False)
+              kv_cache_dtype=kv, quantize="gguf", enable_prefix_caching=False)
     net = llm.engine.runner.model
     params = SamplingParams(temperature=0, max_tokens=12, logprobs=5, loop_control="off",
                             ignore_eos=True)
+    kv = llm.engine.runner.kv
+    kv.k.zero_(), kv.v.zero_()
     fused = _logprobs(llm.generate(PROMPTS, params))
     assert isinstance(net._ggml_layers, list) and len(net._ggml_layers) == 2
+    rows = _rows(kv)
+    kv.k.zero_(), kv.v.zero_()
     _eager(net)
     assert _logprobs(llm.generate(PROMPTS, params)) == fused
+    # the cache rows written (int8: codes and scales) are the eager writes', wherever the
+    # blocks were
+    assert _rows(kv) == rows
     # and one sequence alone gets the numbers it got batched
     alone = _logprobs(llm.generate(PROMPTS[2:], params))
     assert alone == fused[2:]
 
 
-def test_a_quantized_cache_keeps_the_eager_layer(tiny_q4_k_m):
+def test_an_fp8_cache_keeps_the_eager_layer(tiny_q4_k_m):
     llm = LLM(str(tiny_q4_k_m), max_model_len=256, kv_cache_memory=16 << 20,
-              kv_cache_dtype="int8", enable_prefix_caching=False)
+              kv_cache_dtype="fp8", enable_prefix_caching=False)
     out = llm.generate(PROMPTS[:1], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))
     assert len(out[0].outputs[0].token_ids) == 4
-    assert llm.engine.runner.model._ggml_layers is None  # never asked: the cache holds codes
+    assert llm.engine.runner.model._ggml_layers is None  # never asked
 
 
 def test_the_kernel_names_what_is_wrong(tiny_q4_k_m):

@@ -10,13 +10,14 @@
 // (tests/test_decode_layer.py).
 //
 // The caller (Qwen2Model.forward) takes this path only for a step of one new token per sequence,
-// on CPU, with every projection in a type ggml.cpp computes and a cache of float rows.
+// on CPU, with every projection in a type ggml.cpp computes and a cache of float or int8 rows.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -103,13 +104,32 @@ void store_row(const T* src, C* dst, int64_t D) {
   }
 }
 
+// ... or into an int8 row: D codes, then the float16 scale, as kv_quant.quantize makes them
+// (scale = max|x| / 127, at least 2^-14, rounded to float16; codes = x / that scale, rounded
+// half to even, within +-127).
+template <typename T>
+void store_row(const T* src, int8_t* dst, int64_t D) {
+  __m512 peak = _mm512_setzero_ps();
+  for (int64_t d = 0; d < D; d += 16) peak = _mm512_max_ps(peak, _mm512_abs_ps(load16(src + d)));
+  const float s = std::max(_mm512_reduce_max_ps(peak) / 127.f, 0x1p-14f);
+  const uint16_t half = _cvtss_sh(s, _MM_FROUND_TO_NEAREST_INT);
+  const __m512 scale = _mm512_set1_ps(_cvtsh_ss(half));
+  for (int64_t d = 0; d < D; d += 16) {
+    __m512 c = _mm512_roundscale_ps(_mm512_div_ps(load16(src + d), scale),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    c = _mm512_min_ps(_mm512_max_ps(c, _mm512_set1_ps(-127.f)), _mm512_set1_ps(127.f));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + d), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(c)));
+  }
+  std::memcpy(dst + D, &half, 2);
+}
+
 // qkv (B, (H + 2 KVH) D) after the bias: q's heads roped into q (B, H, D); k's roped and v's
 // copied into the caches' rows at each token's slot.
 template <typename T, typename C>
 void rope_and_store(const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin,
                     at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc,
                     const at::Tensor& slots, int64_t H, int64_t KVH, int64_t D) {
-  const int64_t B = qkv.size(0), width = qkv.size(1);
+  const int64_t B = qkv.size(0), width = qkv.size(1), row_width = kc.size(2);
   const T* src = qkv.const_data_ptr<T>();
   const T* cp = cos.const_data_ptr<T>();
   const T* sp = sin.const_data_ptr<T>();
@@ -123,12 +143,12 @@ void rope_and_store(const at::Tensor& qkv, const at::Tensor& cos, const at::Tens
     const T* c = cp + b * D;
     const T* s = sp + b * D;
     for (int64_t h = 0; h < H; ++h) rope_row<T>(t + h * D, c, s, qp + (b * H + h) * D, D);
-    C* krow = kp + sl[b] * KVH * D;
-    C* vrow = vp + sl[b] * KVH * D;
+    C* krow = kp + sl[b] * KVH * row_width;
+    C* vrow = vp + sl[b] * KVH * row_width;
     for (int64_t h = 0; h < KVH; ++h) {
       rope_row<T>(t + (H + h) * D, c, s, row, D);
-      store_row<T, C>(row, krow + h * D, D);
-      store_row<T, C>(t + (H + KVH + h) * D, vrow + h * D, D);
+      store_row<T>(row, krow + h * row_width, D);
+      store_row<T>(t + (H + KVH + h) * D, vrow + h * row_width, D);
     }
   }
 }
@@ -159,15 +179,17 @@ std::tuple<at::Tensor, at::Tensor> ggml_decode_layer(
     int64_t block_size, double scale, int64_t heads, int64_t kv_heads) {
   TORCH_CHECK(parts.size() == 4 && weights.size() == types.size(),
               "ggml_decode_layer: weights of q|k|v, o, gate|up and down, one type each");
-  const int64_t B = x.size(0), D = k_cache.size(2);
+  const int64_t B = x.size(0), D = cos.size(-1);
+  const bool codes = k_cache.scalar_type() == at::kChar;
   TORCH_CHECK(x.dim() == 2 && h.sizes() == x.sizes() && x.is_contiguous() && h.is_contiguous() &&
                   h.scalar_type() == x.scalar_type(),
               "ggml_decode_layer: x and h (tokens, hidden), contiguous, one dtype");
   TORCH_CHECK(D % 32 == 0 && D <= 256 && k_cache.dim() == 3 && k_cache.size(1) == kv_heads &&
-                  v_cache.sizes() == k_cache.sizes() && k_cache.is_contiguous() &&
-                  v_cache.is_contiguous() && k_cache.scalar_type() == v_cache.scalar_type(),
-              "ggml_decode_layer: caches (slots, kv_heads, head_dim) of float rows, head_dim a "
-              "multiple of 32 up to 256");
+                  k_cache.size(2) == D + (codes ? 2 : 0) && v_cache.sizes() == k_cache.sizes() &&
+                  k_cache.is_contiguous() && v_cache.is_contiguous() &&
+                  k_cache.scalar_type() == v_cache.scalar_type(),
+              "ggml_decode_layer: caches (slots, kv_heads, row) of head_dim float values or "
+              "head_dim int8 codes and a float16 scale, head_dim a multiple of 32 up to 256");
   TORCH_CHECK(cos.sizes() == sin.sizes() && cos.numel() == B * D && cos.is_contiguous() &&
                   sin.is_contiguous() && cos.scalar_type() == x.scalar_type(),
               "ggml_decode_layer: cos and sin (tokens, 1, head_dim) in x's dtype");
@@ -193,9 +215,14 @@ std::tuple<at::Tensor, at::Tensor> ggml_decode_layer(
   at::Tensor qkv = linear_parts(h, proj[0], types_of(0), qkv_rows);
   qkv.add_(qkv_bias);  // as GGMLLinear adds it: to the rounded product, in the activation dtype
   at::Tensor q = at::empty({B, heads, D}, x.options());
-  QWQ_FLOATS(x.scalar_type(), "ggml_decode_layer", T,
-    QWQ_FLOATS(k_cache.scalar_type(), "ggml_decode_layer caches", C,
-      rope_and_store<T, C>(qkv, cos, sin, q, k_cache, v_cache, slots, heads, kv_heads, D)));
+  QWQ_FLOATS(x.scalar_type(), "ggml_decode_layer", T, {
+    if (codes) {
+      rope_and_store<T, int8_t>(qkv, cos, sin, q, k_cache, v_cache, slots, heads, kv_heads, D);
+    } else {
+      QWQ_FLOATS(k_cache.scalar_type(), "ggml_decode_layer caches", C,
+        rope_and_store<T, C>(qkv, cos, sin, q, k_cache, v_cache, slots, heads, kv_heads, D));
+    }
+  });
   at::Tensor attn = decode_attention(q, k_cache, v_cache, block_tables, context_lens, block_size,
                                      scale);
   at::Tensor o = linear_parts(attn.view({B, heads * D}), proj[1], types_of(1), rows_of(proj[1]));

@@ -21,7 +21,6 @@ from qwq.kernels import fused_layers_take
 from qwq.kernels.blocks import BlockScales
 from qwq.model.attention import AttentionMetadata, KVCache, paged_attention
 from qwq.model.ggml_linear import GGMLEmbedding, GGMLLinear
-from qwq.model.kv_quant import is_quantized
 from qwq.model.layout import BIASED, NORMS, PROJECTIONS, hf_weight_names, layer_shapes
 from qwq.model.rope import RotaryEmbedding, apply_rope_prepared, rope_factors
 
@@ -183,9 +182,10 @@ class Qwen2Model(nn.Module):
 
     def _ggml_decode_args(self, x: torch.Tensor, meta: AttentionMetadata, kv: KVCache):
         """Every layer's ggml_decode_args when this step can take that path: one new token per
-        sequence, the kernels, every projection on them, a cache of float rows. They are found
+        sequence, the kernels, every projection on them, a cache of float or int8 rows. They are found
         once (a module move, _apply, forgets them)."""
-        if not (meta.decode_only and fused(x) and x.is_contiguous()) or is_quantized(kv.k.dtype) \
+        if not (meta.decode_only and fused(x) and x.is_contiguous()) \
+                or kv.k.dtype == torch.float8_e4m3fn \
                 or self.config.head_dim % 32 or self.config.head_dim > 256:
             return None
         if self._ggml_layers is None:
