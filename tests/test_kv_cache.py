@@ -221,14 +221,23 @@ def test_demo_model_over_an_int8_cache_keeps_its_text_and_perplexity():
         "Write a Python function that checks whether a string is a palindrome.",
         "How many positive integers below 100 are divisible by 3 or 5? Think step by step.",
         "Explain how a hash map handles collisions.")]
-    params = [SamplingParams(temperature=0, max_tokens=64, ignore_eos=True,
-                             loop_control="off")] * len(prompts)
-    want = [o.outputs[0].token_ids for o in run_to_completion(bf16, prompts, params)]
+    params = [SamplingParams(temperature=0, max_tokens=64, ignore_eos=True, loop_control="off",
+                             logprobs=5)] * len(prompts)
+    want = [o.outputs[0] for o in run_to_completion(bf16, prompts, params)]
     got = [o.outputs[0].token_ids for o in run_to_completion(int8, prompts, params)]
-    agree = [next((i for i, (a, b) in enumerate(zip(w, g)) if a != b), len(w))
-             for w, g in zip(want, got)]
-    # measured [64, 28, 28] of 64 (Intel Xeon, 2026-12-03): they part at near-ties, late
-    assert min(agree) >= 16 and sum(agree) >= 96, agree
+    # Where the two part, the int8 cache's token was a near-tie for the 16-bit one, by the
+    # logprobs of the 16-bit decode step itself (a broken cache parts at once by whole nats).
+    # Measured: parting at [64, 28, 28] of 64 tokens on one Intel Xeon host, [7, 21, 18] on
+    # another (gaps 0.07, 0.08, 0.16 nats there).
+    gaps = []
+    for w, g in zip(want, got):
+        at = next((i for i, (a, b) in enumerate(zip(w.token_ids, g)) if a != b), None)
+        if at is not None:
+            lp = {k: getattr(v, "logprob", v) for k, v in w.logprobs[at].items()}
+            assert g[at] in lp, (at, g[at], lp)
+            gaps.append((at, round(lp[w.token_ids[at]] - lp[g[at]], 3)))
+    print("int8 cache against 16 bits, (parts at, gap in nats):", gaps)
+    assert all(0 <= gap < 0.3 for _, gap in gaps), gaps
     windows = ppl_windows(llm.tokenizer, 512, 2)
     base = qwq_ppl(llm, windows)
     llm.engine = int8
