@@ -19,6 +19,7 @@ import json
 from qwq import LLM, SamplingParams
 from qwq.benchmark import llama_cpp
 from qwq.benchmark.machine import cpu_model, today
+from qwq.benchmark.qwq_runs import parting
 from qwq.models import load_tokenizer, resolve
 
 PROMPTS = ["Name three prime numbers.", "What is the capital of France?",
@@ -56,13 +57,12 @@ def main() -> None:
         for out, y in zip(outs, theirs, strict=True):
             x = [t for t in out.token_ids if t not in ends]
             y = [t for t in y if t not in ends]
-            at = next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), None)
-            if at is None:
+            part = parting(x, y, out.logprobs)
+            if part is None:
                 rows.append("same" if len(x) == len(y) else f"one stopped at {min(len(x), len(y))}")
                 continue
-            lp = {k: getattr(v, "logprob", v) for k, v in out.logprobs[at].items()}
-            gap = round(lp[x[at]] - lp[y[at]], 3) if y[at] in lp else "outside the top 20"
-            rows.append({"parts_at": at, "gap_nats": gap})
+            at, gap = part
+            rows.append({"parts_at": at, "gap_nats": "outside the top 20" if gap is None else gap})
         res[dtype] = {"same": sum(r == "same" for r in rows), "of": len(rows), "prompts": rows}
         del llm
     print(json.dumps(res, indent=1))

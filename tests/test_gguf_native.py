@@ -11,6 +11,7 @@ import random_gguf
 import torch
 
 from qwq import LLM, SamplingParams
+from qwq.benchmark.qwq_runs import parting
 from qwq.kernels import kernels_available
 from qwq.model.ggml_linear import GGMLEmbedding, GGMLLinear
 from qwq.weights import open_checkpoint
@@ -117,14 +118,13 @@ def test_greedy_tokens_follow_llama_cpp_on_the_same_file(demo_gguf, tokenizer):
     theirs = [[t for t in ids if t not in ends] for ids in theirs]
     same, gaps = 0, []
     for out, x, y in zip(outs, ours, theirs, strict=True):
-        at = next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), None)
-        if at is None:
+        part = parting(x, y, out.logprobs)
+        if part is None:
             assert len(x) == len(y), (x, y)  # one stopped where the other went on
             same += 1
             continue
-        top = out.logprobs[at]
-        assert x[at] in top and y[at] in top, (at, x[at], y[at])
-        lp = {k: getattr(v, "logprob", v) for k, v in top.items()}
-        gaps.append((at, round(lp[x[at]] - lp[y[at]], 3)))
+        at, gap = part
+        assert gap is not None, (at, x[at], y[at])  # both in the step's top 20
+        gaps.append(part)
     assert all(0 <= gap < 0.2 for _, gap in gaps), gaps
     assert same >= len(PROMPTS) // 2, (same, gaps)

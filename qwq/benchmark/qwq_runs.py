@@ -12,6 +12,22 @@ from qwq.models import load_tokenizer
 from qwq.sampling_params import SamplingParams
 
 
+def parting(chosen: list[int], other: list[int],
+            logprobs: list[dict]) -> tuple[int, float | None] | None:
+    """Where two greedy answers first differ, and how far `other`'s token there was below
+    `chosen`'s in `logprobs`, the top logprobs of the decode steps that chose `chosen` (None
+    where either is not among them): the gap read from the step that made the choice, never from a
+    fresh prefill, which rounds differently and can rank a near-tie the other way. None where
+    they do not differ (one may be a prefix of the other)."""
+    at = next((i for i, (a, b) in enumerate(zip(chosen, other)) if a != b), None)
+    if at is None:
+        return None
+    lp = {k: getattr(v, "logprob", v) for k, v in logprobs[at].items()}
+    if chosen[at] not in lp or other[at] not in lp:
+        return at, None
+    return at, round(lp[chosen[at]] - lp[other[at]], 3)
+
+
 def qwq_llm(model=None, quantize: str = "auto", **options):
     return LLM(model, quantize=quantize, enable_prefix_caching=False, **options)
 

@@ -64,8 +64,9 @@ __attribute__((always_inline)) inline void chunk_tokens(const uint8_t* p, int n,
   // Fetch the row further ahead than the hardware prefetcher alone keeps in flight: at 1 token
   // a chunk's arithmetic is short. 1 KB ahead into L1 took one thread's Q4_K/Q6_K decode from
   // ~70% to ~78% of torch's sum bandwidth; adding 8 KB ahead into L2 (more lines in flight than
-  // L1's fill buffers hold) took the demo GGUF's decode from 35.8 to 41.4 tok/s on a 260 MB-L3
-  // Xeon, where 2 KB ahead into L1 alone had been the best single distance.
+  // L1's fill buffers hold) took the demo GGUF's decode from a median 34.1 to 36.0 tok/s on a
+  // 260 MB-L3 Xeon (settings alternated in one process), where 2 KB ahead into L1 alone had
+  // been the best single distance.
   for (int b = 0; b < F::kChunkBytes; b += 64) {
     _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetch + b), _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchL2 + b), _MM_HINT_T1);
