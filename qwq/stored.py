@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -11,11 +12,15 @@ import torch
 class StoredTensor:
     """data: a read-only-in-practice view of the file's bytes (a copy-on-write mapping: the
     file is never written); (rows, row_bytes) uint8 for block types, (rows, cols) floats for
-    F32/F16/BF16. qtype: the GGML type name (Q4_K, Q6_K, F16, ...). shape: the HF shape."""
+    F32/F16/BF16. qtype: the GGML type name (Q4_K, Q6_K, F16, ...). shape: the HF shape.
+    drop_pages: for a layer that keeps a copy of data rather than data, unmaps the file's pages
+    under it from this process (they count as its resident memory once touched); None where
+    data is not a file mapping."""
 
     data: torch.Tensor
     qtype: str
     shape: tuple[int, ...]
+    drop_pages: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,37 @@ def test_gguf_format_needs_a_gguf(tmp_path, tiny_config):
         quantize_model(Qwen2Model(tiny_config).to(torch.bfloat16), "gguf")
 
 
+@pytest.fixture(scope="module")
+def tiny_q8_0(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gguf") / "tiny-q8_0.gguf"
+    random_gguf.write(path, "tiny", "q8_0")
+    return path
+
+
+def test_q8_0_is_rearranged_within_the_budget_and_computed_as_filed_past_it(tiny_q8_0,
+                                                                          monkeypatch):
+    """A file's Q5_0/Q8_0 layers are rearranged at load (the same bytes in the kernels' faster
+    order) when they fit the budget; past it (a whole 7B Q8_0 file) every layer computes from
+    the mapping as filed. The decision is the whole model's, and the numbers are the same."""
+    from qwq.kernels import ggml
+    from qwq.model import ggml_linear
+    ids = [[11, 502, 9000, 33, 7]]
+    params = SamplingParams(temperature=0, max_tokens=6, logprobs=3, ignore_eos=True)
+
+    def load():
+        llm = LLM(str(tiny_q8_0), max_model_len=256, kv_cache_memory=16 << 20)
+        net = llm.engine.runner.model
+        kinds = {p.qtype for m in net.modules() if isinstance(m, GGMLLinear) for p in m.parts}
+        return kinds, llm.generate(ids, params)[0].outputs[0]
+
+    kinds, fitted = load()
+    assert kinds == ({"Q8_0x4"} if kernels_available() else {"Q8_0"})
+    monkeypatch.setattr(ggml_linear, "REARRANGE_BUDGET", 0)
+    kinds, filed = load()
+    assert kinds == {"Q8_0"} and "Q8_0" in ggml.LAYOUTS
+    assert filed.token_ids == fitted.token_ids and filed.logprobs == fitted.logprobs
+
+
 _LOAD = """
 import json, sys
 from qwq.benchmark.machine import peak_rss_mib, reset_peak_rss, rss_mib
@@ -73,11 +104,14 @@ print(json.dumps({"base": base, "peak": peak_rss_mib(), "format": llm.engine.con
 """
 
 
-def test_loading_makes_no_full_size_temporaries(tmp_path):
+@pytest.mark.parametrize("mix", ["q4_k_m", "q8_0"])
+def test_loading_makes_no_full_size_temporaries(tmp_path, mix):
     """Peak memory while loading stays within the file's size (plus the small KV cache and a
-    little runtime): the token table of this file alone would be 2x its bytes in 16 bits."""
+    little runtime): the token table of this file alone would be 2x its bytes in 16 bits. In
+    Q8_0 the layers are rearranged into copies, whose file pages are dropped as they are
+    made."""
     path = tmp_path / "small.gguf"
-    size_mib = random_gguf.write(path, "small", "q4_k_m") / 2**20
+    size_mib = random_gguf.write(path, "small", mix) / 2**20
     proc = subprocess.run([sys.executable, "-c", _LOAD, str(path)], capture_output=True,
                           text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]

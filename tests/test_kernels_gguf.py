@@ -16,6 +16,8 @@ import torch
 from qwq.kernels import _CPU_FLAGS, cpu_flags, ggml, kernels_available
 
 TYPES = list(ggml.TYPES.values())
+LAYOUTS = [t.name for t in ggml.LAYOUTS.values()]  # qwq's load-time layouts, not a file's
+FILE_TYPES = [t for t in TYPES if t.name not in LAYOUTS]
 K_QUANTS = [t for t in TYPES if t.block == 256]
 has_vnni = _CPU_FLAGS <= cpu_flags()
 kernel = pytest.mark.skipif(not has_vnni, reason="the CPU lacks AVX-512 VNNI")
@@ -48,11 +50,46 @@ def _assert_matches_reference(got, x, raw, t, bias):
     assert ((got.float() - want).abs() <= bound).all()
 
 
-@pytest.mark.parametrize("t", TYPES, ids=_ids)
+@pytest.mark.parametrize("t", FILE_TYPES, ids=_ids)
 def test_dequantize_matches_gguf(t):
     raw = _blocks(t, 9, 2 * 256)
     want = gguf.quants.dequantize(raw.numpy(), gguf.GGMLQuantizationType[t.name])
     assert torch.equal(ggml.dequantize(raw, t), torch.from_numpy(want.copy()))
+
+
+@pytest.mark.parametrize("name", list(ggml.LAYOUTS))
+@pytest.mark.parametrize("cols", [128, 896, 3584])
+def test_q5_0_and_q8_0_are_rearranged_into_the_same_values_and_products(name, cols):
+    """Where the kernels run, Q5_0 and Q8_0 rows of whole chunks compute as Q5_0x4 / Q8_0x4:
+    the same bytes rearranged (the kernel's shuffle is the torch permutation), the same values,
+    and products bit for bit the kernel's on the file's own layout."""
+    raw = _blocks(ggml.TYPES[name], 33, cols)
+    got, t = ggml.computed(raw, name)
+    if not kernels_available():
+        assert got is raw and t.name == name
+        return
+    assert t is ggml.LAYOUTS[name] and got.shape == raw.shape
+    assert got.data_ptr() != raw.data_ptr()
+    chunk = 4 * ggml.TYPES[name].block_bytes
+    assert torch.equal(got.view(-1, chunk), raw.reshape(-1, chunk)[:, ggml._ORDERS[name]])
+    assert torch.equal(ggml.dequantize(got, t), ggml.dequantize(raw, name))
+    for m in (1, 5, 17):
+        x = torch.randn(m, cols, dtype=torch.bfloat16)
+        assert torch.equal(ggml.linear(x, got, t, None, 33), ggml.linear(x, raw, name, None, 33))
+
+
+def test_only_q5_0_and_q8_0_of_whole_chunks_are_rearranged():
+    for name, cols in (("Q5_0", 96), ("Q8_0", 160), ("Q4_0", 256), ("Q4_K", 256)):
+        raw = _blocks(ggml.TYPES[name], 3, cols)
+        got, t = ggml.computed(raw, name)
+        assert got is raw and t.name == name
+
+
+def test_shuffle_refuses_a_row_of_partial_chunks_by_name():
+    if not kernels_available():
+        pytest.skip("needs qwq's CPU kernels")
+    with pytest.raises(RuntimeError, match="whole chunks of 88 bytes"):
+        torch.ops.qwq.ggml_shuffle_chunks(_blocks(ggml.TYPES["Q5_0"], 2, 96), list(range(88)))
 
 
 @pytest.mark.parametrize("t", [ggml.TYPES["Q4_K"], ggml.TYPES["Q8_0"]], ids=_ids)
@@ -84,7 +121,8 @@ def test_q8_0_activations_round_half_to_even_with_an_fp16_scale():
 @pytest.mark.parametrize("t", TYPES, ids=_ids)
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 8, 16, 17, 64])
 def test_kernel_matches_reference(t, m):
-    k = 768 if t in K_QUANTS else 416  # 32-blocks: 3 chunks of 128 and a short one of 32
+    # 32-blocks: 3 chunks of 128 and a short one of 32 (Q5_0x4 holds only whole chunks)
+    k = 768 if t in K_QUANTS else 512 if t.block == 128 else 416
     torch.manual_seed(m)
     raw = _blocks(t, 37, k, seed=m)
     x = torch.randn(m, k)
@@ -170,7 +208,9 @@ _GUARD_PAGE_CHILD = textwrap.dedent("""
     assert kernels_available()
     libc = ctypes.CDLL(None)
     for t in ggml.TYPES.values():
-        for k in ([256, 512] if t.block == 256 else [128, 96, 160]):
+        for k in ([256, 512] if t.block == 256 else [128, 96, 160, 384]):
+            if k % t.block:
+                continue
             raw = ggml.random_blocks(t, 5, k).view(-1)
             page = mmap.PAGESIZE
             mm = mmap.mmap(-1, 2 * page)

@@ -1,7 +1,9 @@
 // Linear layers on GGUF tensors as llama.cpp ships them, for x86 CPUs with AVX-512 VNNI:
 // ggml_linear(x, w, type, bias, out_features) with w the (rows, row_bytes) block bytes of the
-// file (a read-only view of an mmap will do; nothing is repacked). Types: Q4_0, Q4_1, Q5_0,
-// Q5_1, Q8_0 against Q8_0 activation blocks, Q4_K, Q5_K, Q6_K against Q8_K (ggml_formats.h).
+// file (a read-only view of an mmap will do). Types: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 against Q8_0
+// activation blocks, Q4_K, Q5_K, Q6_K against Q8_K (ggml_formats.h); and Q5_0x4, Q8_0x4, the
+// bytes of Q5_0 and Q8_0 rearranged once at load (the only types that are: as filed, their
+// blocks sit at odd offsets and decode through word permutes, slower than reading them).
 //
 // A decode step reads every weight once: each thread takes a contiguous range of rows and reads
 // them front to back, one row at a time, a single forward stream (prefetched ahead into L1 and,
@@ -23,6 +25,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <vector>
 
 #include "ggml_formats.h"
@@ -196,7 +199,10 @@ Slice make_part(const at::Tensor& x, const at::Tensor& w, int64_t type, int64_t 
   return part;
 }
 
-// type: ggml's enum value (gguf.GGMLQuantizationType)
+// qwq's own ids for its load-time layouts, past ggml's enum (ggml.py: TYPES)
+constexpr int64_t kQ5_0x4 = 1006, kQ8_0x4 = 1008;
+
+// type: ggml's enum value (gguf.GGMLQuantizationType), or one of qwq's layouts
 template <typename T>
 Slice part_of(const at::Tensor& x, const at::Tensor& w, int64_t type, int64_t first,
              std::vector<std::pair<int64_t, at::Tensor>>& made) {
@@ -209,9 +215,12 @@ Slice part_of(const at::Tensor& x, const at::Tensor& w, int64_t type, int64_t fi
     case 12: return make_part<Q4_K, T>(x, w, type, first, made);
     case 13: return make_part<Q5_K, T>(x, w, type, first, made);
     case 14: return make_part<Q6_K, T>(x, w, type, first, made);
+    case kQ5_0x4: return make_part<Q5_0x4, T>(x, w, type, first, made);
+    case kQ8_0x4: return make_part<Q8_0x4, T>(x, w, type, first, made);
     default:
       TORCH_CHECK(false, "ggml_linear: GGML type ", type, " has no kernel (Q4_0 2, Q4_1 3, ",
-                  "Q5_0 6, Q5_1 7, Q8_0 8, Q4_K 12, Q5_K 13, Q6_K 14)");
+                  "Q5_0 6, Q5_1 7, Q8_0 8, Q4_K 12, Q5_K 13, Q6_K 14, Q5_0x4 ", kQ5_0x4,
+                  ", Q8_0x4 ", kQ8_0x4, ")");
   }
 }
 
@@ -276,9 +285,41 @@ at::Tensor ggml_linear(const at::Tensor& x, const at::Tensor& w, int64_t type,
   return ggml_linear_parts(x, {w}, {type}, bias, out_features);
 }
 
+// (rows, row_bytes) blocks -> the same bytes rearranged within each chunk of order.size()
+// bytes: out's chunk byte i is w's chunk byte order[i] (ggml.py: computed; run once at load).
+// The order is copied as its runs of consecutive bytes.
+at::Tensor ggml_shuffle_chunks(const at::Tensor& w, at::IntArrayRef order) {
+  const int64_t n = static_cast<int64_t>(order.size());
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kByte && w.stride(1) == 1 &&
+                  w.device().is_cpu() && n > 0 && w.size(1) % n == 0,
+              "ggml_shuffle_chunks: weights must be (rows, row_bytes) uint8 CPU bytes, rows of "
+              "whole chunks of ", n, " bytes");
+  struct Run { int64_t to, from, len; };
+  std::vector<Run> runs;
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK(order[i] >= 0 && order[i] < n, "ggml_shuffle_chunks: order holds ", order[i]);
+    if (!runs.empty() && runs.back().from + runs.back().len == order[i]) ++runs.back().len;
+    else runs.push_back({i, order[i], 1});
+  }
+  at::Tensor out = at::empty({w.size(0), w.size(1)}, w.options());
+  const int64_t chunks = w.size(1) / n, stride = w.stride(0);
+  const uint8_t* src = w.const_data_ptr<uint8_t>();
+  uint8_t* dst = out.mutable_data_ptr<uint8_t>();
+  at::parallel_for(0, w.size(0), 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t c = 0; c < chunks; ++c) {
+        const uint8_t* s = src + r * stride + n * c;
+        uint8_t* d = dst + (r * chunks + c) * n;
+        for (const Run& run : runs) std::memcpy(d + run.to, s + run.from, run.len);
+      }
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(qwq, m) {
+  m.def("ggml_shuffle_chunks(Tensor w, int[] order) -> Tensor");
   m.def("ggml_linear(Tensor x, Tensor w, int type, Tensor? bias, int out_features) -> Tensor");
   m.def("ggml_linear_parts(Tensor x, Tensor[] ws, int[] types, Tensor? bias, int out_features) "
         "-> Tensor");
@@ -287,4 +328,5 @@ TORCH_LIBRARY_FRAGMENT(qwq, m) {
 TORCH_LIBRARY_IMPL(qwq, CPU, m) {
   m.impl("ggml_linear", &ggml_linear);
   m.impl("ggml_linear_parts", &ggml_linear_parts);
+  m.impl("ggml_shuffle_chunks", &ggml_shuffle_chunks);
 }

@@ -1,7 +1,9 @@
 """GGUF block formats as llama.cpp ships them, computed on the file's own bytes.
 
 A quantized tensor is (rows, row_bytes) uint8: each row a run of blocks exactly as they lie in
-the file, so a read-only view of an mmap serves as the weight. ggml.cpp's kernels (the op
+the file, so a read-only view of an mmap serves as the weight. The exceptions: Q5_0 and Q8_0 are
+rearranged once at load into Q5_0x4 and Q8_0x4 (`computed`), the same bytes in an order the
+kernels decode without permutes. ggml.cpp's kernels (the op
 torch.ops.qwq.ggml_linear) read those bytes directly; this module holds each format's layout, its
 dequantization in plain torch, the int8 activation rounding llama.cpp pairs with it, and the
 kernels' product in torch (`linear_reference`): the fallback where the kernels don't build and the
@@ -60,6 +62,30 @@ def _q4_1(b: torch.Tensor) -> torch.Tensor:
 def _q5_0(b: torch.Tensor) -> torch.Tensor:
     q = _nibbles(b[:, 6:]) | (_bits32(b[:, 2:6]) << 4)
     return _f16(b, 0) * (q.float() - 16)
+
+
+# qwq's load-time layouts (ggml_formats.h): a chunk of four blocks rearranged, byte i of the
+# chunk being byte ORDER[i] of the four blocks as filed. Q5_0x4: the nibbles of blocks 0-3, the
+# low halves of their fifth bits, the high halves, the scales (block: d at 0, fifth bits at 2,
+# nibbles at 6). Q8_0x4: values 0-15 of blocks 0-3, values 16-31, the scales (d at 0, values
+# at 2).
+def _chunk_order(block_bytes: int, fields: tuple[tuple[int, int], ...]) -> torch.Tensor:
+    return torch.tensor([block_bytes * b + at + i for at, n in fields
+                         for b in range(4) for i in range(n)])
+
+
+_ORDERS = {"Q5_0": _chunk_order(22, ((6, 16), (2, 2), (4, 2), (0, 2))),
+           "Q8_0": _chunk_order(34, ((2, 16), (18, 16), (0, 2)))}
+
+
+def _as_filed(name: str, values: Callable[[torch.Tensor], torch.Tensor]
+              ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The values of a rearranged chunk (n, 4 * block_bytes): its blocks put back as filed."""
+    back = torch.argsort(_ORDERS[name])
+
+    def chunk_values(b: torch.Tensor) -> torch.Tensor:
+        return values(b[:, back.to(b.device)].reshape(4 * b.shape[0], -1)).view(-1, 128)
+    return chunk_values
 
 
 def _q5_1(b: torch.Tensor) -> torch.Tensor:
@@ -153,6 +179,12 @@ TYPES = {t.name: t for t in (
     GGMLType("Q5_K", 13, 256, 176, (0, 2), _q5_k),
     GGMLType("Q6_K", 14, 256, 210, (208,), _q6_k),
 )}
+# qwq's layouts of Q5_0 and Q8_0 (named for the four blocks a chunk holds), never a file's
+LAYOUTS = {"Q5_0": GGMLType("Q5_0x4", 1006, 128, 88, (80, 82, 84, 86),
+                            _as_filed("Q5_0", _q5_0)),
+           "Q8_0": GGMLType("Q8_0x4", 1008, 128, 136, (128, 130, 132, 134),
+                            _as_filed("Q8_0", _q8_0))}
+TYPES.update({t.name: t for t in LAYOUTS.values()})
 _BY_ID = {t.id: t for t in TYPES.values()}
 
 
@@ -188,6 +220,19 @@ def rows(raw: torch.Tensor, t: GGMLType | str | int, ids: torch.Tensor) -> torch
     t = ggml_type(t)
     cols = _check_raw(raw, t)
     return dequantize(raw[ids.reshape(-1)], t).view(*ids.shape, cols)
+
+
+def computed(raw: torch.Tensor, t: GGMLType | str | int) -> tuple[torch.Tensor, GGMLType]:
+    """A stored tensor in the layout the kernels compute it in: Q5_0 and Q8_0 whose rows hold
+    whole chunks of four blocks become Q5_0x4 and Q8_0x4 where the kernels run (a new tensor of
+    the same size, the same bytes rearranged, so the same values); every other type is `raw`
+    itself."""
+    t = ggml_type(t)
+    layout = LAYOUTS.get(t.name)
+    if layout is None or _check_raw(raw, t) % layout.block or raw.device.type != "cpu" \
+            or not kernels_available():
+        return raw, t
+    return torch.ops.qwq.ggml_shuffle_chunks(raw, _ORDERS[t.name].tolist()), layout
 
 
 def _over(c: float, t: torch.Tensor) -> torch.Tensor:

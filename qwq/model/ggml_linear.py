@@ -1,7 +1,8 @@
 """Layers whose weights stay in the GGUF file's own block types (quantize="gguf", what "auto"
 picks for a GGUF on CPU): no second rounding, and a 4.5-bit file stays 4.5 bits in memory.
 
-A weight is a read-only view of the file's bytes (qwq.weights: StoredTensor), one part per
+A weight is a read-only view of the file's bytes (qwq.weights: StoredTensor), or for Q5_0 and
+Q8_0 the same bytes rearranged once (ggml.computed; the file's pages then dropped), one part per
 stored tensor: a fused q|k|v or gate|up holds each part in its own type (llama.cpp's Q4_K_M
 mixes Q4_K and Q6_K), and each part runs on its type's kernel (qwq/kernels/ggml.cpp, layouts in ggml.py) against
 int8 activation blocks, as llama.cpp pairs them. Types without a kernel (F16, BF16, F32, the
@@ -10,6 +11,7 @@ int8 activation blocks, as llama.cpp pairs them. Types without a kernel (F16, BF
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -34,16 +36,34 @@ def _dequantize_other(stored: StoredTensor) -> torch.Tensor:
     return torch.from_numpy(np.asarray(values, dtype=np.float32)).view(stored.shape)
 
 
+# Bytes of Q5_0 and Q8_0 a model rearranges at load (ggml.computed), at most. The copy is cheap
+# for what these types fill in a K-quant mix (the demo GGUF's 0.3 GB: its output and its
+# 896-wide layers), not for a whole Q8_0 or Q5_0 file: copying a 7B Q8_0 file's 7.5 GB took its
+# load from 1.2 s to 11-13 s on a 24 GB machine (page faults into memory the page cache holds),
+# against llama.cpp's 1.8 s. Such files compute from the mapping as filed (the same numbers).
+REARRANGE_BUDGET = 1 << 30
+
+
+def rearranging_fits(stored: Iterable[StoredTensor]) -> bool:
+    """Whether these tensors' Q5_0 and Q8_0 bytes fit REARRANGE_BUDGET."""
+    return sum(s.data.nbytes for s in stored if s.qtype in ggml.LAYOUTS) <= REARRANGE_BUDGET
+
+
 class _Part(nn.Module):
     """One stored tensor's rows of a fused weight, computed in its own format."""
 
-    def __init__(self, stored: StoredTensor, dtype: torch.dtype):
+    def __init__(self, stored: StoredTensor, dtype: torch.dtype, rearrange: bool):
         super().__init__()
         self.qtype = stored.qtype
         self.out_features, self.in_features = stored.shape
         self.native = stored.qtype in ggml.TYPES
         if self.native:
-            self.register_buffer("raw", stored.data, persistent=False)
+            raw, t = ggml.computed(stored.data, stored.qtype) if rearrange \
+                else (stored.data, ggml.ggml_type(stored.qtype))
+            if raw is not stored.data and stored.drop_pages is not None:
+                stored.drop_pages()  # rearranged into a copy: the file's pages are not read again
+            self.qtype = t.name
+            self.register_buffer("raw", raw, persistent=False)
         else:
             self.register_buffer("weight", _dequantize_other(stored).to(dtype),
                                  persistent=False)
@@ -59,18 +79,20 @@ class _Part(nn.Module):
 
 
 class GGMLLinear(nn.Module):
-    """y = x W^T + b, W the concatenation of its parts' rows, each in its stored type. When
+    """y = x W^T + b, W the concatenation of its parts' rows, each in its stored type (Q5_0 and
+    Q8_0 rearranged at load unless `rearrange` is False: see REARRANGE_BUDGET). When
     every part has a kernel, one call computes them all (a decode step makes ~170 of these
     calls on the 0.5B model: per-part Python, the concatenation and each part's fork/join of
     threads weighed as much as a fifth of the step). The bias is added to the rounded product
     in the activation dtype, as the layers always have."""
 
-    def __init__(self, parts: list[StoredTensor], bias: torch.Tensor | None, dtype: torch.dtype):
+    def __init__(self, parts: list[StoredTensor], bias: torch.Tensor | None, dtype: torch.dtype,
+                 rearrange: bool = True):
         super().__init__()
         widths = {p.shape[1] for p in parts}
         if len(widths) != 1:
             raise ValueError(f"parts of one linear take different input widths: {widths}")
-        self.parts = nn.ModuleList(_Part(p, dtype) for p in parts)
+        self.parts = nn.ModuleList(_Part(p, dtype, rearrange) for p in parts)
         self.in_features = widths.pop()
         self.out_features = sum(p.out_features for p in self.parts)
         self.bias = None if bias is None else nn.Parameter(bias.to(dtype), requires_grad=False)

@@ -20,7 +20,7 @@ from qwq.errors import CheckpointError
 from qwq.kernels import fused_layers_take
 from qwq.kernels.blocks import BlockScales
 from qwq.model.attention import AttentionMetadata, KVCache, paged_attention
-from qwq.model.ggml_linear import GGMLEmbedding, GGMLLinear
+from qwq.model.ggml_linear import GGMLEmbedding, GGMLLinear, rearranging_fits
 from qwq.model.layout import BIASED, NORMS, PROJECTIONS, hf_weight_names, layer_shapes
 from qwq.model.rope import RotaryEmbedding, apply_rope_prepared, rope_factors
 
@@ -232,12 +232,14 @@ class Qwen2Model(nn.Module):
         file types (views of the file, nothing dequantized in bulk); norms and biases, a few
         MB, load as `dtype`. stored(name) / load(name): one HF-named tensor."""
         cfg = self.config
-        self.load_linears(lambda names, bias: GGMLLinear([stored(n) for n in names], bias, dtype),
-                          load, dtype)
+        head = "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"
+        computed = [n for n in hf_weight_names(cfg) if n.endswith("proj.weight")] + [head]
+        rearrange = rearranging_fits(stored(n) for n in computed)  # decided for the whole model
+        self.load_linears(lambda names, bias: GGMLLinear([stored(n) for n in names], bias, dtype,
+                                                         rearrange), load, dtype)
         table = stored("model.embed_tokens.weight")
         self.embed_tokens = GGMLEmbedding(table, dtype)
-        self.lm_head = GGMLLinear([table if cfg.tie_word_embeddings
-                                   else stored("lm_head.weight")], None, dtype)
+        self.lm_head = GGMLLinear([stored(head)], None, dtype, rearrange)
 
     def load_weights(self, tensors: Iterable[tuple[str, torch.Tensor | BlockScales]]) -> None:
         """Fill the model from HF-named tensors, checking every name and shape; a projection's

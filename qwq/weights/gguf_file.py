@@ -8,6 +8,7 @@ only for its dequantization kernels, on byte ranges this parser has already boun
 
 from __future__ import annotations
 
+import functools
 import math
 import mmap
 import re
@@ -379,15 +380,19 @@ class GGUFBackend(Backend):
             data = data.view(_FLOAT_TYPES[t.qtype.name]).view(shape)
         else:
             data = data.view(-1, t.nbytes // math.prod(shape[:-1]))
-        return StoredTensor(data, t.qtype.name, shape)
+        return StoredTensor(data, t.qtype.name, shape,
+                            functools.partial(self._drop_pages, name, self._cow))
 
-    def _drop_pages(self, name: str) -> None:
-        """Unmap the pages of a tensor already converted: mapped file pages count as this
-        process's resident memory until then (the whole file, by the end of a load)."""
+    def _drop_pages(self, name: str, mapping: mmap.mmap | None = None) -> None:
+        """Unmap the pages of a tensor already converted or copied: mapped file pages count as
+        this process's resident memory until then (the whole file, by the end of a load). The
+        pages were only read, so a later touch (a neighbour sharing an edge page) reads the file
+        again."""
+        mapping = mapping if mapping is not None else self._map
         t = self.by_hf[name]
         start = t.offset // mmap.PAGESIZE * mmap.PAGESIZE
-        if self._map is not None and hasattr(self._map, "madvise"):
-            self._map.madvise(mmap.MADV_DONTNEED, start, t.offset + t.nbytes - start)
+        if mapping is not None and hasattr(mapping, "madvise"):
+            mapping.madvise(mmap.MADV_DONTNEED, start, t.offset + t.nbytes - start)
 
     def load(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         out = self._load(name, dtype)
