@@ -9,6 +9,13 @@ Each system runs in its own child process (its own peak RSS). The limit is read 
 (a torch sum over 2 GiB, the same threads, measured in this run) over the bytes one decode
 step reads: every linear layer's weights in their file formats, the embedding excluded (a
 step reads one row of it).
+
+The machine is shared, and its read bandwidth moves by a third between minutes (14-25 GB/s
+on the same host). So each fraction of the limit pairs a rate with the bandwidth measured
+next to it: qwq's child measures the bandwidth before each of its decode runs and reports the
+median of the runs' fractions (its tok/s: the median run); llama-bench's fraction takes the
+mean of the bandwidth measured just before and just after it. read_gb_s is the first
+measurement.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -59,10 +67,19 @@ def qwq_child(path: str, threads: int, new: int, runs: int) -> dict:
     ids = llm.tokenizer.encode(PROMPT)
     llm.generate([ids], greedy(1))
     first = time.perf_counter() - t
-    rate = qwq_decode(llm.engine, ids, new, runs)
+    peak = peak_rss_mib()  # before the bandwidth probes below add theirs
+    nbytes = step_bytes(path)
+    rates, bandwidths = [], []
+    for _ in range(runs):  # each run next to its own measure of the bandwidth
+        bandwidths.append(read_bandwidth(threads))
+        rates.append(qwq_decode(llm.engine, ids, new, 1))
+    fractions = [r * nbytes / (b * 1e9) for r, b in zip(rates, bandwidths)]
     return {"format": llm.engine.config.quantize, "load_s": round(load, 1),
-            "load_and_first_token_s": round(first, 1), "tg_tok_s": rate,
-            "peak_rss_mib": round(peak_rss_mib())}
+            "load_and_first_token_s": round(first, 1), "tg_tok_s": statistics.median(rates),
+            "peak_rss_mib": round(peak),
+            "runs": [{"tok_s": round(r, 2), "read_gb_s": round(b, 1), "fraction": round(f, 3)}
+                     for r, b, f in zip(rates, bandwidths, fractions)],
+            "fraction_of_limit": round(statistics.median(fractions), 3)}
 
 
 def run_child(args: list[str], threads: int) -> dict:
@@ -112,13 +129,14 @@ def main() -> None:
     res = {"date": today(), "cpu": cpu_model(), "nproc": os.cpu_count(), "model": path,
            "file_gb": round(os.path.getsize(path) / 1e9, 2), "read_gb_s": round(bandwidth, 1),
            "step_gb": round(nbytes / 1e9, 3), "limit_tok_s": round(limit, 2),
-           "llama.cpp": llama(path, args.threads, args.new, args.runs),
-           "qwq": run_child(["--model", path, "--threads", str(args.threads), "--new",
-                             str(args.new), "--runs", str(args.runs), "--child"], args.threads)}
-    for name in ("llama.cpp", "qwq"):
-        r = res[name]
-        if "tg_tok_s" in r:
-            r["fraction_of_limit"] = round(r["tg_tok_s"] / limit, 3)
+           "llama.cpp": llama(path, args.threads, args.new, args.runs)}
+    after = read_bandwidth(args.threads)
+    res["qwq"] = run_child(["--model", path, "--threads", str(args.threads), "--new",
+                            str(args.new), "--runs", str(args.runs), "--child"], args.threads)
+    lc = res["llama.cpp"]
+    if "tg_tok_s" in lc:
+        lc["read_gb_s"] = round((bandwidth + after) / 2, 1)
+        lc["fraction_of_limit"] = round(lc["tg_tok_s"] * nbytes / (lc["read_gb_s"] * 1e9), 3)
     q, lc = res["qwq"].get("tg_tok_s"), res["llama.cpp"].get("tg_tok_s")
     if q and lc:
         res["qwq_over_llama_cpp"] = round(q / lc, 3)
