@@ -12,10 +12,10 @@ step reads one row of it).
 
 The machine is shared, and its read bandwidth moves by a third between minutes (14-25 GB/s
 on the same host). So each fraction of the limit pairs a rate with the bandwidth measured
-next to it: qwq's child measures the bandwidth before each of its decode runs and reports the
-median of the runs' fractions (its tok/s: the median run); llama-bench's fraction takes the
-mean of the bandwidth measured just before and just after it. read_gb_s is the first
-measurement.
+next to it: qwq's child measures the bandwidth before each of its decode runs (then decodes a
+few untimed tokens, since the probe flushes the caches) and reports the median of the runs'
+fractions (its tok/s: the median run); llama-bench's fraction takes the mean of the bandwidth
+measured just before and just after it. read_gb_s is the first measurement.
 """
 
 from __future__ import annotations
@@ -72,6 +72,9 @@ def qwq_child(path: str, threads: int, new: int, runs: int) -> dict:
     rates, bandwidths = [], []
     for _ in range(runs):  # each run next to its own measure of the bandwidth
         bandwidths.append(read_bandwidth(threads))
+        # the probe's 2 GiB flushed every cache: a short decode first brings back the steady
+        # state a long decode runs in (on a 260 MB-L3 host the timed rate read ~10% low without)
+        qwq_decode(llm.engine, ids, 8, 1)
         rates.append(qwq_decode(llm.engine, ids, new, 1))
     fractions = [r * nbytes / (b * 1e9) for r, b in zip(rates, bandwidths)]
     return {"format": llm.engine.config.quantize, "load_s": round(load, 1),
