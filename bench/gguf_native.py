@@ -67,7 +67,9 @@ def qwq_child(path: str, threads: int, new: int, runs: int) -> dict:
     ids = llm.tokenizer.encode(PROMPT)
     llm.generate([ids], greedy(1))
     first = time.perf_counter() - t
-    peak = peak_rss_mib()  # before the bandwidth probes below add theirs
+    # peak RSS through the load and the first token; the bandwidth probes below would add
+    # their 2 GiB (a decode step allocates little: the KV cache is made at load)
+    peak = peak_rss_mib()
     nbytes = step_bytes(path)
     rates, bandwidths = [], []
     for _ in range(runs):  # each run next to its own measure of the bandwidth

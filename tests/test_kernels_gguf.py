@@ -78,6 +78,7 @@ def test_q5_0_and_q8_0_are_rearranged_into_the_same_values_and_products(name, co
         assert torch.equal(ggml.linear(x, got, t, None, 33), ggml.linear(x, raw, name, None, 33))
 
 
+@kernel
 def test_only_q5_0_and_q8_0_of_whole_chunks_are_rearranged():
     for name, cols in (("Q5_0", 96), ("Q8_0", 160), ("Q4_0", 256), ("Q4_K", 256)):
         raw = _blocks(ggml.TYPES[name], 3, cols)
@@ -85,11 +86,12 @@ def test_only_q5_0_and_q8_0_of_whole_chunks_are_rearranged():
         assert got is raw and t.name == name
 
 
-def test_shuffle_refuses_a_row_of_partial_chunks_by_name():
-    if not kernels_available():
-        pytest.skip("needs qwq's CPU kernels")
+@kernel
+def test_shuffle_refuses_partial_chunks_and_orders_that_are_no_permutation():
     with pytest.raises(RuntimeError, match="whole chunks of 88 bytes"):
         torch.ops.qwq.ggml_shuffle_chunks(_blocks(ggml.TYPES["Q5_0"], 2, 96), list(range(88)))
+    with pytest.raises(RuntimeError, match="each of the chunk's 88 bytes once"):
+        torch.ops.qwq.ggml_shuffle_chunks(_blocks(ggml.TYPES["Q5_0"], 2, 128), [0] * 88)
 
 
 @pytest.mark.parametrize("t", [ggml.TYPES["Q4_K"], ggml.TYPES["Q8_0"]], ids=_ids)

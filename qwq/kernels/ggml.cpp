@@ -296,8 +296,12 @@ at::Tensor ggml_shuffle_chunks(const at::Tensor& w, at::IntArrayRef order) {
               "whole chunks of ", n, " bytes");
   struct Run { int64_t to, from, len; };
   std::vector<Run> runs;
+  std::vector<bool> seen(n, false);
   for (int64_t i = 0; i < n; ++i) {
-    TORCH_CHECK(order[i] >= 0 && order[i] < n, "ggml_shuffle_chunks: order holds ", order[i]);
+    TORCH_CHECK(order[i] >= 0 && order[i] < n && !seen[order[i]],
+                "ggml_shuffle_chunks: the order must name each of the chunk's ", n,
+                " bytes once; it holds ", order[i], " at ", i);
+    seen[order[i]] = true;
     if (!runs.empty() && runs.back().from + runs.back().len == order[i]) ++runs.back().len;
     else runs.push_back({i, order[i], 1});
   }

@@ -61,7 +61,7 @@ class _Part(nn.Module):
             raw, t = ggml.computed(stored.data, stored.qtype) if rearrange \
                 else (stored.data, ggml.ggml_type(stored.qtype))
             if raw is not stored.data and stored.drop_pages is not None:
-                stored.drop_pages()  # rearranged into a copy: the file's pages are not read again
+                stored.drop_pages()  # the copy serves this layer; a tied table refaults its rows
             self.qtype = t.name
             self.register_buffer("raw", raw, persistent=False)
         else:
