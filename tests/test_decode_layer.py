@@ -41,7 +41,7 @@ def test_fused_decode_is_the_eager_layer_bit_for_bit(tiny_q4_k_m, dtype, kv):
     kv = llm.engine.runner.kv
     kv.k.zero_(), kv.v.zero_()
     fused = _logprobs(llm.generate(PROMPTS, params))
-    assert isinstance(net._ggml_layers, list) and len(net._ggml_layers) == 2
+    assert isinstance(net._ggml_layers, tuple) and len(net._ggml_layers[0][3]) == 2  # 2 layers
     rows = _rows(kv)
     kv.k.zero_(), kv.v.zero_()
     _eager(net)
@@ -68,18 +68,24 @@ def test_the_kernel_names_what_is_wrong(tiny_q4_k_m):
     layer = llm.engine.runner.model.layers[0]
     (ws, types, parts, bias, post, _, eps), after = layer.ggml_decode_args(None)
     x = torch.zeros(1, 256, dtype=torch.bfloat16)
-    kc = torch.zeros(64, 2, 64, dtype=torch.bfloat16)
+    kc = torch.zeros(1, 64, 2, 64, dtype=torch.bfloat16)
     cos = torch.zeros(1, 1, 64, dtype=torch.bfloat16)
     assert after == (0.125, 4, 2)
-    args = dict(qkv_bias=bias, post_norm=post, next_norm=None, eps=eps, cos=cos, sin=cos,
-                k_cache=kc, v_cache=kc, slots=torch.zeros(1, dtype=torch.long),
+    args = dict(qkv_biases=[bias], post_norms=[post], next_norms=[], eps=eps, cos=cos, sin=cos,
+                k_caches=kc, v_caches=kc, slots=torch.zeros(1, dtype=torch.long),
                 block_tables=torch.zeros(1, 4, dtype=torch.long),
                 context_lens=torch.ones(1, dtype=torch.long), block_size=16, scale=0.125,
                 heads=4, kv_heads=2)
     with pytest.raises(RuntimeError, match="parts must add up"):
-        torch.ops.qwq.ggml_decode_layer(x, x, ws, types, [1, 1, 1, 99], **args)
+        torch.ops.qwq.ggml_decode_layers(x, x, ws, types, [1, 1, 1, 99], **args)
     with pytest.raises(RuntimeError, match="one int64 slot per token"):
-        torch.ops.qwq.ggml_decode_layer(x, x, ws, types, parts,
-                                        **{**args, "slots": torch.zeros(2, dtype=torch.long)})
-    out, nxt = torch.ops.qwq.ggml_decode_layer(x, x, ws, types, parts, **args)
+        torch.ops.qwq.ggml_decode_layers(x, x, ws, types, parts,
+                                         **{**args, "slots": torch.zeros(2, dtype=torch.long)})
+    with pytest.raises(RuntimeError, match=r"caches \(layers, slots"):
+        torch.ops.qwq.ggml_decode_layers(x, x, ws, types, parts,
+                                         **{**args, "k_caches": kc[0], "v_caches": kc[0]})
+    with pytest.raises(RuntimeError, match="4 parts counts"):
+        torch.ops.qwq.ggml_decode_layers(x, x, ws, types, parts,
+                                         **{**args, "qkv_biases": [bias, bias]})
+    out, nxt = torch.ops.qwq.ggml_decode_layers(x, x, ws, types, parts, **args)
     assert out.shape == (1, 256) and nxt is None

@@ -74,7 +74,7 @@ def kernels_available() -> bool:
         log.warning("qwq: building qwq's kernels failed (%s); using torch kernels", e)
         return False
     return all(hasattr(torch.ops.qwq, op) for op in ("q8_0_linear", "silu_mul", "ggml_linear_parts",
-                                                        "ggml_shuffle_chunks", "ggml_decode_layer"))
+                                                        "ggml_shuffle_chunks", "ggml_decode_layers"))
 
 
 def fused_layers_take(x: torch.Tensor) -> bool:

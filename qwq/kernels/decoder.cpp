@@ -167,80 +167,148 @@ int64_t rows_of(at::TensorList ws) {
   return n;
 }
 
-// x: the residual stream (B, hidden); h: this layer's input norm of it. weights: the parts of
-// q|k|v, o, gate|up and down in order, `parts` of them each, in ggml `types`. Returns (x after
-// the layer, next_norm of it), or (x after the layer, None) without a next norm.
-std::tuple<at::Tensor, at::Tensor> ggml_decode_layer(
-    const at::Tensor& x, const at::Tensor& h, at::TensorList weights, at::IntArrayRef types,
-    at::IntArrayRef parts, const at::Tensor& qkv_bias, const at::Tensor& post_norm,
-    const c10::optional<at::Tensor>& next_norm, double eps, const at::Tensor& cos,
-    const at::Tensor& sin, const at::Tensor& k_cache, const at::Tensor& v_cache,
-    const at::Tensor& slots, const at::Tensor& block_tables, const at::Tensor& context_lens,
-    int64_t block_size, double scale, int64_t heads, int64_t kv_heads) {
-  TORCH_CHECK(parts.size() == 4 && weights.size() == types.size(),
-              "ggml_decode_layer: weights of q|k|v, o, gate|up and down, one type each");
-  const int64_t B = x.size(0), D = cos.size(-1);
-  const bool codes = k_cache.scalar_type() == at::kChar;
-  TORCH_CHECK(x.dim() == 2 && h.sizes() == x.sizes() && x.is_contiguous() && h.is_contiguous() &&
-                  h.scalar_type() == x.scalar_type(),
-              "ggml_decode_layer: x and h (tokens, hidden), contiguous, one dtype");
-  TORCH_CHECK(D % 32 == 0 && D <= 256 && k_cache.dim() == 3 && k_cache.size(1) == kv_heads &&
-                  k_cache.size(2) == D + (codes ? 2 : 0) && v_cache.sizes() == k_cache.sizes() &&
-                  k_cache.is_contiguous() && v_cache.is_contiguous() &&
-                  k_cache.scalar_type() == v_cache.scalar_type(),
-              "ggml_decode_layer: caches (slots, kv_heads, row) of head_dim float values or "
-              "head_dim int8 codes and a float16 scale, head_dim a multiple of 32 up to 256");
-  TORCH_CHECK(cos.sizes() == sin.sizes() && cos.numel() == B * D && cos.is_contiguous() &&
-                  sin.is_contiguous() && cos.scalar_type() == x.scalar_type(),
-              "ggml_decode_layer: cos and sin (tokens, 1, head_dim) in x's dtype");
-  TORCH_CHECK(slots.scalar_type() == at::kLong && slots.numel() == B && slots.is_contiguous(),
-              "ggml_decode_layer: one int64 slot per token");
-  std::vector<at::TensorList> proj;
-  size_t at = 0;
-  for (int64_t n : parts) {
-    TORCH_CHECK(n > 0 && at + n <= weights.size(), "ggml_decode_layer: parts must add up");
-    proj.push_back(weights.slice(at, n));
-    at += n;
+// q|k|v plus its bias, rounded to the activation dtype as the eager in-place add rounds it.
+template <typename T>
+void add_bias(at::Tensor& qkv, const at::Tensor& bias) {
+  const int64_t B = qkv.size(0), W = qkv.size(1);
+  T* y = qkv.mutable_data_ptr<T>();
+  const T* b = bias.const_data_ptr<T>();
+  for (int64_t r = 0; r < B; ++r, y += W) {
+    int64_t d = 0;
+    for (; d + 16 <= W; d += 16) store16(y + d, _mm512_add_ps(load16(y + d), load16(b + d)));
+    for (; d < W; ++d) y[d] = static_cast<T>(static_cast<float>(y[d]) + static_cast<float>(b[d]));
   }
-  TORCH_CHECK(at == weights.size(), "ggml_decode_layer: parts must add up");
-  auto types_of = [&](size_t i) {
-    size_t first = 0;
-    for (size_t j = 0; j < i; ++j) first += parts[j];
-    return types.slice(first, parts[i]);
-  };
-  const int64_t qkv_rows = rows_of(proj[0]);
-  TORCH_CHECK(qkv_rows == (heads + 2 * kv_heads) * D && qkv_bias.numel() == qkv_rows,
-              "ggml_decode_layer: q|k|v rows and bias must be (heads + 2 kv_heads) head_dim");
+}
 
-  at::Tensor qkv = linear_parts(h, proj[0], types_of(0), qkv_rows);
-  qkv.add_(qkv_bias);  // as GGMLLinear adds it: to the rounded product, in the activation dtype
-  at::Tensor q = at::empty({B, heads, D}, x.options());
-  QWQ_FLOATS(x.scalar_type(), "ggml_decode_layer", T, {
-    if (codes) {
-      rope_and_store<T, int8_t>(qkv, cos, sin, q, k_cache, v_cache, slots, heads, kv_heads, D);
+// What one layer holds: its projections' parts and types, q|k|v's bias, its norms' weights.
+struct Layer {
+  at::TensorList proj[4];
+  at::IntArrayRef types[4];
+  const at::Tensor* qkv_bias;
+  const at::Tensor* post_norm;
+  const at::Tensor* next_norm;  // null: the last layer, which returns x alone
+  const at::Tensor* k_cache;
+  const at::Tensor* v_cache;
+};
+
+// What a step gives every layer.
+struct Step {
+  const at::Tensor& cos;
+  const at::Tensor& sin;
+  const at::Tensor& slots;
+  const at::Tensor& block_tables;
+  const at::Tensor& context_lens;
+  int64_t block_size;
+  double scale, eps;
+  int64_t heads, kv_heads, D;
+  bool codes;
+};
+
+std::tuple<at::Tensor, at::Tensor> layer(const at::Tensor& x, const at::Tensor& h, const Layer& l,
+                                         const Step& s) {
+  const int64_t B = x.size(0);
+  at::Tensor qkv = linear_parts(h, l.proj[0], l.types[0], rows_of(l.proj[0]));
+  at::Tensor q = at::empty({B, s.heads, s.D}, x.options());
+  QWQ_FLOATS(x.scalar_type(), "ggml_decode_layers", T, {
+    add_bias<T>(qkv, *l.qkv_bias);
+    if (s.codes) {
+      rope_and_store<T, int8_t>(qkv, s.cos, s.sin, q, *l.k_cache, *l.v_cache, s.slots, s.heads,
+                                s.kv_heads, s.D);
     } else {
-      QWQ_FLOATS(k_cache.scalar_type(), "ggml_decode_layer caches", C,
-        rope_and_store<T, C>(qkv, cos, sin, q, k_cache, v_cache, slots, heads, kv_heads, D));
+      QWQ_FLOATS(l.k_cache->scalar_type(), "ggml_decode_layers caches", C,
+        rope_and_store<T, C>(qkv, s.cos, s.sin, q, *l.k_cache, *l.v_cache, s.slots, s.heads,
+                             s.kv_heads, s.D));
     }
   });
-  at::Tensor attn = decode_attention(q, k_cache, v_cache, block_tables, context_lens, block_size,
-                                     scale);
-  at::Tensor o = linear_parts(attn.view({B, heads * D}), proj[1], types_of(1), rows_of(proj[1]));
-  auto [x1, h1] = add_rms_norm(x, o, post_norm, eps);
-  at::Tensor gate_up = linear_parts(h1, proj[2], types_of(2), rows_of(proj[2]));
-  at::Tensor down = linear_parts(silu_mul(gate_up), proj[3], types_of(3), rows_of(proj[3]));
-  if (next_norm.has_value()) return add_rms_norm(x1, down, *next_norm, eps);
+  at::Tensor attn = decode_attention(q, *l.k_cache, *l.v_cache, s.block_tables, s.context_lens,
+                                     s.block_size, s.scale);
+  at::Tensor o = linear_parts(attn.view({B, s.heads * s.D}), l.proj[1], l.types[1],
+                              rows_of(l.proj[1]));
+  auto [x1, h1] = add_rms_norm(x, o, *l.post_norm, s.eps);
+  at::Tensor gate_up = linear_parts(h1, l.proj[2], l.types[2], rows_of(l.proj[2]));
+  at::Tensor down = linear_parts(silu_mul(gate_up), l.proj[3], l.types[3], rows_of(l.proj[3]));
+  if (l.next_norm) return add_rms_norm(x1, down, *l.next_norm, s.eps);
   return {x1.add(down), at::Tensor()};
+}
+
+// x: the residual stream (B, hidden); h: the first layer's input norm of it. For each of the L
+// layers: `parts` (4 a layer) counts its q|k|v, o, gate|up and down parts among `weights`, in
+// ggml `types`; qkv_biases and post_norms hold one tensor a layer; next_norms the next layer's
+// input norm, L - 1 of them, or L with the final norm; k_caches and v_caches (L, slots,
+// kv_heads, row). Returns (x after the last layer, next norm of it), or (x, None) without one.
+// One call a step rather than one a layer: a call from Python of this many arguments cost
+// ~50 us, a tenth of a layer of the 0.5B demo model.
+std::tuple<at::Tensor, at::Tensor> ggml_decode_layers(
+    const at::Tensor& x, const at::Tensor& h, at::TensorList weights, at::IntArrayRef types,
+    at::IntArrayRef parts, at::TensorList qkv_biases, at::TensorList post_norms,
+    at::TensorList next_norms, double eps, const at::Tensor& cos, const at::Tensor& sin,
+    const at::Tensor& k_caches, const at::Tensor& v_caches, const at::Tensor& slots,
+    const at::Tensor& block_tables, const at::Tensor& context_lens, int64_t block_size,
+    double scale, int64_t heads, int64_t kv_heads) {
+  const int64_t L = static_cast<int64_t>(qkv_biases.size());
+  TORCH_CHECK(L > 0 && static_cast<int64_t>(parts.size()) == 4 * L &&
+                  static_cast<int64_t>(post_norms.size()) == L &&
+                  (static_cast<int64_t>(next_norms.size()) == L ||
+                   static_cast<int64_t>(next_norms.size()) == L - 1) &&
+                  weights.size() == types.size(),
+              "ggml_decode_layers: per layer 4 parts counts, a q|k|v bias and a post norm; "
+              "L - 1 or L next norms; one type a weight");
+  const int64_t B = x.size(0), D = cos.size(-1);
+  const bool codes = k_caches.scalar_type() == at::kChar;
+  TORCH_CHECK(x.dim() == 2 && h.sizes() == x.sizes() && x.is_contiguous() && h.is_contiguous() &&
+                  h.scalar_type() == x.scalar_type(),
+              "ggml_decode_layers: x and h (tokens, hidden), contiguous, one dtype");
+  TORCH_CHECK(D % 32 == 0 && D <= 256 && k_caches.dim() == 4 && k_caches.size(0) == L &&
+                  k_caches.size(2) == kv_heads && k_caches.size(3) == D + (codes ? 2 : 0) &&
+                  v_caches.sizes() == k_caches.sizes() && k_caches.is_contiguous() &&
+                  v_caches.is_contiguous() && k_caches.scalar_type() == v_caches.scalar_type(),
+              "ggml_decode_layers: caches (layers, slots, kv_heads, row) of head_dim float "
+              "values or head_dim int8 codes and a float16 scale, head_dim a multiple of 32 up "
+              "to 256");
+  TORCH_CHECK(cos.sizes() == sin.sizes() && cos.numel() == B * D && cos.is_contiguous() &&
+                  sin.is_contiguous() && cos.scalar_type() == x.scalar_type(),
+              "ggml_decode_layers: cos and sin (tokens, 1, head_dim) in x's dtype");
+  TORCH_CHECK(slots.scalar_type() == at::kLong && slots.numel() == B && slots.is_contiguous(),
+              "ggml_decode_layers: one int64 slot per token");
+  std::vector<at::Tensor> ks = k_caches.unbind(0), vs = v_caches.unbind(0);
+  std::vector<Layer> layers(L);
+  size_t at = 0;
+  for (int64_t i = 0; i < L; ++i) {
+    Layer& l = layers[i];
+    for (int j = 0; j < 4; ++j) {
+      const int64_t n = parts[4 * i + j];
+      TORCH_CHECK(n > 0 && at + n <= weights.size(), "ggml_decode_layers: parts must add up");
+      l.proj[j] = weights.slice(at, n);
+      l.types[j] = types.slice(at, n);
+      at += n;
+    }
+    const int64_t qkv_rows = rows_of(l.proj[0]);
+    TORCH_CHECK(qkv_rows == (heads + 2 * kv_heads) * D && qkv_biases[i].numel() == qkv_rows &&
+                    qkv_biases[i].is_contiguous() && qkv_biases[i].scalar_type() == x.scalar_type(),
+                "ggml_decode_layers: q|k|v rows and bias must be (heads + 2 kv_heads) head_dim, "
+                "the bias in x's dtype");
+    l.qkv_bias = &qkv_biases[i];
+    l.post_norm = &post_norms[i];
+    l.next_norm = i < static_cast<int64_t>(next_norms.size()) ? &next_norms[i] : nullptr;
+    l.k_cache = &ks[i];
+    l.v_cache = &vs[i];
+  }
+  TORCH_CHECK(at == weights.size(), "ggml_decode_layers: parts must add up");
+  const Step step{cos, sin, slots, block_tables, context_lens, block_size, scale, eps, heads,
+                  kv_heads, D, codes};
+  std::tuple<at::Tensor, at::Tensor> out{x, h};
+  for (const Layer& l : layers) out = layer(std::get<0>(out), std::get<1>(out), l, step);
+  return out;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(qwq, m) {
-  m.def("ggml_decode_layer(Tensor x, Tensor h, Tensor[] weights, int[] types, int[] parts, "
-        "Tensor qkv_bias, Tensor post_norm, Tensor? next_norm, float eps, Tensor cos, "
-        "Tensor sin, Tensor k_cache, Tensor v_cache, Tensor slots, Tensor block_tables, "
+  m.def("ggml_decode_layers(Tensor x, Tensor h, Tensor[] weights, int[] types, int[] parts, "
+        "Tensor[] qkv_biases, Tensor[] post_norms, Tensor[] next_norms, float eps, Tensor cos, "
+        "Tensor sin, Tensor k_caches, Tensor v_caches, Tensor slots, Tensor block_tables, "
         "Tensor context_lens, int block_size, float scale, int heads, int kv_heads) "
         "-> (Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(qwq, CPU, m) { m.impl("ggml_decode_layer", &ggml_decode_layer); }
+TORCH_LIBRARY_IMPL(qwq, CPU, m) { m.impl("ggml_decode_layers", &ggml_decode_layers); }

@@ -224,6 +224,58 @@ Slice part_of(const at::Tensor& x, const at::Tensor& w, int64_t type, int64_t fi
   }
 }
 
+// Each thread's share of a tensor's rows, [lo, hi) packed in one atomic word so its owner
+// (taking `step` rows from the front) and a thread stealing its back half never both get a row.
+int64_t g_old = 0;
+int64_t set_old(int64_t v) { int64_t o = g_old; g_old = v; return o; }
+struct Shares {
+  struct alignas(64) Range {
+    std::atomic<uint64_t> v{0};
+    static uint64_t pack(int64_t lo, int64_t hi) {
+      return static_cast<uint64_t>(lo) << 32 | static_cast<uint64_t>(hi);
+    }
+    void set(int64_t lo, int64_t hi) { v.store(pack(lo, hi), std::memory_order_relaxed); }
+  };
+  Range* ranges;
+  int threads;
+  int64_t step;
+
+  // The next rows [n0, n1) for thread t: from its own share, else the back half of the share
+  // with the most left (all of it when that is under two steps). False when none are left.
+  bool take(int t, int64_t& n0, int64_t& n1) const {
+    for (;;) {
+      uint64_t cur = ranges[t].v.load(std::memory_order_relaxed);
+      int64_t lo = static_cast<int64_t>(cur >> 32), hi = static_cast<int64_t>(cur & 0xFFFFFFFFu);
+      if (lo < hi) {
+        const int64_t end = std::min(hi, lo + step);
+        if (ranges[t].v.compare_exchange_weak(cur, Range::pack(end, hi),
+                                              std::memory_order_relaxed)) {
+          n0 = lo, n1 = end;
+          return true;
+        }
+        continue;
+      }
+      int victim = -1;
+      int64_t most = 0;
+      for (int u = 0; u < threads; ++u) {
+        const uint64_t r = ranges[u].v.load(std::memory_order_relaxed);
+        const int64_t left = static_cast<int64_t>(r & 0xFFFFFFFFu) - static_cast<int64_t>(r >> 32);
+        if (u != t && left > most) victim = u, most = left;
+      }
+      if (victim < 0) return false;
+      uint64_t r = ranges[victim].v.load(std::memory_order_relaxed);
+      const int64_t vlo = static_cast<int64_t>(r >> 32), vhi = static_cast<int64_t>(r & 0xFFFFFFFFu);
+      if (vlo >= vhi) continue;
+      const int64_t mid = vhi - vlo < 2 * step ? vlo : vlo + (vhi - vlo) / 2;
+      if (!ranges[victim].v.compare_exchange_weak(r, Range::pack(vlo, mid),
+                                                  std::memory_order_relaxed))
+        continue;
+      // only this thread writes its own share once it is empty (no one steals from an empty one)
+      ranges[t].set(mid, vhi);
+    }
+  }
+};
+
 template <typename T>
 void parts_impl(const at::Tensor& x, at::TensorList ws, at::IntArrayRef types,
                 const at::Tensor& bias, at::Tensor& out) {
@@ -234,20 +286,46 @@ void parts_impl(const at::Tensor& x, at::TensorList ws, at::IntArrayRef types,
     parts.push_back(part_of<T>(x, ws[i], types[i], first, made));
   const Job job{x.size(0), out.size(1), x.size(1),
                 bias.defined() ? bias.const_data_ptr<float>() : nullptr, out.mutable_data_ptr()};
-  // one pass over all the parts' rows (one fork and join for q|k|v instead of three). The
-  // threads take blocks of rows in order from a shared counter rather than a fixed half each:
-  // on a shared machine one core is often slower, and a fixed split waits for it.
+  // One pass over all the parts' rows (one fork and join for q|k|v instead of three). Each
+  // thread reads its own contiguous share front to back, one forward stream; a thread that runs
+  // out takes the back half of what another has left (on a shared machine one core is often
+  // slower). Shares move in steps of ~32 KB of weights, so the threads end within one step of
+  // each other: fixed halves, or blocks of an eighth taken from one counter, left the first
+  // thread done ~10 us before the other in every call of the demo's decode step. Past one
+  // register tile of tokens the steps are an eighth of the rows, as many as each token tile's
+  // records are read for.
+  int64_t row_bytes = 1;
+  for (const auto& w : ws) row_bytes = std::max<int64_t>(row_bytes, w.size(1));
+  const int64_t step = std::max<int64_t>(16, job.M <= kTokens ? (32 << 10) / row_bytes
+                                                               : job.N / (4 * at::get_num_threads()));
+  const int threads = static_cast<int>(std::min<int64_t>(at::get_num_threads(),
+                                                          (job.N + step - 1) / step));
+  std::vector<Shares::Range> ranges(threads);
+  for (int t = 0; t < threads; ++t)
+    ranges[t].set(job.N * t / threads / step * step,
+                  t + 1 == threads ? job.N : job.N * (t + 1) / threads / step * step);
+  const Shares shares{ranges.data(), threads, step};
+  auto rows = [&](int64_t n0, int64_t n1) {
+    for (const Slice& p : parts) {
+      const int64_t a = std::max(n0, p.first), b = std::min(n1, p.first + p.rows);
+      if (a < b) p.run(p, job, a - p.first, b - p.first);
+    }
+  };
+  if (g_old) {
   const int64_t block = std::max<int64_t>(16, job.N / (4 * at::get_num_threads()));
   const int64_t blocks = (job.N + block - 1) / block;
   std::atomic<int64_t> next{0};
   at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
     for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < blocks;) {
       const int64_t n0 = i * block, n1 = std::min(job.N, n0 + block);
-      for (const Slice& p : parts) {
-        const int64_t a = std::max(n0, p.first), b = std::min(n1, p.first + p.rows);
-        if (a < b) p.run(p, job, a - p.first, b - p.first);
-      }
+      rows(n0, n1);
     }
+  });
+  return;
+  }
+  if (threads == 1) return rows(0, job.N);
+  at::parallel_for(0, threads, 1, [&](int64_t t, int64_t) {
+    for (int64_t n0, n1; shares.take(static_cast<int>(t), n0, n1);) rows(n0, n1);
   });
 }
 
@@ -324,6 +402,7 @@ at::Tensor ggml_shuffle_chunks(const at::Tensor& w, at::IntArrayRef order) {
 
 TORCH_LIBRARY_FRAGMENT(qwq, m) {
   m.def("ggml_shuffle_chunks(Tensor w, int[] order) -> Tensor");
+  m.def("_set_old(int v) -> int");
   m.def("ggml_linear(Tensor x, Tensor w, int type, Tensor? bias, int out_features) -> Tensor");
   m.def("ggml_linear_parts(Tensor x, Tensor[] ws, int[] types, Tensor? bias, int out_features) "
         "-> Tensor");
@@ -333,4 +412,7 @@ TORCH_LIBRARY_IMPL(qwq, CPU, m) {
   m.impl("ggml_linear", &ggml_linear);
   m.impl("ggml_linear_parts", &ggml_linear_parts);
   m.impl("ggml_shuffle_chunks", &ggml_shuffle_chunks);
+}
+TORCH_LIBRARY_IMPL(qwq, CatchAll, m) {
+  m.impl("_set_old", &set_old);
 }

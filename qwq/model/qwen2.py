@@ -103,7 +103,7 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(cfg)
 
     def ggml_decode_args(self, next_norm: RMSNorm | None) -> tuple[tuple, tuple] | None:
-        """What ggml_decode_layer (qwq/kernels/decoder.cpp) takes of this layer, found once per
+        """What ggml_decode_layers (qwq/kernels/decoder.cpp) takes of this layer, found once per
         model: the arguments before the step's (every projection part's stored tensor, its
         type, the parts of q|k|v, o, gate|up and down, q|k|v's bias, the norms' weights, eps)
         and after them (attention's scale and heads). None unless each projection is a
@@ -147,8 +147,8 @@ class Qwen2Model(nn.Module):
         # module name ("layers.0.self_attn.qkv_proj"): load_weights fills it, quantize_model
         # packs q5_0/q8_0 blocks on them and empties it
         self.pending_scales: dict[str, BlockScales] = {}
-        # per layer, what ggml_decode_layer takes of it; False: not every layer can
-        self._ggml_layers: list | bool | None = None
+        # what ggml_decode_layers takes of the layers; False: not every layer can
+        self._ggml_layers: tuple | bool | None = None
 
     def forward(self, input_ids: torch.Tensor, meta: AttentionMetadata,
                 kv: KVCache) -> torch.Tensor:
@@ -157,14 +157,14 @@ class Qwen2Model(nn.Module):
         cos, sin = rope_factors(*self.rotary.cos_sin(meta.positions, max(meta.context_lens)),
                                 x.dtype)
         h = self.layers[0].input_layernorm(x)
-        fused_layers = self._ggml_decode_args(x, meta, kv)
-        if fused_layers is not None:
-            # one kernel call a layer, the same numbers as the loop below (decoder.cpp): a
-            # decode step of a small model spent a fifth of its time in that loop's calls
-            step = (cos, sin)
-            cache = (meta.slot_mapping, meta.block_tables, meta.context_lens_t, kv.block_size)
-            for (before, after), k, v in zip(fused_layers, kv.k.unbind(0), kv.v.unbind(0)):
-                x, h = torch.ops.qwq.ggml_decode_layer(x, h, *before, *step, k, v, *cache, *after)
+        fused = self._ggml_decode_args(x, meta, kv)
+        if fused is not None:
+            # every layer in one kernel call, the same numbers as the loop below (decoder.cpp):
+            # a decode step of a small model spent a fifth of its time in that loop's calls
+            before, after = fused
+            x, h = torch.ops.qwq.ggml_decode_layers(
+                x, h, *before, cos, sin, kv.k, kv.v, meta.slot_mapping, meta.block_tables,
+                meta.context_lens_t, kv.block_size, *after)
             x = self.norm(x[meta.logits_indices])
             return self.lm_head(x.float())
         for i, layer in enumerate(self.layers):
@@ -181,9 +181,9 @@ class Qwen2Model(nn.Module):
         return self.lm_head(x).float()
 
     def _ggml_decode_args(self, x: torch.Tensor, meta: AttentionMetadata, kv: KVCache):
-        """Every layer's ggml_decode_args when this step can take that path: one new token per
-        sequence, the kernels, every projection on them, a cache of float or int8 rows. They are found
-        once (a module move, _apply, forgets them)."""
+        """ggml_decode_layers' arguments but the step's, when this step can take that path: one
+        new token per sequence, the kernels, every projection on them, a cache of float or int8
+        rows. They are found once (a module move, _apply, forgets them)."""
         if not (meta.decode_only and fused(x) and x.is_contiguous()) \
                 or kv.k.dtype == torch.float8_e4m3fn \
                 or self.config.head_dim % 32 or self.config.head_dim > 256:
@@ -191,7 +191,14 @@ class Qwen2Model(nn.Module):
         if self._ggml_layers is None:
             nexts = [layer.input_layernorm for layer in self.layers[1:]] + [None]
             found = [layer.ggml_decode_args(n) for layer, n in zip(self.layers, nexts)]
-            self._ggml_layers = False if any(f is None for f in found) else found
+            self._ggml_layers = False
+            if all(f is not None for f in found) and len({f[0][-1] for f in found}) == 1 \
+                    and len({f[1] for f in found}) == 1:
+                ws, types, parts, biases, posts, next_ws, eps = zip(*(f[0] for f in found))
+                self._ggml_layers = (
+                    ([w for each in ws for w in each], [t for each in types for t in each],
+                     [n for each in parts for n in each], list(biases), list(posts),
+                     [w for w in next_ws if w is not None], eps[0]), found[0][1])
         return self._ggml_layers or None
 
     def _apply(self, fn, recurse=True):
