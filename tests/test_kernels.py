@@ -195,6 +195,28 @@ def test_fused_silu_mul(dtype):
 
 
 @kernel
+@pytest.mark.parametrize("vocab", [1, 15, 16, 1000, 151936, 152064])
+def test_greedy_tokens_is_torch_argmax_and_finds_nan(vocab):
+    """Each row's first index of its largest value (torch.max's pick), -1 for a row with a NaN,
+    at vocab sizes with and without a tail of under 16."""
+    assert kernels_available()
+    g = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(6, vocab, generator=g)
+    logits[1] = logits[1].round()  # many ties: the first one wins
+    logits[2] = float("-inf")
+    logits[3, -1] = float("nan")
+    logits[4, 0] = float("nan")
+    logits[5, vocab // 2:] = logits[5].max() + 1  # ties in the second half, and in the tail
+    got = torch.ops.qwq.greedy_tokens(logits).tolist()
+    largest, picks = logits.max(-1)
+    assert got == picks.masked_fill(largest.isnan(), -1).tolist()
+    assert got[3] == got[4] == -1 and got[2] == 0
+    assert [torch.ops.qwq.greedy_tokens(logits[i:i + 1]).item() for i in range(6)] == got
+    with pytest.raises(RuntimeError, match="float32"):
+        torch.ops.qwq.greedy_tokens(logits.bfloat16())
+
+
+@kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_decode_attention_matches_softmax_attention_over_the_paged_cache(dtype):
     """Sequences of different lengths in scattered blocks, GQA (14 query heads over 2 kv

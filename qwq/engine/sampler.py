@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from qwq.engine.sequence import Sequence
+from qwq.kernels import kernels_available
 from qwq.sampling_params import SamplingParams
 
 
@@ -123,20 +124,23 @@ def needs_row_processing(seq: Sequence) -> bool:
         and not p.frequency_penalty)
 
 
+def greedy_tokens(logits: torch.Tensor) -> list[int]:
+    """Each row's argmax (the first of equal values), -1 for a row holding a NaN."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32 and kernels_available():
+        return torch.ops.qwq.greedy_tokens(logits.contiguous()).tolist()  # ~20x torch's max
+    # max takes a NaN over any number, so a row holds a NaN exactly when its largest value is
+    # one; like argmax it picks the first of equal values, in a third of argmax's time on CPUs
+    largest, picks = logits.max(-1)
+    return picks.masked_fill(largest.isnan(), -1).tolist()
+
+
 def sample(logits: torch.Tensor, seqs: list[Sequence], eos_ids: tuple[int, ...],
            generators: dict[int, torch.Generator]) -> list[Sample]:
     """One token for each row of logits (B, vocab)."""
     if not any(needs_row_processing(s) for s in seqs):
-        # plain greedy batch: one max and one copy to the host. max takes a NaN over any
-        # number, so a row holds a NaN exactly when its largest value is one; like argmax it
-        # picks the first of equal values, in a third of argmax's time on CPUs (0.2 ms a
-        # token over Qwen's 152K logits, ~1% of a small model's decode step)
-        largest, picks = logits.max(-1)
-        nan = largest.isnan()
-        tokens, bad = torch.stack([picks, nan.long()]).tolist()
-        return [Sample(t) if not b else Sample(-1, error="the model produced NaN logits for "
+        return [Sample(t) if t >= 0 else Sample(-1, error="the model produced NaN logits for "
                                                           "this request")
-                for t, b in zip(tokens, bad)]
+                for t in greedy_tokens(logits)]
     return [_guarded(logits[i], s, eos_ids, generators.get(s.seq_id))
             for i, s in enumerate(seqs)]
 
