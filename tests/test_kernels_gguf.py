@@ -94,13 +94,23 @@ def test_shuffle_refuses_partial_chunks_and_orders_that_are_no_permutation():
         torch.ops.qwq.ggml_shuffle_chunks(_blocks(ggml.TYPES["Q5_0"], 2, 128), [0] * 88)
 
 
-@pytest.mark.parametrize("t", [ggml.TYPES["Q4_K"], ggml.TYPES["Q8_0"]], ids=_ids)
+@pytest.mark.parametrize("t", FILE_TYPES, ids=_ids)
 def test_rows_dequantize_only_the_looked_up_rows(t):
-    raw = _blocks(t, 50, 256)
+    """The table lookup (C++ where the kernels run) gives the torch decode's floats, then
+    Tensor.to's rounding."""
+    raw = _blocks(t, 50, 512, seed=t.id)
     ids = torch.tensor([[3, 49], [0, 3]])
-    got = ggml.rows(raw, t, ids)
-    assert got.shape == (2, 2, 256)
-    assert torch.equal(got, ggml.dequantize(raw, t)[ids])
+    want = ggml.dequantize(raw, t)[ids]
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        got = ggml.rows(raw, t, ids, dtype)
+        assert got.shape == (2, 2, 512) and got.dtype == dtype
+        assert torch.equal(got, want.to(dtype))
+    if kernels_available():
+        with pytest.raises(RuntimeError, match="outside the table's 50 rows"):
+            ggml.rows(raw, t, torch.tensor([50]))
+        with pytest.raises(RuntimeError, match="whole blocks"):
+            torch.ops.qwq.ggml_rows(raw[:, 1:].contiguous(), t.id, torch.tensor([0]),
+                                    torch.float32)
 
 
 def test_q8_k_activations_follow_llama_cpp():

@@ -7,7 +7,8 @@ For x86 CPUs with AVX-512 VNNI (torch.ops.qwq.*):
     and without the residual add, silu * up)
   ggml.cpp: linear layers on GGUF tensors in the file's own block formats (Q4_0 ... Q6_K; see
     ggml.py), read in place
-  decoder.cpp: a whole decoder layer of a decode step on those, in one call
+  ggml_rows.cpp: rows of a GGUF tensor (the token table) dequantized
+  decoder.cpp: every decoder layer of a decode step on those, in one call
 The build goes to torch's extension cache (~/.cache/torch_extensions); a machine without the
 instructions or a compiler simply does not get the kernel, and callers take their torch path.
 """
@@ -27,7 +28,7 @@ import torch
 log = logging.getLogger(__name__)
 
 _SOURCES = [str(Path(__file__).with_name(f)) for f in ("blocks.cpp", "layers.cpp", "ggml.cpp",
-                                                            "decoder.cpp")]
+                                                            "ggml_rows.cpp", "decoder.cpp")]
 _FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
           "-mavx512vnni", "-mfma", "-mf16c"]
 _CPU_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "fma", "f16c"}
@@ -74,7 +75,8 @@ def kernels_available() -> bool:
         log.warning("qwq: building qwq's kernels failed (%s); using torch kernels", e)
         return False
     return all(hasattr(torch.ops.qwq, op) for op in ("q8_0_linear", "silu_mul", "ggml_linear_parts",
-                                                        "ggml_shuffle_chunks", "ggml_decode_layers"))
+                                                        "ggml_shuffle_chunks", "ggml_decode_layers", "ggml_rows",
+                                                        "greedy_tokens"))
 
 
 def fused_layers_take(x: torch.Tensor) -> bool:

@@ -184,6 +184,7 @@ LAYOUTS = {"Q5_0": GGMLType("Q5_0x4", 1006, 128, 88, (80, 82, 84, 86),
                             _as_filed("Q5_0", _q5_0)),
            "Q8_0": GGMLType("Q8_0x4", 1008, 128, 136, (128, 130, 132, 134),
                             _as_filed("Q8_0", _q8_0))}
+_LAYOUT_NAMES = {t.name for t in LAYOUTS.values()}
 TYPES.update({t.name: t for t in LAYOUTS.values()})
 _BY_ID = {t.id: t for t in TYPES.values()}
 
@@ -215,11 +216,15 @@ def dequantize(raw: torch.Tensor, t: GGMLType | str | int) -> torch.Tensor:
     return t._values(blocks).view(raw.shape[0], cols)
 
 
-def rows(raw: torch.Tensor, t: GGMLType | str | int, ids: torch.Tensor) -> torch.Tensor:
-    """The rows `ids` of a quantized table (an embedding), dequantized: ids.shape + (cols,)."""
+def rows(raw: torch.Tensor, t: GGMLType | str | int, ids: torch.Tensor,
+         dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The rows `ids` of a quantized table (an embedding), dequantized to dtype: ids.shape +
+    (cols,). On CPU with the kernels one C++ call (ggml_rows.cpp: the same floats)."""
     t = ggml_type(t)
     cols = _check_raw(raw, t)
-    return dequantize(raw[ids.reshape(-1)], t).view(*ids.shape, cols)
+    if raw.device.type == "cpu" and t.name not in _LAYOUT_NAMES and kernels_available():
+        return torch.ops.qwq.ggml_rows(raw.contiguous(), t.id, ids.long(), dtype)
+    return dequantize(raw[ids.reshape(-1)], t).view(*ids.shape, cols).to(dtype)
 
 
 def computed(raw: torch.Tensor, t: GGMLType | str | int) -> tuple[torch.Tensor, GGMLType]:

@@ -137,7 +137,7 @@ class GGMLEmbedding(nn.Module):
         super().__init__()
         self.qtype, self.dtype = stored.qtype, dtype
         self.num_embeddings, self.embedding_dim = stored.shape
-        if stored.qtype in ggml.TYPES:  # on a GPU: a copy of the blocks (ggml.rows is torch)
+        if stored.qtype in ggml.TYPES:  # on a GPU: a copy of the blocks (ggml.rows is torch there)
             raw = stored.data if device is None else stored.data.to(device)
             self.register_buffer("raw", raw, persistent=False)
         else:  # a float table (or a type without a kernel) is held as one
@@ -147,4 +147,4 @@ class GGMLEmbedding(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.raw.dtype != torch.uint8:
             return F.embedding(ids, self.raw)
-        return ggml.rows(self.raw, self.qtype, ids).to(self.dtype)
+        return ggml.rows(self.raw, self.qtype, ids, self.dtype)
