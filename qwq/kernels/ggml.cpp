@@ -226,8 +226,6 @@ Slice part_of(const at::Tensor& x, const at::Tensor& w, int64_t type, int64_t fi
 
 // Each thread's share of a tensor's rows, [lo, hi) packed in one atomic word so its owner
 // (taking `step` rows from the front) and a thread stealing its back half never both get a row.
-int64_t g_old = 0;
-int64_t set_old(int64_t v) { int64_t o = g_old; g_old = v; return o; }
 struct Shares {
   struct alignas(64) Range {
     std::atomic<uint64_t> v{0};
@@ -311,18 +309,6 @@ void parts_impl(const at::Tensor& x, at::TensorList ws, at::IntArrayRef types,
       if (a < b) p.run(p, job, a - p.first, b - p.first);
     }
   };
-  if (g_old) {
-  const int64_t block = std::max<int64_t>(16, job.N / (4 * at::get_num_threads()));
-  const int64_t blocks = (job.N + block - 1) / block;
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
-    for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < blocks;) {
-      const int64_t n0 = i * block, n1 = std::min(job.N, n0 + block);
-      rows(n0, n1);
-    }
-  });
-  return;
-  }
   if (threads == 1) return rows(0, job.N);
   at::parallel_for(0, threads, 1, [&](int64_t t, int64_t) {
     for (int64_t n0, n1; shares.take(static_cast<int>(t), n0, n1);) rows(n0, n1);
@@ -402,7 +388,6 @@ at::Tensor ggml_shuffle_chunks(const at::Tensor& w, at::IntArrayRef order) {
 
 TORCH_LIBRARY_FRAGMENT(qwq, m) {
   m.def("ggml_shuffle_chunks(Tensor w, int[] order) -> Tensor");
-  m.def("_set_old(int v) -> int");
   m.def("ggml_linear(Tensor x, Tensor w, int type, Tensor? bias, int out_features) -> Tensor");
   m.def("ggml_linear_parts(Tensor x, Tensor[] ws, int[] types, Tensor? bias, int out_features) "
         "-> Tensor");
@@ -412,7 +397,4 @@ TORCH_LIBRARY_IMPL(qwq, CPU, m) {
   m.impl("ggml_linear", &ggml_linear);
   m.impl("ggml_linear_parts", &ggml_linear_parts);
   m.impl("ggml_shuffle_chunks", &ggml_shuffle_chunks);
-}
-TORCH_LIBRARY_IMPL(qwq, CatchAll, m) {
-  m.impl("_set_old", &set_old);
 }
