@@ -105,6 +105,10 @@ def test_rows_dequantize_only_the_looked_up_rows(t):
         got = ggml.rows(raw, t, ids, dtype)
         assert got.shape == (2, 2, 512) and got.dtype == dtype
         assert torch.equal(got, want.to(dtype))
+    many = torch.randint(0, 50, (3, 37), generator=torch.Generator().manual_seed(1))
+    # a prefill's lookup, split over threads
+    assert torch.equal(ggml.rows(raw, t, many, torch.bfloat16),
+                       ggml.dequantize(raw, t)[many].bfloat16())
     if kernels_available():
         with pytest.raises(RuntimeError, match="outside the table's 50 rows"):
             ggml.rows(raw, t, torch.tensor([50]))

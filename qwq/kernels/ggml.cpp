@@ -327,6 +327,7 @@ at::Tensor ggml_linear_parts(const at::Tensor& x, at::TensorList ws, at::IntArra
   for (const auto& w : ws) rows += w.dim() == 2 ? w.size(0) : 0;
   TORCH_CHECK(rows == out_features, "ggml_linear: the weights hold ", rows,
               " rows; out_features is ", out_features);
+  TORCH_CHECK(out_features < (int64_t{1} << 32), "ggml_linear: at most 2^32 - 1 rows");
   at::Tensor b;
   if (bias.has_value()) {
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_features,

@@ -5,6 +5,7 @@
 // in the same order, never one fma), then rounded to dtype as Tensor.to rounds.
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
@@ -131,17 +132,21 @@ void rows_impl(const at::Tensor& raw, const Format& f, const at::Tensor& ids, at
   const uint8_t* src = raw.const_data_ptr<uint8_t>();
   const int64_t* id = ids.const_data_ptr<int64_t>();
   T* dst = out.mutable_data_ptr<T>();
-  float tmp[256];
-  for (int64_t r = 0; r < n; ++r) {
+  for (int64_t r = 0; r < n; ++r)
     TORCH_CHECK(id[r] >= 0 && id[r] < vocab, "ggml_rows: id ", id[r], " outside the table's ",
                 vocab, " rows");
-    const uint8_t* row = src + id[r] * row_bytes;
-    for (int64_t c = 0; c < blocks; ++c) {
-      f.decode(row + c * f.bytes, tmp);
-      T* y = dst + r * cols + c * f.block;
-      for (int64_t j = 0; j < f.block; ++j) y[j] = static_cast<T>(tmp[j]);
+  // a prefill looks up thousands of rows; a decode step one (inline, no fork)
+  at::parallel_for(0, n, 16, [&](int64_t r0, int64_t r1) {
+    float tmp[256];
+    for (int64_t r = r0; r < r1; ++r) {
+      const uint8_t* row = src + id[r] * row_bytes;
+      for (int64_t c = 0; c < blocks; ++c) {
+        f.decode(row + c * f.bytes, tmp);
+        T* y = dst + r * cols + c * f.block;
+        for (int64_t j = 0; j < f.block; ++j) y[j] = static_cast<T>(tmp[j]);
+      }
     }
-  }
+  });
 }
 
 at::Tensor ggml_rows(const at::Tensor& raw, int64_t type, const at::Tensor& ids,
