@@ -50,16 +50,19 @@ _INT4_TYPES = ("Q4_0", "Q4_1", "Q4_K", "Q2_K", "Q3_K", "AWQ4")
 
 def auto_quantization(weight_types: dict[str, str], dtype: torch.dtype,
                       device: torch.device | str = "cpu", sharded: bool = False) -> str:
-    """quantize="auto": a GGUF as shipped on CPU; otherwise the checkpoint's own precision
-    (Checkpoint.weight_types: GGUF types, AWQ) mapped to a fast kernel, none for float
-    checkpoints or float32 runs (the kernels take 16-bit activations). sharded: a
-    tensor-parallel rank, whose slices of a tensor are loaded as floats and packed again
-    (never int4 there: that would round a 4-bit slice a second time)."""
+    """quantize="auto": a GGUF as shipped on CPU where qwq's kernels run; otherwise the
+    checkpoint's own precision (Checkpoint.weight_types: GGUF types, AWQ) mapped to a fast
+    kernel, none for float checkpoints or float32 runs (the kernels take 16-bit activations).
+    sharded: a tensor-parallel rank, whose slices of a tensor are loaded as floats and packed
+    again (never int4 there: that would round a 4-bit slice a second time). Without the kernels
+    (a CPU without AVX-512 VNNI) a GGUF's blocks would be dequantized in torch on every call:
+    0.7 tok/s on the demo GGUF where w8a8 decodes 16."""
     if not weight_types or dtype == torch.float32:
         return "none"
     cpu = torch.device(device).type == "cpu"
     layer_types = [t for n, t in weight_types.items() if n.endswith("proj.weight")]
-    if cpu and layer_types and "AWQ4" not in layer_types and not sharded:
+    if cpu and layer_types and "AWQ4" not in layer_types and not sharded \
+            and kernels_available():
         return "gguf"
     eight_bit = "w8a8" if cpu else "int8"
     low_bit = "q5_0" if cpu and kernels_available() else eight_bit
