@@ -74,9 +74,9 @@ def kernels_available() -> bool:
         # a failed build leaves the torch paths; it must not stop a load
         log.warning("qwq: building qwq's kernels failed (%s); using torch kernels", e)
         return False
-    return all(hasattr(torch.ops.qwq, op) for op in ("q8_0_linear", "silu_mul", "ggml_linear_parts",
-                                                        "ggml_shuffle_chunks", "ggml_decode_layers", "ggml_rows",
-                                                        "greedy_tokens"))
+    return all(hasattr(torch.ops.qwq, op) for op in (
+        "q8_0_linear", "silu_mul", "greedy_tokens", "ggml_linear_parts", "ggml_shuffle_chunks",
+        "ggml_rows", "ggml_decode_layers"))
 
 
 def fused_layers_take(x: torch.Tensor) -> bool:

@@ -232,6 +232,8 @@ struct Shares {
     static uint64_t pack(int64_t lo, int64_t hi) {
       return static_cast<uint64_t>(lo) << 32 | static_cast<uint64_t>(hi);
     }
+    static int64_t lo(uint64_t r) { return static_cast<int64_t>(r >> 32); }
+    static int64_t hi(uint64_t r) { return static_cast<int64_t>(r & 0xFFFFFFFFu); }
     void set(int64_t lo, int64_t hi) { v.store(pack(lo, hi), std::memory_order_relaxed); }
   };
   Range* ranges;
@@ -243,7 +245,7 @@ struct Shares {
   bool take(int t, int64_t& n0, int64_t& n1) const {
     for (;;) {
       uint64_t cur = ranges[t].v.load(std::memory_order_relaxed);
-      int64_t lo = static_cast<int64_t>(cur >> 32), hi = static_cast<int64_t>(cur & 0xFFFFFFFFu);
+      const int64_t lo = Range::lo(cur), hi = Range::hi(cur);
       if (lo < hi) {
         const int64_t end = std::min(hi, lo + step);
         if (ranges[t].v.compare_exchange_weak(cur, Range::pack(end, hi),
@@ -257,12 +259,12 @@ struct Shares {
       int64_t most = 0;
       for (int u = 0; u < threads; ++u) {
         const uint64_t r = ranges[u].v.load(std::memory_order_relaxed);
-        const int64_t left = static_cast<int64_t>(r & 0xFFFFFFFFu) - static_cast<int64_t>(r >> 32);
+        const int64_t left = Range::hi(r) - Range::lo(r);
         if (u != t && left > most) victim = u, most = left;
       }
       if (victim < 0) return false;
       uint64_t r = ranges[victim].v.load(std::memory_order_relaxed);
-      const int64_t vlo = static_cast<int64_t>(r >> 32), vhi = static_cast<int64_t>(r & 0xFFFFFFFFu);
+      const int64_t vlo = Range::lo(r), vhi = Range::hi(r);
       if (vlo >= vhi) continue;
       const int64_t mid = vhi - vlo < 2 * step ? vlo : vlo + (vhi - vlo) / 2;
       if (!ranges[victim].v.compare_exchange_weak(r, Range::pack(vlo, mid),
