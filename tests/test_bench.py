@@ -100,7 +100,8 @@ def test_gpu_check_runs_every_step_on_cpu(tmp_path):
 def test_gpu_int4_check_runs_every_step_on_cpu(tmp_path):
     """bench/gpu.py --int4 (issue 15's check) on a small config on CPU, through the CPU form
     of the same kernel: codes against their dequantized weights, both layouts built, sized
-    as `qwq plan` counts them, and decoding (CUDA-only figures are absent, not failing)."""
+    as `qwq plan` counts them, and decoding the same tokens with and without the padded
+    (graph) step (CUDA-only figures are absent, not failing)."""
     out = tmp_path / "int4.json"
     run = subprocess.run([sys.executable, "bench/gpu.py", "--int4", "--device", "cpu",
                           "--config", "tiny", "--prompt", "16", "--new", "8", "--out", str(out)],
@@ -113,7 +114,11 @@ def test_gpu_int4_check_runs_every_step_on_cpu(tmp_path):
         r = res[layout]
         assert "error" not in r, r
         assert abs(r["weights_gb"] - r["plan_weights_gb"]) <= 0.002, r
-        assert r["eager_tok_s"] > 0 and r["graphs_eager_tokens_agree"] == 8
+        assert r["eager_tok_s"] > 0
+        # bf16 logits of a random model hold exact ties; the padded step may break one the
+        # other way, with the two picks a few bf16 steps apart at most in either run
+        agree, gap = r["graphs_eager_tokens_agree"], r["graphs_eager_parting_gap"]
+        assert agree == 8 or (gap is not None and gap <= 2 ** -5), r
         assert "peak_reserved_gb" not in r
 
 
