@@ -10,7 +10,7 @@ layer, so weights stream from memory as in a real step), and the best of 8 round
 compared. On a shared machine whose speed swings with its neighbours, runs taken one after the
 other cannot be compared; alternating calls in one process can. Both builds get the same packed
 weights (blocks.py's layout): an older layout's numbers come out wrong, but its timings hold.
-Both compile against the working tree's simd.h; builds go to temporary folders, left in /tmp.
+Both compile against the working tree's simd.h and isa.h; builds go to temporary folders, left in /tmp.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch.utils import cpp_extension
 
-from qwq.kernels import _FLAGS, blocks
+from qwq.kernels import ISAS, blocks
 
 KERNELS = Path(blocks.__file__).parent
 SHAPES = [("qkv", 1152, 896, blocks.Q5_0), ("o", 896, 896, blocks.Q5_0),
@@ -35,13 +35,14 @@ SHAPES = [("qkv", 1152, 896, blocks.Q5_0), ("o", 896, 896, blocks.Q5_0),
 def build(source: str, tag: str):
     """source compiled as torch.ops.qwq<tag>."""
     work = Path(tempfile.mkdtemp(prefix=f"qwq_ab_{tag}_"))
-    shutil.copy(KERNELS / "simd.h", work)
+    for header in ("simd.h", "isa.h"):
+        shutil.copy(KERNELS / header, work)
     text = Path(source).read_text()
     for macro in ("TORCH_LIBRARY_FRAGMENT", "TORCH_LIBRARY_IMPL"):
         text = text.replace(f"{macro}(qwq,", f"{macro}(qwq{tag},")
     (work / "blocks.cpp").write_text(text)
     cpp_extension.load(name=f"qwq_ab_{tag}", sources=[str(work / "blocks.cpp")],
-                       extra_cflags=_FLAGS, extra_ldflags=["-fopenmp"], is_python_module=False,
+                       extra_cflags=["-O3", "-fopenmp", *ISAS["avx512"][0]], extra_ldflags=["-fopenmp"], is_python_module=False,
                        build_directory=str(work), verbose=False)
     return getattr(torch.ops, f"qwq{tag}")
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from qwq.benchmark.workloads import ppl_text
 from qwq.demo import cache_dir
 from qwq.errors import QwQError
-from qwq.kernels import cpu_flags
+from qwq.kernels import cpu_flags, kernel_isa
 from qwq.models import resolve
 from qwq.procs import describe_exit, free_port, http_server
 
@@ -59,8 +59,13 @@ class PeerError(QwQError):
 
 def cmake_options(flags: set[str] | None = None) -> list[str]:
     """ggml's build switches for a CPU with these /proc/cpuinfo flags: never -march=native
-    (it turns on AMX, which these machines advertise and then stop with SIGILL)."""
-    flags = cpu_flags() if flags is None else flags
+    (it turns on AMX, which these machines advertise and then stop with SIGILL). By default
+    the CPU's flags, less AVX-512 where qwq's kernels are built for AVX2 (QWQ_CPU_KERNELS=avx2
+    on an AVX-512 CPU): the peer then runs the same instruction set as qwq."""
+    if flags is None:
+        flags = cpu_flags()
+        if kernel_isa() == "avx2":
+            flags = {f for f in flags if not f.startswith("avx512")}
     # ggml's AVX-512 path also uses the BW, DQ and VL subsets
     avx512 = {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags
     opts = list(_FIXED)

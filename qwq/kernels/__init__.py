@@ -1,6 +1,6 @@
 """CPU kernels torch does not ship, compiled once per machine on first use.
 
-For x86 CPUs with AVX-512 VNNI (torch.ops.qwq.*):
+For x86 CPUs (torch.ops.qwq.*):
   blocks.cpp: linear layers on GGUF-style weight blocks (q5_0, q8_0; formats in blocks.py)
     against int8 activation blocks
   layers.cpp: the decode step's per-token layers fused (paged decode attention, RMSNorm with
@@ -9,8 +9,13 @@ For x86 CPUs with AVX-512 VNNI (torch.ops.qwq.*):
     ggml.py), read in place
   ggml_rows.cpp: rows of a GGUF tensor (the token table) dequantized
   decoder.cpp: every decoder layer of a decode step on those, in one call
-The build goes to torch's extension cache (~/.cache/torch_extensions); a machine without the
-instructions or a compiler simply does not get the kernel, and callers take their torch path.
+The kernels are written in AVX-512 intrinsics and built for the best instruction set the CPU
+runs: "avx512" (F, BW, VL, DQ, VNNI: the instructions themselves) or "avx2" (with FMA and
+F16C: isa.h writes each 512-bit type as two AVX2 registers and each intrinsic on the halves,
+with the same results). QWQ_CPU_KERNELS=avx512|avx2|none picks one instead, as torch's
+ATEN_CPU_CAPABILITY does (the CPU still has to run it). Each build goes to torch's extension
+cache (~/.cache/torch_extensions) under its own name; a machine without the instructions or a
+compiler simply does not get the kernels, and callers take their torch path.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
 import platform
 import shutil
 import subprocess
@@ -29,9 +35,14 @@ log = logging.getLogger(__name__)
 
 _SOURCES = [str(Path(__file__).with_name(f)) for f in ("blocks.cpp", "layers.cpp", "ggml.cpp",
                                                             "ggml_rows.cpp", "decoder.cpp")]
-_FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
-          "-mavx512vnni", "-mfma", "-mf16c"]
-_CPU_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "fma", "f16c"}
+# each instruction set: its compiler flags and the /proc/cpuinfo flags a CPU needs to run it,
+# best first
+ISAS = {
+    "avx512": (["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mfma",
+                "-mf16c"],
+               {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "fma", "f16c"}),
+    "avx2": (["-mavx2", "-mfma", "-mf16c"], {"avx2", "fma", "f16c"}),
+}
 
 
 def _headers_flag() -> str:
@@ -55,10 +66,32 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def kernel_isa() -> str | None:
+    """The instruction set this process builds the kernels for: QWQ_CPU_KERNELS if set (and
+    the CPU runs it), else the best one the CPU runs; None for none."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return None
+    flags = cpu_flags()
+    runs = [isa for isa, (_, needs) in ISAS.items() if needs <= flags]
+    asked = os.environ.get("QWQ_CPU_KERNELS", "").strip().lower()
+    if not asked:
+        return runs[0] if runs else None
+    if asked == "none":
+        return None
+    if asked not in ISAS:
+        raise ValueError(f"QWQ_CPU_KERNELS={asked!r}: expected one of {', '.join(ISAS)} or none")
+    if asked not in runs:
+        log.warning("qwq: QWQ_CPU_KERNELS=%s, but this CPU lacks %s; using torch kernels", asked,
+                    ", ".join(sorted(ISAS[asked][1] - flags)))
+        return None
+    return asked
+
+
 @functools.cache
 def kernels_available() -> bool:
     """True once torch.ops.qwq's kernels are built and loaded for this CPU."""
-    if platform.machine() not in ("x86_64", "AMD64") or not _CPU_FLAGS <= cpu_flags():
+    isa = kernel_isa()
+    if isa is None:
         return False
     if shutil.which("c++") is None and shutil.which("g++") is None:
         log.warning("qwq: no C++ compiler; using torch kernels")
@@ -66,13 +99,15 @@ def kernels_available() -> bool:
     try:
         from torch.utils import cpp_extension
 
-        cpp_extension.load(name="qwq_kernels", sources=_SOURCES,
-                           extra_cflags=[*_FLAGS, _headers_flag()],
+        # one name per instruction set: the two builds keep their own cache directories
+        cpp_extension.load(name="qwq_kernels" if isa == "avx512" else f"qwq_kernels_{isa}",
+                           sources=_SOURCES,
+                           extra_cflags=["-O3", "-fopenmp", *ISAS[isa][0], _headers_flag()],
                            extra_ldflags=["-fopenmp"],
                            is_python_module=False, verbose=False)
     except (RuntimeError, OSError, ImportError, subprocess.SubprocessError) as e:
         # a failed build leaves the torch paths; it must not stop a load
-        log.warning("qwq: building qwq's kernels failed (%s); using torch kernels", e)
+        log.warning("qwq: building qwq's %s kernels failed (%s); using torch kernels", isa, e)
         return False
     return all(hasattr(torch.ops.qwq, op) for op in (
         "q8_0_linear", "silu_mul", "greedy_tokens", "ggml_linear_parts", "ggml_shuffle_chunks",

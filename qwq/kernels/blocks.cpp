@@ -36,7 +36,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
-#include <immintrin.h>
+#include "isa.h"
 
 #include "simd.h"
 
@@ -258,7 +258,7 @@ inline void span_pair(const uint8_t* p, const Acts& a, int64_t m, const Span& sp
 #pragma GCC unroll 4
       for (int t = 0; t < 4; ++t) {
         __m512i x = _mm512_loadu_si512(q + 64 * t);
-        __asm__("" : "+v"(x));  // one load for both rows: keep the compiler from folding it twice
+        QWQ_ONE_LOAD(x);  // one load for both rows, not one folded into each
         s0[t] = _mm512_dpbusd_epi32(s0[t], w0[i], x);
         s1[t] = _mm512_dpbusd_epi32(s1[t], w1[i], x);
       }

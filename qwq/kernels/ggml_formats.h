@@ -14,7 +14,7 @@
 // the same sequence for a given row and token.
 #pragma once
 
-#include <immintrin.h>
+#include "isa.h"
 
 #include <array>
 #include <cstdint>
@@ -25,13 +25,13 @@ namespace qwq::ggml {
 
 // Up to 64 bytes from p + off in a chunk of n bytes; the rest read as zero, and nothing past n
 // is touched (the last row of a tensor may end its mapping).
-inline __m512i load_part(const uint8_t* p, int off, int n) {
+QWQ_INLINE __m512i load_part(const uint8_t* p, int off, int n) {
   const int k = n - off;
   if (k >= 64) return _mm512_loadu_si512(p + off);
   return _mm512_maskz_loadu_epi8(k <= 0 ? 0 : ~0ULL >> (64 - k), p + off);
 }
 
-inline float fp16(const uint8_t* p) {
+QWQ_INLINE float fp16(const uint8_t* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);
   return _cvtsh_ss(h);
@@ -45,7 +45,7 @@ constexpr Words words(Fn f) {
   for (int i = 0; i < 32; ++i) w[i] = static_cast<int16_t>(f(i));
   return w;
 }
-inline __m512i vec(const Words& w) { return _mm512_loadu_si512(w.data()); }
+QWQ_INLINE __m512i vec(const Words& w) { return _mm512_loadu_si512(w.data()); }
 
 // ---- 32-input blocks: Q4_0, Q5_0, Q8_0 (symmetric) and Q4_1, Q5_1 (with a min) ----
 //
@@ -65,20 +65,21 @@ struct Affine32 {
 };
 
 // The chunk's four block scales as floats, block b's in lanes 4b..4b+3 (idx: scale_words).
-inline __m512 block_scales(__m512i v0, __m512i v1, const Words& idx) {
+QWQ_INLINE __m512 block_scales(__m512i v0, __m512i v1, const Words& idx) {
   return _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutex2var_epi16(v0, vec(idx), v1)));
 }
 
 // The blocks' mins (idx: scale_words at the min) in lane 4b, the block's other lanes zero, so
 // each counts once.
-inline __m512 block_mins(__m512i v0, __m512i v1, const Words& idx) {
+QWQ_INLINE __m512 block_mins(__m512i v0, __m512i v1, const Words& idx) {
   const __m512i words = _mm512_maskz_permutex2var_epi16(0x11111111, v0, vec(idx), v1);
   return _mm512_cvtph_ps(_mm512_castsi512_si256(words));
 }
 
 // Inputs 0-15 (lo) and 16-31 (hi) of each block: the low and high nibbles of its 16 packed bytes
 // (idx: qs_words).
-inline void nibbles(__m512i v0, __m512i v1, const Words& idx, __m512i& lo, __m512i& hi) {
+QWQ_INLINE void nibbles(__m512i v0, __m512i v1, const Words& idx, __m512i& lo,
+                        __m512i& hi) {
   const __m512i qs = _mm512_permutex2var_epi16(v0, vec(idx), v1);
   const __m512i low4 = _mm512_set1_epi8(15);
   lo = _mm512_and_si512(qs, low4);
@@ -88,7 +89,8 @@ inline void nibbles(__m512i v0, __m512i v1, const Words& idx, __m512i& lo, __m51
 // Q5_0/Q5_1: 16 more where a block's fifth bit is set. The words [qh_b's low half for b = 0..3,
 // then the high halves] (idx: qh_words) make bit 16b + i of the first (second) 64 bits input i
 // (16 + i) of block b, lane-aligned with lo (hi).
-inline void add_fifth_bits(__m512i v0, __m512i v1, const Words& idx, __m512i& lo, __m512i& hi) {
+QWQ_INLINE void add_fifth_bits(__m512i v0, __m512i v1, const Words& idx, __m512i& lo,
+                               __m512i& hi) {
   const __m128i h = _mm512_castsi512_si128(_mm512_permutex2var_epi16(v0, vec(idx), v1));
   const __m512i sixteen = _mm512_set1_epi8(16);
   lo = _mm512_mask_add_epi8(lo, static_cast<__mmask64>(_mm_cvtsi128_si64(h)), lo, sixteen);
@@ -155,7 +157,7 @@ struct Blocks32 {
 
   static void quantize(const float* x, uint8_t* rec) { quantize_q8_0<kOffset>(x, rec); }
 
-  static __m512 dot(const Weights& w, const uint8_t* rec, __m512 acc) {
+  static QWQ_INLINE __m512 dot(const Weights& w, const uint8_t* rec, __m512 acc) {
     const float* f = reinterpret_cast<const float*>(rec + 128);
     __m512i s = kOffset ? _mm512_loadu_si512(rec + 192) : _mm512_setzero_si512();
     s = _mm512_dpbusd_epi32(s, w.w[0], _mm512_loadu_si512(rec));
@@ -179,7 +181,7 @@ struct Nibbles32 : Blocks32<L.qs + 16, L.min >= 0 ? 0 : L.qh >= 0 ? 16 : 8> {
   static constexpr int kBytes = L.qs + 16;
   static constexpr Words kQs = qs_words(kBytes, L.qs), kD = scale_words(kBytes, 0);
 
-  static typename Nibbles32::Weights decode(const uint8_t* p, int n) {
+  static QWQ_INLINE typename Nibbles32::Weights decode(const uint8_t* p, int n) {
     const __m512i v0 = load_part(p, 0, n), v1 = load_part(p, 64, n);
     typename Nibbles32::Weights w;
     nibbles(v0, v1, kQs, w.w[0], w.w[1]);
@@ -205,7 +207,7 @@ struct Q5_0 : Nibbles32<NibbleLayout{.qh = 2, .qs = 6}> {
 };
 
 // The four fp16 scales at p as floats, block b's in lanes 4b..4b+3.
-inline __m512 four_scales(const uint8_t* p) {
+QWQ_INLINE __m512 four_scales(const uint8_t* p) {
   const __m128 d4 = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
   const __m512i lanes = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
   return _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(d4));
@@ -221,7 +223,7 @@ struct Q5_0x4 : Blocks32<22, 16> {
   static constexpr const char* kName = "Q5_0x4";
   static constexpr int kBlock = 128, kBlockBytes = 88;
 
-  static Sym32 decode(const uint8_t* p, int) {
+  static QWQ_INLINE Sym32 decode(const uint8_t* p, int) {
     const __m512i qs = _mm512_loadu_si512(p);
     const __m512i low4 = _mm512_set1_epi8(15), sixteen = _mm512_set1_epi8(16);
     uint64_t lo_bits, hi_bits;
@@ -252,7 +254,7 @@ struct Q8_0 : Blocks32<34, 128> {
   // w[0] from bytes 0-127, w[1] from bytes 8-135 (a word permute reaches 128 bytes)
   static constexpr Words kLo = qs_words(34, 2), kHi = qs_words(34, 18 - 8);
   static constexpr Words kD = scale_words(34, 0);
-  static Sym32 decode(const uint8_t* p, int n) {
+  static QWQ_INLINE Sym32 decode(const uint8_t* p, int n) {
     const __m512i v0 = load_part(p, 0, n), v1 = load_part(p, 64, n);
     const __m512i v2 = load_part(p, 8, n), v3 = load_part(p, 72, n);
     const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));  // int8 w -> unsigned w + 128
@@ -272,7 +274,7 @@ struct Q8_0x4 : Blocks32<34, 128> {
   static constexpr const char* kName = "Q8_0x4";
   static constexpr int kBlock = 128, kBlockBytes = 136;
 
-  static Sym32 decode(const uint8_t* p, int) {
+  static QWQ_INLINE Sym32 decode(const uint8_t* p, int) {
     const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));  // int8 w -> w + 128
     Sym32 w;
     w.w[0] = _mm512_xor_si512(_mm512_loadu_si512(p), flip);

@@ -66,7 +66,7 @@ inline void quantize_q8_k(const float* x, uint8_t* rec) {
 
 // acc += d_x * d_w * sum_j scale_j (w_j . x_j) [- dmin * sum_j min_j sum(x_j)] over a superblock.
 template <bool kMins>
-inline __m512 dot_k(const KQuant& w, const uint8_t* rec, __m512 acc) {
+QWQ_INLINE __m512 dot_k(const KQuant& w, const uint8_t* rec, __m512 acc) {
   const float* f = reinterpret_cast<const float*>(rec + 256);
   __m512i s = kMins ? _mm512_setzero_si512() : _mm512_loadu_si512(f);
   for (int i = 0; i < 4; ++i) s = _mm512_dpbusd_epi32(s, w.w[i], _mm512_loadu_si512(rec + 64 * i));
@@ -83,7 +83,7 @@ struct Super256 {
   static constexpr int kBlock = 256, kBlockBytes = kBytes;
   static constexpr int kChunk = 256, kChunkBytes = kBytes, kRecBytes = 384;
   static void quantize(const float* x, uint8_t* rec) { quantize_q8_k<kMins>(x, rec); }
-  static __m512 dot(const KQuant& w, const uint8_t* rec, __m512 acc) {
+  static QWQ_INLINE __m512 dot(const KQuant& w, const uint8_t* rec, __m512 acc) {
     return dot_k<kMins>(w, rec, acc);
   }
 };
@@ -96,12 +96,12 @@ constexpr Lanes lanes(Fn f) {
   for (int j = 0; j < 16; ++j) l[j] = f(j);
   return l;
 }
-inline __m512i vec(const Lanes& l) { return _mm512_loadu_si512(l.data()); }
+QWQ_INLINE __m512i vec(const Lanes& l) { return _mm512_loadu_si512(l.data()); }
 
-inline __m128i load128(const uint8_t* p) {
+QWQ_INLINE __m128i load128(const uint8_t* p) {
   return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
 }
-inline __m256i load256(const uint8_t* p) {
+QWQ_INLINE __m256i load256(const uint8_t* p) {
   return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
 }
 
@@ -110,7 +110,7 @@ inline __m256i load256(const uint8_t* p) {
 // 4 bits of scales 4-7 (low nibble) and mins 4-7 (high nibble), whose top 2 bits are the top
 // bits of bytes 0-3 and 4-7. In 128-bit vector steps, no scalar work: `low` lines up each
 // output's 6-bit field or nibble, `top` its top bits, and `keep` masks 6 or 4 bits.
-inline __m128i scales_mins_k4(const uint8_t* p) {
+QWQ_INLINE __m128i scales_mins_k4(const uint8_t* p) {
   const __m128i a = load128(p);  // 12 bytes used
   const __m128i low = _mm_srlv_epi32(
       _mm_shuffle_epi8(a, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11)),
@@ -131,12 +131,12 @@ inline constexpr Lanes kNibbleK4 = lanes([](int j) { return 4 * (j % 2); });
 inline constexpr Lanes kHalves = lanes([](int j) { return j / 8; });
 
 template <int i>
-inline __m512i k4_lanes(__m512i q0, __m512i q1) {
+QWQ_INLINE __m512i k4_lanes(__m512i q0, __m512i q1) {
   const __m512i words = _mm512_permutex2var_epi32(q0, vec(kQsK4<i>), q1);
   return _mm512_and_si512(_mm512_srlv_epi32(words, vec(kNibbleK4)), _mm512_set1_epi8(15));
 }
 
-inline KQuant decode_k4(const uint8_t* p, const uint8_t* qs) {
+QWQ_INLINE KQuant decode_k4(const uint8_t* p, const uint8_t* qs) {
   KQuant k;
   const __m512i q0 = _mm512_loadu_si512(qs), q1 = _mm512_loadu_si512(qs + 64);
   k.w[0] = k4_lanes<0>(q0, q1);
@@ -157,7 +157,7 @@ inline KQuant decode_k4(const uint8_t* p, const uint8_t* qs) {
 
 struct Q4_K : Super256<144, true> {
   static constexpr const char* kName = "Q4_K";
-  static KQuant decode(const uint8_t* p, int) { return decode_k4(p, p + 16); }
+  static QWQ_INLINE KQuant decode(const uint8_t* p, int) { return decode_k4(p, p + 16); }
 };
 
 // Q5_K's fifth bits: bit k of qh byte l is input l of sub-block k. Lane j (sub-block k = j % 8,
@@ -167,14 +167,14 @@ inline constexpr Lanes kQhK5 = lanes([](int j) { return 4 * (j / 8) + i; });
 inline constexpr Lanes kRotK5 = lanes([](int j) { return (4 - j % 8) & 31; });
 
 template <int i>
-inline __m512i k5_bits(__m512i w, __m512i qh) {
+QWQ_INLINE __m512i k5_bits(__m512i w, __m512i qh) {
   const __m512i bits = _mm512_rolv_epi32(_mm512_permutexvar_epi32(vec(kQhK5<i>), qh), vec(kRotK5));
   return _mm512_ternarylogic_epi32(w, bits, _mm512_set1_epi8(16), 0xF8);  // w | (bits & 16)
 }
 
 struct Q5_K : Super256<176, true> {
   static constexpr const char* kName = "Q5_K";
-  static KQuant decode(const uint8_t* p, int) {
+  static QWQ_INLINE KQuant decode(const uint8_t* p, int) {
     KQuant k = decode_k4(p, p + 48);
     const __m512i qh = _mm512_castsi256_si512(load256(p + 16));
     k.w[0] = k5_bits<0>(k.w[0], qh);
@@ -198,7 +198,7 @@ inline constexpr Lanes kNibbleQ6 = lanes([](int j) { return 4 * (j / 4 % 2); });
 inline constexpr Lanes kRotQ6 = lanes([](int j) { return (4 - 2 * (j / 2 % 4)) & 31; });
 
 template <int i>
-inline __m512i q6_lanes(__m512i ql0, __m512i ql1, __m512i qh) {
+QWQ_INLINE __m512i q6_lanes(__m512i ql0, __m512i ql1, __m512i qh) {
   const __m512i low =
       _mm512_srlv_epi32(_mm512_permutex2var_epi32(ql0, vec(kQlQ6<i>), ql1), vec(kNibbleQ6));
   const __m512i high = _mm512_rolv_epi32(_mm512_permutexvar_epi32(vec(kQhQ6<i>), qh), vec(kRotQ6));
@@ -208,7 +208,7 @@ inline __m512i q6_lanes(__m512i ql0, __m512i ql1, __m512i qh) {
 
 struct Q6_K : Super256<210, false> {
   static constexpr const char* kName = "Q6_K";
-  static KQuant decode(const uint8_t* p, int) {
+  static QWQ_INLINE KQuant decode(const uint8_t* p, int) {
     KQuant k;
     const __m512i ql0 = _mm512_loadu_si512(p), ql1 = _mm512_loadu_si512(p + 64);
     const __m512i qh = _mm512_loadu_si512(p + 128);
