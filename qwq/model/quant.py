@@ -10,7 +10,7 @@ int4: asymmetric, a scale and zero per group of `group_size` inputs, torch's tin
 kernel (_weight_int4pack_mm_for_cpu on CPU, _weight_int4pack_mm on CUDA).
 gguf: a GGUF's tensors in their own block types (qwq/model/ggml_linear.py).
 q5_0, q8_0: GGUF's Q5_0 and Q8_0 blocks (5.5 and 8.5 bits a weight) against int8 activation
-blocks, on qwq's own AVX-512 VNNI kernels (qwq/kernels); a GGUF's Q5_0 tensors run with their
+blocks, on qwq's own kernels (qwq/kernels: AVX-512 VNNI, or AVX2); a GGUF's Q5_0 tensors run with their
 own bits. Under q5_0 the head is q8_0: GGUFs ship it as Q8_0, and the logits are what sampling
 sees.
 A decode step reads every weight once, so bytes per weight set the speed limit.
@@ -55,8 +55,8 @@ def auto_quantization(weight_types: dict[str, str], dtype: torch.dtype,
     kernel, none for float checkpoints or float32 runs (the kernels take 16-bit activations).
     sharded: a tensor-parallel rank, whose slices of a tensor are loaded as floats and packed
     again (never int4 there: that would round a 4-bit slice a second time). Without the kernels
-    (a CPU without AVX-512 VNNI) a GGUF's blocks would be dequantized in torch on every call:
-    0.7 tok/s on the demo GGUF where w8a8 decodes 16."""
+    (a CPU with neither AVX-512 VNNI nor AVX2, or no compiler) a GGUF's blocks would be
+    dequantized in torch on every call: 0.7 tok/s on the demo GGUF where w8a8 decodes 16."""
     if not weight_types or dtype == torch.float32:
         return "none"
     cpu = torch.device(device).type == "cpu"
