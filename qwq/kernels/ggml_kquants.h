@@ -69,7 +69,8 @@ template <bool kMins>
 QWQ_INLINE __m512 dot_k(const KQuant& w, const uint8_t* rec, __m512 acc) {
   const float* f = reinterpret_cast<const float*>(rec + 256);
   __m512i s = kMins ? _mm512_setzero_si512() : _mm512_loadu_si512(f);
-  for (int i = 0; i < 4; ++i) s = _mm512_dpbusd_epi32(s, w.w[i], _mm512_loadu_si512(rec + 64 * i));
+  // K-quant values are below 64
+  for (int i = 0; i < 4; ++i) s = qwq::dpbusd_u7(s, w.w[i], _mm512_loadu_si512(rec + 64 * i));
   const __m512 scale = _mm512_mul_ps(w.scale, _mm512_set1_ps(f[16]));
   acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc);
   if constexpr (kMins) acc = _mm512_fnmadd_ps(w.mins, _mm512_loadu_ps(f), acc);
@@ -136,13 +137,47 @@ QWQ_INLINE __m512i k4_lanes(__m512i q0, __m512i q1) {
   return _mm512_and_si512(_mm512_srlv_epi32(words, vec(kNibbleK4)), _mm512_set1_epi8(15));
 }
 
+#if defined(__AVX512F__)
+QWQ_INLINE void k4_nibbles(const uint8_t* qs, __m512i (&w)[4]) {
+  const __m512i q0 = _mm512_loadu_si512(qs), q1 = _mm512_loadu_si512(qs + 64);
+  w[0] = k4_lanes<0>(q0, q1);
+  w[1] = k4_lanes<1>(q0, q1);
+  w[2] = k4_lanes<2>(q0, q1);
+  w[3] = k4_lanes<3>(q0, q1);
+}
+#else
+// AVX2 permutes words only within a register (isa.h writes the 512-bit permutes as eight of
+// them and blends, the most of a superblock's work there). The same lanes, cheaper: the four
+// 32-byte qs chunks c as registers, their words transposed 4x4 within each 128-bit half, give
+// per i one register of (chunk c's word i | chunk c's word 4 + i); vector i's low half takes
+// its first four words, each twice, and its high half the last four.
+QWQ_INLINE void transpose_words(const uint8_t* p, __m256i (&col)[4]) {
+  const __m256i r0 = load256(p), r1 = load256(p + 32), r2 = load256(p + 64), r3 = load256(p + 96);
+  const __m256i t0 = _mm256_unpacklo_epi32(r0, r1), t1 = _mm256_unpackhi_epi32(r0, r1);
+  const __m256i t2 = _mm256_unpacklo_epi32(r2, r3), t3 = _mm256_unpackhi_epi32(r2, r3);
+  col[0] = _mm256_unpacklo_epi64(t0, t2);
+  col[1] = _mm256_unpackhi_epi64(t0, t2);
+  col[2] = _mm256_unpacklo_epi64(t1, t3);
+  col[3] = _mm256_unpackhi_epi64(t1, t3);
+}
+
+QWQ_INLINE void k4_nibbles(const uint8_t* qs, __m512i (&w)[4]) {
+  __m256i col[4];
+  transpose_words(qs, col);
+  const __m256i lo = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+  const __m256i hi = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
+  const __m256i shift = _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4);  // kNibbleK4
+  const __m256i m = _mm256_set1_epi8(15);
+  for (int i = 0; i < 4; ++i)
+    w[i] = __m512i{
+        _mm256_and_si256(_mm256_srlv_epi32(_mm256_permutevar8x32_epi32(col[i], lo), shift), m),
+        _mm256_and_si256(_mm256_srlv_epi32(_mm256_permutevar8x32_epi32(col[i], hi), shift), m)};
+}
+#endif
+
 QWQ_INLINE KQuant decode_k4(const uint8_t* p, const uint8_t* qs) {
   KQuant k;
-  const __m512i q0 = _mm512_loadu_si512(qs), q1 = _mm512_loadu_si512(qs + 64);
-  k.w[0] = k4_lanes<0>(q0, q1);
-  k.w[1] = k4_lanes<1>(q0, q1);
-  k.w[2] = k4_lanes<2>(q0, q1);
-  k.w[3] = k4_lanes<3>(q0, q1);
+  k4_nibbles(qs, k.w);
   // [scale 0-7, min 0-7] * [d x8, dmin x8], then each half for both halves of the lanes
   uint32_t d_dmin;
   std::memcpy(&d_dmin, p, 4);
@@ -168,7 +203,13 @@ inline constexpr Lanes kRotK5 = lanes([](int j) { return (4 - j % 8) & 31; });
 
 template <int i>
 QWQ_INLINE __m512i k5_bits(__m512i w, __m512i qh) {
-  const __m512i bits = _mm512_rolv_epi32(_mm512_permutexvar_epi32(vec(kQhK5<i>), qh), vec(kRotK5));
+#if defined(__AVX512F__)
+  const __m512i words = _mm512_permutexvar_epi32(vec(kQhK5<i>), qh);
+#else  // qh's 32 bytes are one AVX2 register: kQhK5 broadcasts its word i, then 4 + i
+  const __m512i words{_mm256_permutevar8x32_epi32(qh.lo, _mm256_set1_epi32(i)),
+                      _mm256_permutevar8x32_epi32(qh.lo, _mm256_set1_epi32(4 + i))};
+#endif
+  const __m512i bits = _mm512_rolv_epi32(words, vec(kRotK5));
   return _mm512_ternarylogic_epi32(w, bits, _mm512_set1_epi8(16), 0xF8);  // w | (bits & 16)
 }
 
@@ -197,25 +238,51 @@ inline constexpr Lanes kQhQ6 = lanes([](int j) { return 8 * (j / 8) + 4 * (j % 2
 inline constexpr Lanes kNibbleQ6 = lanes([](int j) { return 4 * (j / 4 % 2); });
 inline constexpr Lanes kRotQ6 = lanes([](int j) { return (4 - 2 * (j / 2 % 4)) & 31; });
 
-template <int i>
-QWQ_INLINE __m512i q6_lanes(__m512i ql0, __m512i ql1, __m512i qh) {
-  const __m512i low =
-      _mm512_srlv_epi32(_mm512_permutex2var_epi32(ql0, vec(kQlQ6<i>), ql1), vec(kNibbleQ6));
-  const __m512i high = _mm512_rolv_epi32(_mm512_permutexvar_epi32(vec(kQhQ6<i>), qh), vec(kRotQ6));
-  const __m512i high2 = _mm512_and_si512(high, _mm512_set1_epi8(0x30));
+QWQ_INLINE __m512i q6_join(__m512i low, __m512i high) {
+  const __m512i high2 = _mm512_and_si512(_mm512_rolv_epi32(high, vec(kRotQ6)),
+                                         _mm512_set1_epi8(0x30));
+  low = _mm512_srlv_epi32(low, vec(kNibbleQ6));
   return _mm512_ternarylogic_epi32(high2, low, _mm512_set1_epi8(0x0F), 0xF8);  // high2 | (low & 15)
 }
+
+#if defined(__AVX512F__)
+QWQ_INLINE void q6_values(const uint8_t* p, __m512i (&w)[4]) {
+  const __m512i ql0 = _mm512_loadu_si512(p), ql1 = _mm512_loadu_si512(p + 64);
+  const __m512i qh = _mm512_loadu_si512(p + 128);
+  w[0] = q6_join(_mm512_permutex2var_epi32(ql0, vec(kQlQ6<0>), ql1),
+                 _mm512_permutexvar_epi32(vec(kQhQ6<0>), qh));
+  w[1] = q6_join(_mm512_permutex2var_epi32(ql0, vec(kQlQ6<1>), ql1),
+                 _mm512_permutexvar_epi32(vec(kQhQ6<1>), qh));
+  w[2] = q6_join(_mm512_permutex2var_epi32(ql0, vec(kQlQ6<2>), ql1),
+                 _mm512_permutexvar_epi32(vec(kQhQ6<2>), qh));
+  w[3] = q6_join(_mm512_permutex2var_epi32(ql0, vec(kQlQ6<3>), ql1),
+                 _mm512_permutexvar_epi32(vec(kQhQ6<3>), qh));
+}
+#else
+// AVX2 (see k4_nibbles): the ql chunks transposed, vector i's low half takes chunks 0 and 1's
+// words i and 4 + i in kQlQ6's order, its high half chunks 2 and 3's; kQhQ6's words lie in one
+// 32-byte half of qh each.
+QWQ_INLINE void q6_values(const uint8_t* p, __m512i (&w)[4]) {
+  __m256i col[4];
+  transpose_words(p, col);
+  const __m256i lo = _mm256_setr_epi32(0, 4, 1, 5, 0, 4, 1, 5);
+  const __m256i hi = _mm256_setr_epi32(2, 6, 3, 7, 2, 6, 3, 7);
+  const __m256i qh0 = load256(p + 128), qh1 = load256(p + 160);
+  for (int i = 0; i < 4; ++i) {
+    const __m256i pick = _mm256_setr_epi32(i, 4 + i, i, 4 + i, i, 4 + i, i, 4 + i);
+    w[i] = q6_join(__m512i{_mm256_permutevar8x32_epi32(col[i], lo),
+                           _mm256_permutevar8x32_epi32(col[i], hi)},
+                   __m512i{_mm256_permutevar8x32_epi32(qh0, pick),
+                           _mm256_permutevar8x32_epi32(qh1, pick)});
+  }
+}
+#endif
 
 struct Q6_K : Super256<210, false> {
   static constexpr const char* kName = "Q6_K";
   static QWQ_INLINE KQuant decode(const uint8_t* p, int) {
     KQuant k;
-    const __m512i ql0 = _mm512_loadu_si512(p), ql1 = _mm512_loadu_si512(p + 64);
-    const __m512i qh = _mm512_loadu_si512(p + 128);
-    k.w[0] = q6_lanes<0>(ql0, ql1, qh);
-    k.w[1] = q6_lanes<1>(ql0, ql1, qh);
-    k.w[2] = q6_lanes<2>(ql0, ql1, qh);
-    k.w[3] = q6_lanes<3>(ql0, ql1, qh);
+    q6_values(p, k.w);
     const __m512 sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(load128(p + 192)));
     k.scale = _mm512_mul_ps(_mm512_set1_ps(fp16(p + 208)), sc);
     k.mins = _mm512_setzero_ps();

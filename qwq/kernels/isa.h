@@ -3,7 +3,10 @@
 // (no __AVX512F__), each 512-bit type below is a pair of AVX2 registers and each intrinsic the
 // kernels use is written here on the two halves, with the same results: integer sums exact,
 // float operations lane by lane as AVX-512 rounds them, and the horizontal float reductions in
-// GCC's own order, so both builds round every sum alike. One kernel source, two builds.
+// GCC's own order, so both builds round every sum alike. One kernel source, two builds; where
+// a 512-bit word permute would be most of a format's work on AVX2 (the K-quants' decodes),
+// ggml_kquants.h gathers the same lanes with AVX2's own permutes, and dpbusd_u7 skips the
+// top-bit test for weights known to be below 128.
 #pragma once
 
 #include <immintrin.h>
@@ -15,6 +18,12 @@
 #if defined(__AVX512F__)
 // keeps one register's load from being folded into each instruction that reads it
 #define QWQ_ONE_LOAD(x) __asm__("" : "+v"(x))
+namespace qwq {
+// vpdpbusd where every unsigned byte is below 128 (2-7 bit weights): the same instruction here
+QWQ_INLINE __m512i dpbusd_u7(__m512i acc, __m512i u, __m512i s) {
+  return _mm512_dpbusd_epi32(acc, u, s);
+}
+}  // namespace qwq
 #else
 #if !defined(__AVX2__) || !defined(__FMA__) || !defined(__F16C__)
 #error "qwq's kernels need AVX-512 (F, BW, VL, DQ, VNNI) or AVX2 with FMA and F16C"
@@ -274,6 +283,14 @@ QWQ_INLINE __m256i dpbusd(__m256i acc, __m256i u, __m256i s) {
 QWQ_INLINE I dpbusd_epi32(I acc, I u, I s) {
   return {dpbusd(acc.lo, u.lo, s.lo), dpbusd(acc.hi, u.hi, s.hi)};
 }
+// the caller knows every u < 128: vpmaddubsw alone, without dpbusd's test of the top bits
+QWQ_INLINE __m256i dpbusd_u7(__m256i acc, __m256i u, __m256i s) {
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s),
+                                                 _mm256_set1_epi16(1)));
+}
+QWQ_INLINE I dpbusd_u7(I acc, I u, I s) {
+  return {dpbusd_u7(acc.lo, u.lo, s.lo), dpbusd_u7(acc.hi, u.hi, s.hi)};
+}
 QWQ_INLINE I mask_add_epi8(I src, uint64_t k, I a, I b) {
   return {_mm256_blendv_epi8(src.lo, _mm256_add_epi8(a.lo, b.lo),
                              byte_lanes(static_cast<uint32_t>(k))),
@@ -333,6 +350,10 @@ QWQ_INLINE I i32gather_epi32(I idx, const void* base) {
 }
 
 }  // namespace qwq::avx2
+
+namespace qwq {
+using avx2::dpbusd_u7;
+}
 
 #define __m512 qwq::avx2::f32x16
 #define __m512i qwq::avx2::i32x16
