@@ -238,9 +238,22 @@ inline constexpr Lanes kQhQ6 = lanes([](int j) { return 8 * (j / 8) + 4 * (j % 2
 inline constexpr Lanes kNibbleQ6 = lanes([](int j) { return 4 * (j / 4 % 2); });
 inline constexpr Lanes kRotQ6 = lanes([](int j) { return (4 - 2 * (j / 2 % 4)) & 31; });
 
+#if defined(__AVX512F__)
+QWQ_INLINE __m512i q6_high(__m512i high) { return _mm512_rolv_epi32(high, vec(kRotQ6)); }
+#else
+// AVX2 has no rotate (isa.h: two shifts, a subtract and an or). Only bits 4-5 of each byte are
+// kept, and no kept bit crosses a byte: kRotQ6's left rotations by 4 and 2 are left shifts,
+// its rotation by 30 a right shift by 2.
+QWQ_INLINE __m512i q6_high(__m512i high) {
+  const __m256i left = _mm256_setr_epi32(4, 4, 2, 2, 0, 0, 0, 0);
+  const __m256i right = _mm256_setr_epi32(0, 0, 0, 0, 0, 0, 2, 2);
+  return __m512i{_mm256_srlv_epi32(_mm256_sllv_epi32(high.lo, left), right),
+                 _mm256_srlv_epi32(_mm256_sllv_epi32(high.hi, left), right)};
+}
+#endif
+
 QWQ_INLINE __m512i q6_join(__m512i low, __m512i high) {
-  const __m512i high2 = _mm512_and_si512(_mm512_rolv_epi32(high, vec(kRotQ6)),
-                                         _mm512_set1_epi8(0x30));
+  const __m512i high2 = _mm512_and_si512(q6_high(high), _mm512_set1_epi8(0x30));
   low = _mm512_srlv_epi32(low, vec(kNibbleQ6));
   return _mm512_ternarylogic_epi32(high2, low, _mm512_set1_epi8(0x0F), 0xF8);  // high2 | (low & 15)
 }
