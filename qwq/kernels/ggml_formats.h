@@ -97,6 +97,51 @@ QWQ_INLINE void add_fifth_bits(__m512i v0, __m512i v1, const Words& idx, __m512i
   hi = _mm512_mask_add_epi8(hi, static_cast<__mmask64>(_mm_extract_epi64(h, 1)), hi, sixteen);
 }
 
+// Four fp16 scales (block b's in bits 16b..16b + 15) as floats, block b's in lanes 4b..4b+3.
+QWQ_INLINE __m512 scales4(uint64_t halves) {
+  const __m128 d4 = _mm_cvtph_ps(_mm_cvtsi64_si128(static_cast<long long>(halves)));
+  const __m512i lanes = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+  return _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(d4));
+}
+
+// The four fp16 scales at p, as scales4.
+QWQ_INLINE __m512 four_scales(const uint8_t* p) {
+  uint64_t halves;
+  std::memcpy(&halves, p, 8);
+  return scales4(halves);
+}
+
+#if !defined(__AVX512F__)
+// AVX2 has no word permute across its 128-bit halves (isa.h's is a table walk), so there the
+// file layouts' fields come from plain loads: block b's 16 bytes at p + B b + at into 128-bit
+// lane b. A short chunk (n bytes, whole blocks) reads its missing blocks as zeros, as load_part.
+template <int B>
+QWQ_INLINE __m512i gather16(const uint8_t* p, int at, int n) {
+  __m128i l[4];
+  for (int b = 0; b < 4; ++b)
+    l[b] = B * (b + 1) <= n ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + B * b + at))
+                            : _mm_setzero_si128();
+  return __m512i{_mm256_set_m128i(l[1], l[0]), _mm256_set_m128i(l[3], l[2])};
+}
+
+// Block b's field of W bytes (2 or 4) at p + B b + at, for the four blocks (missing ones 0).
+template <int B, typename W>
+QWQ_INLINE void fields(const uint8_t* p, int at, int n, W (&out)[4]) {
+  for (int b = 0; b < 4; ++b) {
+    out[b] = 0;
+    if (B * (b + 1) <= n) std::memcpy(&out[b], p + B * b + at, sizeof(W));
+  }
+}
+
+// The four blocks' fp16 fields at `at`, packed for scales4.
+template <int B>
+QWQ_INLINE uint64_t halves4(const uint8_t* p, int at, int n) {
+  uint16_t h[4];
+  fields<B>(p, at, n, h);
+  return h[0] | uint64_t{h[1]} << 16 | uint64_t{h[2]} << 32 | uint64_t{h[3]} << 48;
+}
+#endif
+
 // Words of a chunk of blocks of B bytes: the 16 packed bytes at byte `at` of block i / 8 (word
 // i % 8), the scale at byte `at` of block i / 4, and the Q5 high-bit words.
 constexpr Words qs_words(int B, int at) {
@@ -159,9 +204,23 @@ struct Blocks32 {
 
   static QWQ_INLINE __m512 dot(const Weights& w, const uint8_t* rec, __m512 acc) {
     const float* f = reinterpret_cast<const float*>(rec + 128);
-    __m512i s = kOffset ? _mm512_loadu_si512(rec + 192) : _mm512_setzero_si512();
-    s = _mm512_dpbusd_epi32(s, w.w[0], _mm512_loadu_si512(rec));
-    s = _mm512_dpbusd_epi32(s, w.w[1], _mm512_loadu_si512(rec + 64));
+    __m512i s;
+#if !defined(__AVX512F__)
+    if constexpr (kOffset == 128) {  // the same integers, as signed products (isa.h)
+      s = qwq::avx2::dot_offset128(_mm512_setzero_si512(), w.w[0], _mm512_loadu_si512(rec));
+      s = qwq::avx2::dot_offset128(s, w.w[1], _mm512_loadu_si512(rec + 64));
+    } else
+#endif
+    {
+      s = kOffset ? _mm512_loadu_si512(rec + 192) : _mm512_setzero_si512();
+      if constexpr (kOffset < 128) {  // 4-5 bit values: below 32
+        s = qwq::dpbusd_u7(s, w.w[0], _mm512_loadu_si512(rec));
+        s = qwq::dpbusd_u7(s, w.w[1], _mm512_loadu_si512(rec + 64));
+      } else {
+        s = _mm512_dpbusd_epi32(s, w.w[0], _mm512_loadu_si512(rec));
+        s = _mm512_dpbusd_epi32(s, w.w[1], _mm512_loadu_si512(rec + 64));
+      }
+    }
     acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(w.d, _mm512_loadu_ps(f)), acc);
     if constexpr (kOffset == 0) acc = _mm512_fmadd_ps(w.m, _mm512_loadu_ps(f + 16), acc);
     return acc;
@@ -182,8 +241,9 @@ struct Nibbles32 : Blocks32<L.qs + 16, L.min >= 0 ? 0 : L.qh >= 0 ? 16 : 8> {
   static constexpr Words kQs = qs_words(kBytes, L.qs), kD = scale_words(kBytes, 0);
 
   static QWQ_INLINE typename Nibbles32::Weights decode(const uint8_t* p, int n) {
-    const __m512i v0 = load_part(p, 0, n), v1 = load_part(p, 64, n);
     typename Nibbles32::Weights w;
+#if defined(__AVX512F__)
+    const __m512i v0 = load_part(p, 0, n), v1 = load_part(p, 64, n);
     nibbles(v0, v1, kQs, w.w[0], w.w[1]);
     if constexpr (L.qh >= 0) {
       static constexpr Words kQh = qh_words(kBytes, L.qh);
@@ -194,6 +254,32 @@ struct Nibbles32 : Blocks32<L.qs + 16, L.min >= 0 ? 0 : L.qh >= 0 ? 16 : 8> {
       static constexpr Words kM = scale_words(kBytes, L.min);
       w.m = block_mins(v0, v1, kM);
     }
+#else  // the same lanes by loads (gather16)
+    const __m512i qs = gather16<kBytes>(p, L.qs, n);
+    const __m512i low4 = _mm512_set1_epi8(15);
+    w.w[0] = _mm512_and_si512(qs, low4);
+    w.w[1] = _mm512_and_si512(_mm512_srli_epi16(qs, 4), low4);
+    if constexpr (L.qh >= 0) {  // as add_fifth_bits: bit 16b + i of lo (hi): qh_b's bit i (16 + i)
+      uint32_t qh[4];
+      fields<kBytes>(p, L.qh, n, qh);
+      uint64_t lo = 0, hi = 0;
+      for (int b = 0; b < 4; ++b) {
+        lo |= uint64_t{qh[b] & 0xFFFFu} << 16 * b;
+        hi |= uint64_t{qh[b] >> 16} << 16 * b;
+      }
+      const __m512i sixteen = _mm512_set1_epi8(16);
+      w.w[0] = _mm512_mask_add_epi8(w.w[0], lo, w.w[0], sixteen);
+      w.w[1] = _mm512_mask_add_epi8(w.w[1], hi, w.w[1], sixteen);
+    }
+    w.d = scales4(halves4<kBytes>(p, 0, n));
+    if constexpr (L.min >= 0) {  // as block_mins: block b's in lane 4b
+      alignas(16) float m[4];
+      _mm_store_ps(m, _mm_cvtph_ps(_mm_cvtsi64_si128(
+                          static_cast<long long>(halves4<kBytes>(p, L.min, n)))));
+      w.m = __m512{_mm256_setr_ps(m[0], 0, 0, 0, m[1], 0, 0, 0),
+                   _mm256_setr_ps(m[2], 0, 0, 0, m[3], 0, 0, 0)};
+    }
+#endif
     return w;
   }
 };
@@ -205,13 +291,6 @@ struct Q4_0 : Nibbles32<NibbleLayout{.qs = 2}> {
 struct Q5_0 : Nibbles32<NibbleLayout{.qh = 2, .qs = 6}> {
   static constexpr const char* kName = "Q5_0";
 };
-
-// The four fp16 scales at p as floats, block b's in lanes 4b..4b+3.
-QWQ_INLINE __m512 four_scales(const uint8_t* p) {
-  const __m128 d4 = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-  const __m512i lanes = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-  return _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(d4));
-}
 
 // Q5_0 as qwq repacks it once at load (ggml.py: computed): the same 88 bytes of each four
 // blocks, rearranged so a decode needs no word permutes. Q5_0 decoded from the file's layout
@@ -255,13 +334,19 @@ struct Q8_0 : Blocks32<34, 128> {
   static constexpr Words kLo = qs_words(34, 2), kHi = qs_words(34, 18 - 8);
   static constexpr Words kD = scale_words(34, 0);
   static QWQ_INLINE Sym32 decode(const uint8_t* p, int n) {
-    const __m512i v0 = load_part(p, 0, n), v1 = load_part(p, 64, n);
-    const __m512i v2 = load_part(p, 8, n), v3 = load_part(p, 72, n);
     const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));  // int8 w -> unsigned w + 128
     Sym32 w;
+#if defined(__AVX512F__)
+    const __m512i v0 = load_part(p, 0, n), v1 = load_part(p, 64, n);
+    const __m512i v2 = load_part(p, 8, n), v3 = load_part(p, 72, n);
     w.w[0] = _mm512_xor_si512(_mm512_permutex2var_epi16(v0, vec(kLo), v1), flip);
     w.w[1] = _mm512_xor_si512(_mm512_permutex2var_epi16(v2, vec(kHi), v3), flip);
     w.d = block_scales(v0, v1, kD);
+#else  // the same lanes by loads (gather16)
+    w.w[0] = _mm512_xor_si512(gather16<34>(p, 2, n), flip);
+    w.w[1] = _mm512_xor_si512(gather16<34>(p, 18, n), flip);
+    w.d = scales4(halves4<34>(p, 0, n));
+#endif
     return w;
   }
 };

@@ -291,6 +291,18 @@ QWQ_INLINE __m256i dpbusd_u7(__m256i acc, __m256i u, __m256i s) {
 QWQ_INLINE I dpbusd_u7(I acc, I u, I s) {
   return {dpbusd_u7(acc.lo, u.lo, s.lo), dpbusd_u7(acc.hi, u.hi, s.hi)};
 }
+// acc + (u - 128) . s per lane: int8 weights stored as u = w + 128 (Q8_0), whose vpdpbusd sum
+// then takes 128 * sum(s) off again. AVX2 multiplies the signed w directly: vpsignb moves w's
+// sign onto s, so vpmaddubsw's unsigned operand is |w| <= 128 and a pair's sum at most
+// 2 * 128 * 127 (s within +-127): exact, without dpbusd's second pass for the top bits.
+QWQ_INLINE __m256i dot_offset128(__m256i acc, __m256i u, __m256i s) {
+  const __m256i w = _mm256_xor_si256(u, _mm256_set1_epi8(static_cast<char>(0x80)));
+  const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(s, w));
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
+QWQ_INLINE I dot_offset128(I acc, I u, I s) {
+  return {dot_offset128(acc.lo, u.lo, s.lo), dot_offset128(acc.hi, u.hi, s.hi)};
+}
 QWQ_INLINE I mask_add_epi8(I src, uint64_t k, I a, I b) {
   return {_mm256_blendv_epi8(src.lo, _mm256_add_epi8(a.lo, b.lo),
                              byte_lanes(static_cast<uint32_t>(k))),
