@@ -51,7 +51,8 @@ QWQ_INLINE __m512i vec(const Words& w) { return _mm512_loadu_si512(w.data()); }
 //
 // Four blocks make a chunk of 128 inputs, block b in 128-bit lane b of two vectors: w[0] holds
 // its inputs 0-15, w[1] inputs 16-31 (4 to a 32-bit lane, as vpdpbusd adds them). Every field
-// of these blocks sits at an even offset, so word permutes (AVX-512BW) gather them.
+// of these blocks sits at an even offset, so word permutes (AVX-512BW) gather them; the AVX2
+// build, which has no word permute across its 128-bit halves, loads each block's fields.
 
 struct Sym32 {
   __m512i w[2];  // unsigned values q (Q8_0: its int8 + 128)
@@ -64,6 +65,8 @@ struct Affine32 {
   __m512 m;      // block b's min in lane 4b, 0 elsewhere
 };
 
+// The AVX-512 build gathers the file layouts' fields with word permutes (AVX-512BW):
+#if defined(__AVX512F__)
 // The chunk's four block scales as floats, block b's in lanes 4b..4b+3 (idx: scale_words).
 QWQ_INLINE __m512 block_scales(__m512i v0, __m512i v1, const Words& idx) {
   return _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutex2var_epi16(v0, vec(idx), v1)));
@@ -96,6 +99,7 @@ QWQ_INLINE void add_fifth_bits(__m512i v0, __m512i v1, const Words& idx, __m512i
   lo = _mm512_mask_add_epi8(lo, static_cast<__mmask64>(_mm_cvtsi128_si64(h)), lo, sixteen);
   hi = _mm512_mask_add_epi8(hi, static_cast<__mmask64>(_mm_extract_epi64(h, 1)), hi, sixteen);
 }
+#endif
 
 // Four fp16 scales (block b's in bits 16b..16b + 15) as floats, block b's in lanes 4b..4b+3.
 QWQ_INLINE __m512 scales4(uint64_t halves) {
@@ -112,9 +116,9 @@ QWQ_INLINE __m512 four_scales(const uint8_t* p) {
 }
 
 #if !defined(__AVX512F__)
-// AVX2 has no word permute across its 128-bit halves (isa.h's is a table walk), so there the
-// file layouts' fields come from plain loads: block b's 16 bytes at p + B b + at into 128-bit
-// lane b. A short chunk (n bytes, whole blocks) reads its missing blocks as zeros, as load_part.
+// AVX2 has no word permute across its 128-bit halves, so there the file layouts' fields come
+// from plain loads: block b's 16 bytes at p + B b + at into 128-bit lane b. A short chunk (n
+// bytes, whole blocks) reads its missing blocks as zeros, as load_part does.
 template <int B>
 QWQ_INLINE __m512i gather16(const uint8_t* p, int at, int n) {
   __m128i l[4];

@@ -4,9 +4,10 @@
 // kernels use is written here on the two halves, with the same results: integer sums exact,
 // float operations lane by lane as AVX-512 rounds them, and the horizontal float reductions in
 // GCC's own order, so both builds round every sum alike. One kernel source, two builds; where
-// a 512-bit word permute would be most of a format's work on AVX2 (the K-quants' decodes),
-// ggml_kquants.h gathers the same lanes with AVX2's own permutes, and dpbusd_u7 skips the
-// top-bit test for weights known to be below 128.
+// a 512-bit permute would be most of a format's work on AVX2 (the K-quants' decodes, the
+// 32-input file layouts), ggml_kquants.h and ggml_formats.h gather the same lanes with AVX2's
+// own permutes or loads; dpbusd_u7 skips the top-bit test for weights known to be below 128,
+// and dot_offset128 multiplies Q8_0's int8 weights as signed values.
 #pragma once
 
 #include <immintrin.h>
@@ -342,19 +343,6 @@ QWQ_INLINE __m256i pick32(__m256i idx, I a, I b) {
 QWQ_INLINE I permutex2var_epi32(I a, I idx, I b) {
   return {pick32(idx.lo, a, b), pick32(idx.hi, a, b)};
 }
-// word permutes cross 128-bit lanes, which AVX2 cannot for words: a table walk (only the file
-// layouts of Q4_0, Q4_1, Q5_1 and Q8_0 decode through it; qwq repacks Q5_0 and Q8_0)
-QWQ_INLINE I maskz_permutex2var_epi16(uint32_t k, I a, I idx, I b) {
-  alignas(32) uint16_t src[64], ix[32], out[32];
-  storeu_si512(src, a);
-  storeu_si512(src + 32, b);
-  storeu_si512(ix, idx);
-  for (int i = 0; i < 32; ++i) out[i] = (k >> i & 1) ? src[ix[i] & 63] : 0;
-  return loadu_si512(out);
-}
-QWQ_INLINE I permutex2var_epi16(I a, I idx, I b) {
-  return maskz_permutex2var_epi16(0xFFFFFFFFu, a, idx, b);
-}
 template <int Scale>
 QWQ_INLINE I i32gather_epi32(I idx, const void* base) {
   const int* p = static_cast<const int*>(base);
@@ -441,7 +429,5 @@ using avx2::dpbusd_u7;
 #define _mm512_permutexvar_epi32 qwq::avx2::permutexvar_epi32
 #define _mm512_permutexvar_ps qwq::avx2::permutexvar_ps
 #define _mm512_permutex2var_epi32 qwq::avx2::permutex2var_epi32
-#define _mm512_permutex2var_epi16 qwq::avx2::permutex2var_epi16
-#define _mm512_maskz_permutex2var_epi16 qwq::avx2::maskz_permutex2var_epi16
 #define _mm512_i32gather_epi32(idx, base, scale) qwq::avx2::i32gather_epi32<(scale)>(idx, base)
 #endif
