@@ -101,9 +101,14 @@ QWQ_INLINE void add_fifth_bits(__m512i v0, __m512i v1, const Words& idx, __m512i
 }
 #endif
 
-// Four fp16 scales (block b's in bits 16b..16b + 15) as floats, block b's in lanes 4b..4b+3.
+// Four fp16 values (value b in bits 16b..16b + 15) as floats.
+QWQ_INLINE __m128 halves_ps(uint64_t halves) {
+  return _mm_cvtph_ps(_mm_cvtsi64_si128(static_cast<long long>(halves)));
+}
+
+// Four fp16 scales (as halves_ps) as floats, block b's in lanes 4b..4b+3.
 QWQ_INLINE __m512 scales4(uint64_t halves) {
-  const __m128 d4 = _mm_cvtph_ps(_mm_cvtsi64_si128(static_cast<long long>(halves)));
+  const __m128 d4 = halves_ps(halves);
   const __m512i lanes = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
   return _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(d4));
 }
@@ -278,8 +283,7 @@ struct Nibbles32 : Blocks32<L.qs + 16, L.min >= 0 ? 0 : L.qh >= 0 ? 16 : 8> {
     w.d = scales4(halves4<kBytes>(p, 0, n));
     if constexpr (L.min >= 0) {  // as block_mins: block b's in lane 4b
       alignas(16) float m[4];
-      _mm_store_ps(m, _mm_cvtph_ps(_mm_cvtsi64_si128(
-                          static_cast<long long>(halves4<kBytes>(p, L.min, n)))));
+      _mm_store_ps(m, halves_ps(halves4<kBytes>(p, L.min, n)));
       w.m = __m512{_mm256_setr_ps(m[0], 0, 0, 0, m[1], 0, 0, 0),
                    _mm256_setr_ps(m[2], 0, 0, 0, m[3], 0, 0, 0)};
     }

@@ -269,28 +269,29 @@ QWQ_INLINE int reduce_add_epi32(I v) {
   b = _mm_add_epi32(b, _mm_shuffle_epi32(b, _MM_SHUFFLE(2, 3, 0, 1)));
   return _mm_cvtsi128_si32(b);
 }
+// acc + each 32-bit lane's two int16 pair sums (vpmaddubsw's output), as vpdpbusd adds them
+QWQ_INLINE __m256i add_pair_sums(__m256i acc, __m256i pairs) {
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+}
+// the caller knows every u < 128: vpmaddubsw alone, without dpbusd's test of the top bits
+QWQ_INLINE __m256i dpbusd_u7(__m256i acc, __m256i u, __m256i s) {
+  return add_pair_sums(acc, _mm256_maddubs_epi16(u, s));
+}
+QWQ_INLINE I dpbusd_u7(I acc, I u, I s) {
+  return {dpbusd_u7(acc.lo, u.lo, s.lo), dpbusd_u7(acc.hi, u.hi, s.hi)};
+}
 // vpdpbusd: vpmaddubsw adds pairs of u * s in int16, saturating, so it is exact only while u <
 // 128 (2-6 bit weights); a u's top bit then goes through a second vpmaddubsw, times 128.
 QWQ_INLINE __m256i dpbusd(__m256i acc, __m256i u, __m256i s) {
-  const __m256i ones = _mm256_set1_epi16(1);
-  if (_mm256_movemask_epi8(u) == 0)
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), ones));
+  if (_mm256_movemask_epi8(u) == 0) return dpbusd_u7(acc, u, s);
   const __m256i low7 = _mm256_maddubs_epi16(_mm256_and_si256(u, _mm256_set1_epi8(0x7F)), s);
   const __m256i top = _mm256_maddubs_epi16(
       _mm256_and_si256(_mm256_srli_epi16(u, 7), _mm256_set1_epi8(1)), s);
-  acc = _mm256_add_epi32(acc, _mm256_madd_epi16(low7, ones));
+  acc = add_pair_sums(acc, low7);
   return _mm256_add_epi32(acc, _mm256_madd_epi16(top, _mm256_set1_epi16(128)));
 }
 QWQ_INLINE I dpbusd_epi32(I acc, I u, I s) {
   return {dpbusd(acc.lo, u.lo, s.lo), dpbusd(acc.hi, u.hi, s.hi)};
-}
-// the caller knows every u < 128: vpmaddubsw alone, without dpbusd's test of the top bits
-QWQ_INLINE __m256i dpbusd_u7(__m256i acc, __m256i u, __m256i s) {
-  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s),
-                                                 _mm256_set1_epi16(1)));
-}
-QWQ_INLINE I dpbusd_u7(I acc, I u, I s) {
-  return {dpbusd_u7(acc.lo, u.lo, s.lo), dpbusd_u7(acc.hi, u.hi, s.hi)};
 }
 // acc + (u - 128) . s per lane: int8 weights stored as u = w + 128 (Q8_0), whose vpdpbusd sum
 // then takes 128 * sum(s) off again. AVX2 multiplies the signed w directly: vpsignb moves w's
@@ -298,8 +299,7 @@ QWQ_INLINE I dpbusd_u7(I acc, I u, I s) {
 // 2 * 128 * 127 (s within +-127): exact, without dpbusd's second pass for the top bits.
 QWQ_INLINE __m256i dot_offset128(__m256i acc, __m256i u, __m256i s) {
   const __m256i w = _mm256_xor_si256(u, _mm256_set1_epi8(static_cast<char>(0x80)));
-  const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(s, w));
-  return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+  return add_pair_sums(acc, _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(s, w)));
 }
 QWQ_INLINE I dot_offset128(I acc, I u, I s) {
   return {dot_offset128(acc.lo, u.lo, s.lo), dot_offset128(acc.hi, u.hi, s.hi)};
