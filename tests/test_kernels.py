@@ -218,22 +218,26 @@ def test_greedy_tokens_is_torch_argmax_and_finds_nan(vocab):
 
 @kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_decode_attention_matches_softmax_attention_over_the_paged_cache(dtype):
-    """Sequences of different lengths in scattered blocks, GQA (14 query heads over 2 kv
-    heads): the fused op against plain softmax attention over each sequence's slots."""
+@pytest.mark.parametrize("heads,kvh,d", [(14, 2, 64), (10, 2, 128), (4, 4, 32)])
+def test_decode_attention_matches_softmax_attention_over_the_paged_cache(dtype, heads, kvh, d):
+    """Sequences of different lengths in scattered blocks (positions go in blocks of 16: a
+    part block, a whole one and several), GQA (the demo's 14 query heads over 2 kv heads, QwQ's
+    5 to a kv head at head_dim 128, and none): the fused op against plain softmax attention
+    over each sequence's slots."""
+    assert kernels_available()
     torch.manual_seed(0)
-    bs, heads, kvh, d = 16, 14, 2, 64
+    bs = 16
     k_cache = torch.randn(40 * bs, kvh, d).to(dtype)
     v_cache = torch.randn(40 * bs, kvh, d).to(dtype)
-    lens = [1, 37, 130]
-    tables = torch.zeros(3, 9, dtype=torch.long)
+    lens = [1, 16, 37, 130]
+    tables = torch.zeros(4, 9, dtype=torch.long)
     perm = torch.randperm(40)
     used = 0
     for i, n in enumerate(lens):
         nb = -(-n // bs)
         tables[i, :nb] = perm[used:used + nb]
         used += nb
-    q = torch.randn(3, heads, d).to(dtype)
+    q = torch.randn(4, heads, d).to(dtype)
     got = torch.ops.qwq.decode_attention(q, k_cache, v_cache, tables, torch.tensor(lens), bs,
                                          d ** -0.5)
     for i, n in enumerate(lens):
