@@ -22,7 +22,6 @@ import sys
 
 import torch
 
-from qwq import SamplingParams
 from qwq import benchmark as B
 from qwq.config import EngineConfig
 from qwq.model.kv_quant import kv_storage_dtype, row_bytes
