@@ -56,20 +56,27 @@ QWQ_INLINE __m512i vec(const Words& w) { return _mm512_loadu_si512(w.data()); }
 
 struct Sym32 {
   __m512i w[2];  // unsigned values q (Q8_0: its int8 + 128)
-  __m128 d;      // the four block scales
+  __m512 d;      // block b's scale in lanes 4b..4b+3
 };
 
 struct Affine32 {
   __m512i w[2];  // unsigned values q
-  __m128 d;      // the four block scales
-  __m128 m;      // the four block mins
+  __m512 d;      // block b's scale in lanes 4b..4b+3
+  __m512 m;      // block b's min in lane 4b, 0 elsewhere
 };
 
 // The AVX-512 build gathers the file layouts' fields with word permutes (AVX-512BW):
 #if defined(__AVX512F__)
-// The four blocks' fp16 fields at the words idx names in its lanes 0-3 (field_words), as floats.
-QWQ_INLINE __m128 block_fields(__m512i v0, __m512i v1, const Words& idx) {
-  return _mm_cvtph_ps(_mm512_castsi512_si128(_mm512_permutex2var_epi16(v0, vec(idx), v1)));
+// The chunk's four block scales as floats, block b's in lanes 4b..4b+3 (idx: scale_words).
+QWQ_INLINE __m512 block_scales(__m512i v0, __m512i v1, const Words& idx) {
+  return _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutex2var_epi16(v0, vec(idx), v1)));
+}
+
+// The blocks' mins (idx: scale_words at the min) in lane 4b, the block's other lanes zero, so
+// each counts once.
+QWQ_INLINE __m512 block_mins(__m512i v0, __m512i v1, const Words& idx) {
+  const __m512i words = _mm512_maskz_permutex2var_epi16(0x11111111, v0, vec(idx), v1);
+  return _mm512_cvtph_ps(_mm512_castsi512_si256(words));
 }
 
 // Inputs 0-15 (lo) and 16-31 (hi) of each block: the low and high nibbles of its 16 packed bytes
@@ -99,34 +106,19 @@ QWQ_INLINE __m128 halves_ps(uint64_t halves) {
   return _mm_cvtph_ps(_mm_cvtsi64_si128(static_cast<long long>(halves)));
 }
 
-// The four fp16 values at p as floats.
-QWQ_INLINE __m128 four_halves(const uint8_t* p) {
-  uint64_t halves;
-  std::memcpy(&halves, p, 8);
-  return halves_ps(halves);
+// Four fp16 scales (as halves_ps) as floats, block b's in lanes 4b..4b+3.
+QWQ_INLINE __m512 scales4(uint64_t halves) {
+  const __m128 d4 = halves_ps(halves);
+  const __m512i lanes = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+  return _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(d4));
 }
 
-// Four values, value b in every lane of 128-bit lane b: a block's scale or start for each of
-// its four 32-bit lanes.
-#if defined(__AVX512F__)
-QWQ_INLINE __m512i spread4(__m128i v) {
-  const __m512i lanes = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-  return _mm512_permutexvar_epi32(lanes, _mm512_castsi128_si512(v));
+// The four fp16 scales at p, as scales4.
+QWQ_INLINE __m512 four_scales(const uint8_t* p) {
+  uint64_t halves;
+  std::memcpy(&halves, p, 8);
+  return scales4(halves);
 }
-QWQ_INLINE __m512 spread4(__m128 v) {
-  return _mm512_castsi512_ps(spread4(_mm_castps_si128(v)));
-}
-#else  // each half from one in-register permute
-QWQ_INLINE __m512i spread4(__m128i v) {
-  const __m256i x = _mm256_castsi128_si256(v);
-  return __m512i{_mm256_permutevar8x32_epi32(x, _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1)),
-                 _mm256_permutevar8x32_epi32(x, _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3))};
-}
-QWQ_INLINE __m512 spread4(__m128 v) {
-  const __m512i i = spread4(_mm_castps_si128(v));
-  return __m512{_mm256_castsi256_ps(i.lo), _mm256_castsi256_ps(i.hi)};
-}
-#endif
 
 #if !defined(__AVX512F__)
 // AVX2 has no word permute across its 128-bit halves, so there the file layouts' fields come
@@ -160,41 +152,27 @@ QWQ_INLINE uint64_t halves4(const uint8_t* p, int at, int n) {
 #endif
 
 // Words of a chunk of blocks of B bytes: the 16 packed bytes at byte `at` of block i / 8 (word
-// i % 8), the fp16 field at byte `at` of block i (lanes 0-3), and the Q5 high-bit words.
+// i % 8), the scale at byte `at` of block i / 4, and the Q5 high-bit words.
 constexpr Words qs_words(int B, int at) {
   return words([=](int i) { return (B * (i / 8) + at) / 2 + i % 8; });
 }
-constexpr Words field_words(int B, int at) {
-  return words([=](int i) { return (B * (i % 4) + at) / 2; });
+constexpr Words scale_words(int B, int at) {
+  return words([=](int i) { return (B * (i / 4 % 4) + at) / 2; });
 }
 constexpr Words qh_words(int B, int at) {
   return words([=](int i) { return (B * (i % 4) + at) / 2 + i / 4 % 2; });
 }
 
-// AVX2 multiplies Q8_0's int8 weights as signed values (isa.h: dot_offset128) where AVX-512
-// multiplies them + 128 and starts each block's sum lower. So that both builds hold the same
-// integer in every lane, an AVX2 Q8_0 record also holds each lane's start (kLaneStarts).
-template <int kOffset>
-constexpr bool kLaneStarts =
-#if defined(__AVX512F__)
-    false;
-#else
-    kOffset == 128;
-#endif
-
 // The activations of a chunk of four 32-blocks (x86 quantize_row_q8_0 per block: q =
-// round-half-even(x * 127 / amax), d = amax / 127 rounded to fp16). Record (192 bytes): two
-// vectors of int8 values lined up with w[0] and w[1], the four block scales d (floats, byte
-// 128), then at byte 144 four values for the blocks: for weights stored as q with q - kOffset
-// meant (kOffset > 0), -kOffset / 4 * the block's sum of values as int32, where each of the
-// block's four lanes starts its dot product (vpdpbusd multiplies unsigned weights by signed
-// values, so the offset comes off in integers, once per token); for affine weights (kOffset 0)
-// d * the block's sum, times its min. With kLaneStarts, bytes 192-255 hold each lane's start for
-// signed products: 128 * the lane's sum of values - 32 * its block's sum.
+// round-half-even(x * 127 / amax), d = amax / 127 rounded to fp16). Record (256 bytes): two
+// vectors of int8 values lined up with w[0] and w[1], the block scales by lane, then for
+// weights stored as q with q - kOffset meant (kOffset > 0), -kOffset * each lane's sum of values
+// as int32, the dot products' start (vpdpbusd multiplies unsigned weights by signed values, so
+// the offset comes off in integers, once per token); for affine weights (kOffset 0) d * the
+// block's sum of values in lane 4b.
 template <int kOffset>
 inline void quantize_q8_0(const float* x, uint8_t* rec) {
-  alignas(16) float d4[4];
-  alignas(16) int32_t sums[4];
+  alignas(64) float d16[16], sums[16] = {};
   for (int b = 0; b < 4; ++b) {
     const __m512 v0 = _mm512_loadu_ps(x + 32 * b), v1 = _mm512_loadu_ps(x + 32 * b + 16);
     const float amax =
@@ -205,30 +183,20 @@ inline void quantize_q8_0(const float* x, uint8_t* rec) {
     const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, inv));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(rec + 16 * b), _mm512_cvtsepi32_epi8(q0));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(rec + 64 + 16 * b), _mm512_cvtsepi32_epi8(q1));
-    d4[b] = d;
-    sums[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+    for (int j = 0; j < 4; ++j) d16[4 * b + j] = d;
+    if constexpr (kOffset == 0)
+      sums[4 * b] = d * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)));
   }
-  std::memcpy(rec + 128, d4, 16);
+  std::memcpy(rec + 128, d16, 64);
   if constexpr (kOffset > 0) {
-    static_assert(kOffset % 4 == 0, "a block's start is spread over its four lanes");
-    int32_t start[4];
-    for (int b = 0; b < 4; ++b) start[b] = -kOffset / 4 * sums[b];
-    std::memcpy(rec + 144, start, 16);
-  } else {
-    float mins[4];
-    for (int b = 0; b < 4; ++b) mins[b] = d4[b] * static_cast<float>(sums[b]);
-    std::memcpy(rec + 144, mins, 16);
-  }
-  std::memset(rec + 160, 0, 32);
-  if constexpr (kLaneStarts<kOffset>) {
     const __m512i ones = _mm512_set1_epi8(1);
     const __m512i lane_sums = _mm512_dpbusd_epi32(
         _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, _mm512_loadu_si512(rec)), ones,
         _mm512_loadu_si512(rec + 64));
-    const __m512i starts = _mm512_add_epi32(
-        _mm512_mullo_epi32(lane_sums, _mm512_set1_epi32(kOffset)),
-        spread4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rec + 144))));
-    _mm512_storeu_si512(rec + 192, starts);
+    const __m512i start = _mm512_mullo_epi32(lane_sums, _mm512_set1_epi32(-kOffset));
+    _mm512_storeu_si512(rec + 192, start);
+  } else {
+    std::memcpy(rec + 192, sums, 64);
   }
 }
 
@@ -238,26 +206,22 @@ inline void quantize_q8_0(const float* x, uint8_t* rec) {
 template <int kBytes, int kOffset>
 struct Blocks32 {
   static constexpr int kBlock = 32, kBlockBytes = kBytes;
-  static constexpr int kChunk = 128, kChunkBytes = 4 * kBytes;
-  static constexpr int kRecBytes = kLaneStarts<kOffset> ? 256 : 192;
+  static constexpr int kChunk = 128, kChunkBytes = 4 * kBytes, kRecBytes = 256;
   using Weights = std::conditional_t<kOffset == 0, Affine32, Sym32>;
 
   static void quantize(const float* x, uint8_t* rec) { quantize_q8_0<kOffset>(x, rec); }
 
-  // The record's four block values at byte 144 (rec4) and scales (d4): per token one 128-bit
-  // product and one permute spread them over the lanes, where a record of every lane's values
-  // would cost two more 512-bit loads and a 512-bit product.
   static QWQ_INLINE __m512 dot(const Weights& w, const uint8_t* rec, __m512 acc) {
-    const __m128 d4 = _mm_mul_ps(w.d, _mm_loadu_ps(reinterpret_cast<const float*>(rec + 128)));
-    const __m128i rec4 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rec + 144));
+    const float* f = reinterpret_cast<const float*>(rec + 128);
     __m512i s;
-    if constexpr (kLaneStarts<kOffset>) {  // AVX2's signed products (isa.h)
 #if !defined(__AVX512F__)
-      s = qwq::avx2::dot_offset128(_mm512_loadu_si512(rec + 192), w.w[0], _mm512_loadu_si512(rec));
+    if constexpr (kOffset == 128) {  // the same integers, as signed products (isa.h)
+      s = qwq::avx2::dot_offset128(_mm512_setzero_si512(), w.w[0], _mm512_loadu_si512(rec));
       s = qwq::avx2::dot_offset128(s, w.w[1], _mm512_loadu_si512(rec + 64));
+    } else
 #endif
-    } else {
-      s = kOffset ? spread4(rec4) : _mm512_setzero_si512();
+    {
+      s = kOffset ? _mm512_loadu_si512(rec + 192) : _mm512_setzero_si512();
       if constexpr (kOffset < 128) {  // 4-5 bit values: below 32
         s = qwq::dpbusd_u7(s, w.w[0], _mm512_loadu_si512(rec));
         s = qwq::dpbusd_u7(s, w.w[1], _mm512_loadu_si512(rec + 64));
@@ -266,9 +230,8 @@ struct Blocks32 {
         s = _mm512_dpbusd_epi32(s, w.w[1], _mm512_loadu_si512(rec + 64));
       }
     }
-    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), spread4(d4), acc);
-    if constexpr (kOffset == 0)  // the mins, in lanes 0-3: only the row's sum of lanes counts
-      acc = _mm512_add_ps(acc, _mm512_zextps128_ps512(_mm_mul_ps(w.m, _mm_castsi128_ps(rec4))));
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(w.d, _mm512_loadu_ps(f)), acc);
+    if constexpr (kOffset == 0) acc = _mm512_fmadd_ps(w.m, _mm512_loadu_ps(f + 16), acc);
     return acc;
   }
 };
@@ -284,7 +247,7 @@ struct NibbleLayout {
 template <NibbleLayout L>
 struct Nibbles32 : Blocks32<L.qs + 16, L.min >= 0 ? 0 : L.qh >= 0 ? 16 : 8> {
   static constexpr int kBytes = L.qs + 16;
-  static constexpr Words kQs = qs_words(kBytes, L.qs), kD = field_words(kBytes, 0);
+  static constexpr Words kQs = qs_words(kBytes, L.qs), kD = scale_words(kBytes, 0);
 
   static QWQ_INLINE typename Nibbles32::Weights decode(const uint8_t* p, int n) {
     typename Nibbles32::Weights w;
@@ -295,10 +258,10 @@ struct Nibbles32 : Blocks32<L.qs + 16, L.min >= 0 ? 0 : L.qh >= 0 ? 16 : 8> {
       static constexpr Words kQh = qh_words(kBytes, L.qh);
       add_fifth_bits(v0, v1, kQh, w.w[0], w.w[1]);
     }
-    w.d = block_fields(v0, v1, kD);
+    w.d = block_scales(v0, v1, kD);
     if constexpr (L.min >= 0) {
-      static constexpr Words kM = field_words(kBytes, L.min);
-      w.m = block_fields(v0, v1, kM);
+      static constexpr Words kM = scale_words(kBytes, L.min);
+      w.m = block_mins(v0, v1, kM);
     }
 #else  // the same lanes by loads (gather16)
     const __m512i qs = gather16<kBytes>(p, L.qs, n);
@@ -317,8 +280,13 @@ struct Nibbles32 : Blocks32<L.qs + 16, L.min >= 0 ? 0 : L.qh >= 0 ? 16 : 8> {
       w.w[0] = _mm512_mask_add_epi8(w.w[0], lo, w.w[0], sixteen);
       w.w[1] = _mm512_mask_add_epi8(w.w[1], hi, w.w[1], sixteen);
     }
-    w.d = halves_ps(halves4<kBytes>(p, 0, n));
-    if constexpr (L.min >= 0) w.m = halves_ps(halves4<kBytes>(p, L.min, n));
+    w.d = scales4(halves4<kBytes>(p, 0, n));
+    if constexpr (L.min >= 0) {  // as block_mins: block b's in lane 4b
+      alignas(16) float m[4];
+      _mm_store_ps(m, halves_ps(halves4<kBytes>(p, L.min, n)));
+      w.m = __m512{_mm256_setr_ps(m[0], 0, 0, 0, m[1], 0, 0, 0),
+                   _mm256_setr_ps(m[2], 0, 0, 0, m[3], 0, 0, 0)};
+    }
 #endif
     return w;
   }
@@ -353,7 +321,7 @@ struct Q5_0x4 : Blocks32<22, 16> {
     w.w[1] = _mm512_and_si512(_mm512_srli_epi16(qs, 4), low4);
     w.w[0] = _mm512_mask_add_epi8(w.w[0], lo_bits, w.w[0], sixteen);
     w.w[1] = _mm512_mask_add_epi8(w.w[1], hi_bits, w.w[1], sixteen);
-    w.d = four_halves(p + 80);
+    w.d = four_scales(p + 80);
     return w;
   }
 };
@@ -372,7 +340,7 @@ struct Q8_0 : Blocks32<34, 128> {
   static constexpr const char* kName = "Q8_0";
   // w[0] from bytes 0-127, w[1] from bytes 8-135 (a word permute reaches 128 bytes)
   static constexpr Words kLo = qs_words(34, 2), kHi = qs_words(34, 18 - 8);
-  static constexpr Words kD = field_words(34, 0);
+  static constexpr Words kD = scale_words(34, 0);
   static QWQ_INLINE Sym32 decode(const uint8_t* p, int n) {
     const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));  // int8 w -> unsigned w + 128
     Sym32 w;
@@ -381,11 +349,11 @@ struct Q8_0 : Blocks32<34, 128> {
     const __m512i v2 = load_part(p, 8, n), v3 = load_part(p, 72, n);
     w.w[0] = _mm512_xor_si512(_mm512_permutex2var_epi16(v0, vec(kLo), v1), flip);
     w.w[1] = _mm512_xor_si512(_mm512_permutex2var_epi16(v2, vec(kHi), v3), flip);
-    w.d = block_fields(v0, v1, kD);
+    w.d = block_scales(v0, v1, kD);
 #else  // the same lanes by loads (gather16)
     w.w[0] = _mm512_xor_si512(gather16<34>(p, 2, n), flip);
     w.w[1] = _mm512_xor_si512(gather16<34>(p, 18, n), flip);
-    w.d = halves_ps(halves4<34>(p, 0, n));
+    w.d = scales4(halves4<34>(p, 0, n));
 #endif
     return w;
   }
@@ -404,7 +372,7 @@ struct Q8_0x4 : Blocks32<34, 128> {
     Sym32 w;
     w.w[0] = _mm512_xor_si512(_mm512_loadu_si512(p), flip);
     w.w[1] = _mm512_xor_si512(_mm512_loadu_si512(p + 64), flip);
-    w.d = four_halves(p + 128);
+    w.d = four_scales(p + 128);
     return w;
   }
 };

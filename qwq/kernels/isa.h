@@ -388,7 +388,6 @@ using avx2::dpbusd_u7;
 #define _mm512_broadcast_f32x8 qwq::avx2::broadcast_f32x8
 #define _mm512_broadcast_f32x4 qwq::avx2::broadcast_f32x4
 #define _mm512_castps128_ps512 qwq::avx2::castps128_ps512
-#define _mm512_zextps128_ps512 qwq::avx2::castps128_ps512
 #define _mm512_cvtph_ps qwq::avx2::cvtph_ps
 #define _mm512_cvtps_ph(v, r) qwq::avx2::cvtps_ph<(r)>(v)
 #define _mm512_cvtepi32_ps qwq::avx2::cvtepi32_ps
