@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "simd.h"
@@ -180,23 +181,22 @@ void decode_attention_impl(const at::Tensor& q, const Rows& kr, const Rows& vr, 
         stage(vr, l0, n);
         for (int64_t g = 0; g < G; ++g) {
           for (int64_t j = 0; j < n; ++j) weight[j] = s[g * L + l0 + j] * row_scale[j];
-          int64_t d = 0;
-          for (; d + 64 <= D; d += 64) {  // four fma chains in flight
-            __m512 o[4];
-            for (int k = 0; k < 4; ++k) o[k] = _mm512_loadu_ps(&acc[g * D + d + 16 * k]);
+          // head g's outputs d .. d + 16 C - 1 += the block's weighted rows in position order,
+          // C fma chains in flight
+          auto weigh = [&](auto chunks, int64_t d) {
+            constexpr int C = decltype(chunks)::value;
+            __m512 o[C];
+            for (int k = 0; k < C; ++k) o[k] = _mm512_loadu_ps(&acc[g * D + d + 16 * k]);
             for (int64_t j = 0; j < n; ++j) {
               const __m512 w = _mm512_set1_ps(weight[j]);
-              for (int k = 0; k < 4; ++k)
+              for (int k = 0; k < C; ++k)
                 o[k] = _mm512_fmadd_ps(w, _mm512_loadu_ps(&rows[j * D + d + 16 * k]), o[k]);
             }
-            for (int k = 0; k < 4; ++k) _mm512_storeu_ps(&acc[g * D + d + 16 * k], o[k]);
-          }
-          for (; d < D; d += 16) {
-            __m512 o = _mm512_loadu_ps(&acc[g * D + d]);
-            for (int64_t j = 0; j < n; ++j)
-              o = _mm512_fmadd_ps(_mm512_set1_ps(weight[j]), _mm512_loadu_ps(&rows[j * D + d]), o);
-            _mm512_storeu_ps(&acc[g * D + d], o);
-          }
+            for (int k = 0; k < C; ++k) _mm512_storeu_ps(&acc[g * D + d + 16 * k], o[k]);
+          };
+          int64_t d = 0;
+          for (; d + 64 <= D; d += 64) weigh(std::integral_constant<int, 4>{}, d);
+          for (; d < D; d += 16) weigh(std::integral_constant<int, 1>{}, d);
         }
       }
       for (int64_t g = 0; g < G; ++g) {
