@@ -5,9 +5,12 @@ to the same product written in torch (`ggml.linear_reference`), on random valid 
 demo GGUF's own tensors read in place from the file; outputs are checked for batch invariance and
 the kernels for never reading past a tensor's last byte."""
 
+import gc
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import gguf
 import pytest
@@ -76,6 +79,39 @@ def test_q5_0_and_q8_0_are_rearranged_into_the_same_values_and_products(name, co
     for m in (1, 5, 17):
         x = torch.randn(m, cols, dtype=torch.bfloat16)
         assert torch.equal(ggml.linear(x, got, t, None, 33), ggml.linear(x, raw, name, None, 33))
+
+
+def _mapping_of(address: int) -> str | None:
+    """The /proc/self/smaps entry of the mapping that holds address, or None."""
+    for entry in re.split(r"\n(?=[0-9a-f]+-[0-9a-f]+ )", Path("/proc/self/smaps").read_text()):
+        lo, hi = (int(a, 16) for a in entry.split(None, 1)[0].split("-"))
+        if lo <= address < hi:
+            return entry
+    return None
+
+
+@kernel
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux's /proc")
+def test_a_large_rearranged_tensor_sits_in_its_own_huge_page_mapping_freed_with_it():
+    """A rearranged weight of 2 MB and more gets its own 2 MB-aligned mapping, advised for
+    transparent huge pages, with the same bytes as a small one; the mapping goes with the
+    tensor."""
+    raw = _blocks(ggml.TYPES["Q8_0"], 611, 3584)  # 2.3 MB, not a whole number of pages
+    got, t = ggml.computed(raw, "Q8_0")
+    chunk = 4 * ggml.TYPES["Q8_0"].block_bytes
+    assert torch.equal(got.view(-1, chunk), raw.reshape(-1, chunk)[:, ggml._ORDERS["Q8_0"]])
+    address = got.data_ptr()
+    assert address % (2 << 20) == 0
+    smaps = _mapping_of(address)
+    assert smaps is not None
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if thp.exists() and "[never]" not in thp.read_text():
+        assert re.search(r"^THPeligible:\s+1", smaps, re.MULTILINE), smaps
+    x = torch.randn(3, 3584, dtype=torch.bfloat16)
+    assert torch.equal(ggml.linear(x, got, t, None, 611), ggml.linear(x, raw, "Q8_0", None, 611))
+    del got
+    gc.collect()
+    assert _mapping_of(address) is None
 
 
 @kernel

@@ -23,8 +23,11 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -352,6 +355,33 @@ at::Tensor ggml_linear(const at::Tensor& x, const at::Tensor& w, int64_t type,
   return ggml_linear_parts(x, {w}, {type}, bias, out_features);
 }
 
+// (rows, cols) bytes for weights that stream through every decode step, in 2 MB pages where
+// the kernel gives them (transparent huge pages, asked for with MADV_HUGEPAGE: most kernels
+// ship them as "madvise"). On 4 KB pages a row stream crosses a page every 4 KB, where the
+// hardware prefetchers stop and each page costs a TLB walk: alternated calls on the same
+// blocks streamed Q8_0x4 2-14% faster from 2 MB pages (AMD Zen 5, 2 threads). The whole 2 MB
+// ranges of the mapping get them; its last partial one stays in 4 KB pages, so nothing is
+// wasted. Small tensors, or a failed mapping, take torch's allocator.
+at::Tensor streamed_bytes(int64_t rows, int64_t cols) {
+  constexpr size_t kHuge = size_t{2} << 20;
+  const size_t n = static_cast<size_t>(rows * cols);
+  if (n < kHuge) return at::empty({rows, cols}, at::kByte);
+  const size_t page = 4096, size = (n + page - 1) / page * page;
+  void* map = mmap(nullptr, size + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                   -1, 0);
+  if (map == MAP_FAILED) return at::empty({rows, cols}, at::kByte);
+  // keep a 2 MB-aligned start: unmap what lies before it and past the end
+  const uintptr_t base = reinterpret_cast<uintptr_t>(map);
+  const uintptr_t start = (base + kHuge - 1) & ~(uintptr_t{kHuge} - 1);
+  if (start > base) munmap(map, start - base);
+  if (base + size + kHuge > start + size)
+    munmap(reinterpret_cast<void*>(start + size), base + size + kHuge - start - size);
+  void* p = reinterpret_cast<void*>(start);
+  madvise(p, size, MADV_HUGEPAGE);  // advice: without THP the pages are plain ones
+  return at::from_blob(p, {rows, cols}, [size](void* q) { munmap(q, size); },
+                       at::TensorOptions().dtype(at::kByte));
+}
+
 // (rows, row_bytes) blocks -> the same bytes rearranged within each chunk of order.size()
 // bytes: out's chunk byte i is w's chunk byte order[i] (ggml.py: computed; run once at load).
 // The order is copied as its runs of consecutive bytes.
@@ -372,7 +402,7 @@ at::Tensor ggml_shuffle_chunks(const at::Tensor& w, at::IntArrayRef order) {
     if (!runs.empty() && runs.back().from + runs.back().len == order[i]) ++runs.back().len;
     else runs.push_back({i, order[i], 1});
   }
-  at::Tensor out = at::empty({w.size(0), w.size(1)}, w.options());
+  at::Tensor out = streamed_bytes(w.size(0), w.size(1));
   const int64_t chunks = w.size(1) / n, stride = w.stride(0);
   const uint8_t* src = w.const_data_ptr<uint8_t>();
   uint8_t* dst = out.mutable_data_ptr<uint8_t>();
