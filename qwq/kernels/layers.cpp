@@ -35,6 +35,7 @@ struct FloatRows {  // float32, bfloat16 or float16 values
   const T* p;
   int64_t width;
   const T* row(int64_t r) const { return p + r * width; }
+  int64_t row_bytes() const { return width * static_cast<int64_t>(sizeof(T)); }
   float scale(const T*) const { return 1.f; }
   static __m512 load(const T* row, int64_t d) { return load16(row + d); }
 };
@@ -64,6 +65,7 @@ struct QuantRows {
   const uint8_t* p;
   int64_t width;  // D + 2
   const uint8_t* row(int64_t r) const { return p + r * width; }
+  int64_t row_bytes() const { return width; }
   float scale(const uint8_t* row) const {
     uint16_t h;
     std::memcpy(&h, row + width - 2, 2);
@@ -109,17 +111,36 @@ void decode_attention_impl(const at::Tensor& q, const Rows& kr, const Rows& vr, 
   const float sc = static_cast<float>(scale);
   at::parallel_for(0, B * KVH, 1, [&](int64_t i0, int64_t i1) {
     std::vector<float> qf(G * D), acc(G * D), rows(16 * D), s;
+    std::vector<int64_t> slot_of;
     float row_scale[16], weight[16];
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / KVH, kh = i % KVH, L = lp[b];
       TORCH_CHECK(L > 0 && L <= maxb * bs, "decode_attention: context length ", L, " of sequence ",
                   b, " does not fit its block table");
-      // the cache rows of positions l0 .. l0 + n - 1 as floats in `rows`, their scales
-      auto stage = [&](const Rows& r, int64_t l0, int64_t n) {
-        for (int64_t j = 0; j < n; ++j) {
-          const int64_t l = l0 + j, slot = tp[b * maxb + l / bs] * bs + l % bs;
+      // each position's cache row, found once for K and V and without a division a row (two
+      // integer divisions a row were a third of the time a row took to stage from L3)
+      slot_of.resize(L);
+      for (int64_t l = 0, blk = 0; l < L; ++blk) {
+        const int64_t first = tp[b * maxb + blk] * bs;
+        for (int64_t k = 0; k < bs && l < L; ++k, ++l) {
+          const int64_t slot = first + k;
           TORCH_CHECK(slot >= 0 && slot < slots, "decode_attention: slot ", slot, " out of range");
-          const auto* row = r.row(slot * KVH + kh);
+          slot_of[l] = slot * KVH + kh;
+        }
+      }
+      // The cache rows of positions l0 .. l0 + n - 1 as floats in `rows`, their scales. The
+      // rows two blocks of 16 on are fetched meanwhile: a sequence's blocks lie anywhere in the
+      // cache, where the hardware's prefetchers, which follow a stream within a 4 KB page, do not
+      // find them, and the layer's weights have streamed through the caches since the rows were
+      // written (the demo's shape at 2048 positions, cache rows in memory: 2.2x faster, 1.5x
+      // at 512; fetching the first blocks ahead too made it slower).
+      auto stage = [&](const Rows& r, int64_t l0, int64_t n) {
+        for (int64_t j = l0 + 32; j < std::min(L, l0 + 48); ++j) {
+          const char* row = reinterpret_cast<const char*>(r.row(slot_of[j]));
+          for (int64_t o = 0; o < r.row_bytes(); o += 64) _mm_prefetch(row + o, _MM_HINT_T0);
+        }
+        for (int64_t j = 0; j < n; ++j) {
+          const auto* row = r.row(slot_of[l0 + j]);
           row_scale[j] = r.scale(row);
           for (int64_t d = 0; d < D; d += 16) _mm512_storeu_ps(&rows[j * D + d], Rows::load(row, d));
         }
