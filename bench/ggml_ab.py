@@ -35,16 +35,17 @@ SHAPES = [("qkv", [("Q5_0x4", 896), ("Q5_0x4", 128), ("Q8_0x4", 128)], 896, 24),
           ("head", [("Q8_0x4", 151936)], 896, 1)]
 
 
-def build(src: str, tag: str):
-    """src's ggml.cpp and headers compiled as torch.ops.qwq<tag>."""
-    work = Path(tempfile.mkdtemp(prefix=f"ggml_ab_{tag}_"))
-    for header in Path(src).glob("*.h"):
+def build(src: str, tag: str, source: str = "ggml.cpp"):
+    """src's `source` (one of qwq/kernels' .cpp files) and headers compiled as
+    torch.ops.qwq<tag>; headers src lacks come from qwq/kernels."""
+    work = Path(tempfile.mkdtemp(prefix=f"kernel_ab_{tag}_"))
+    for header in [*Path(ggml.__file__).parent.glob("*.h"), *Path(src).glob("*.h")]:
         shutil.copy(header, work)
-    text = (Path(src) / "ggml.cpp").read_text()
+    text = (Path(src) / source).read_text()
     for macro in ("TORCH_LIBRARY_FRAGMENT", "TORCH_LIBRARY_IMPL"):
         text = text.replace(f"{macro}(qwq,", f"{macro}(qwq{tag},")
-    (work / "ggml.cpp").write_text(text)
-    cpp_extension.load(name=f"ggml_ab_{tag}", sources=[str(work / "ggml.cpp")],
+    (work / source).write_text(text)
+    cpp_extension.load(name=f"kernel_ab_{Path(source).stem}_{tag}", sources=[str(work / source)],
                        extra_cflags=["-O3", "-fopenmp", *ISAS["avx512"][0]],
                        extra_ldflags=["-fopenmp"], is_python_module=False,
                        build_directory=str(work), verbose=False)
