@@ -112,7 +112,7 @@ void decode_attention_impl(const at::Tensor& q, const Rows& kr, const Rows& vr, 
   at::parallel_for(0, B * KVH, 1, [&](int64_t i0, int64_t i1) {
     std::vector<float> qf(G * D), acc(G * D), rows(16 * D), s;
     std::vector<int64_t> slot_of;
-    float row_scale[16], weight[16];
+    alignas(64) float row_scale[16] = {}, weight[2][16];
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / KVH, kh = i % KVH, L = lp[b];
       TORCH_CHECK(L > 0 && L <= maxb * bs, "decode_attention: context length ", L, " of sequence ",
@@ -153,6 +153,7 @@ void decode_attention_impl(const at::Tensor& q, const Rows& kr, const Rows& vr, 
       // scores: q . k for every cached position
       for (int64_t l0 = 0; l0 < L; l0 += 16) {
         const int64_t n = std::min<int64_t>(16, L - l0);
+        const __mmask16 first_n = static_cast<__mmask16>((1u << n) - 1);
         stage(kr, l0, n);
         for (int64_t g = 0; g < G; ++g) {
           // sums16's lane 4 (j % 4) + j / 4 is position j: dots[4 m + k] is position 4 k + m,
@@ -168,19 +169,23 @@ void decode_attention_impl(const at::Tensor& q, const Rows& kr, const Rows& vr, 
             }
             for (int k = 0; k < 4; ++k) dots[4 * m + k] = a[k];
           }
-          alignas(64) float sum[16];
-          _mm512_storeu_ps(sum, sums16(dots));
-          for (int64_t j = 0; j < n; ++j) s[g * L + l0 + j] = row_scale[j] * sum[j];
+          _mm512_mask_storeu_ps(&s[g * L + l0], first_n,
+                                _mm512_mul_ps(_mm512_loadu_ps(row_scale), sums16(dots)));
         }
       }
       // softmax numerators (the division waits for the end)
       std::vector<float> total(G);
       for (int64_t g = 0; g < G; ++g) {
         float* row = &s[g * L];
-        float mx = -INFINITY;
-        for (int64_t l = 0; l < L; ++l) mx = std::max(mx, row[l]);
-        __m512 sum = _mm512_setzero_ps();
+        // the largest score, sixteen lanes at a time (a max rounds nothing: any order gives it;
+        // one at a time it was a chain of L dependent steps a head)
+        __m512 peak = _mm512_set1_ps(-INFINITY);
         int64_t l = 0;
+        for (; l + 16 <= L; l += 16) peak = _mm512_max_ps(peak, _mm512_loadu_ps(row + l));
+        float mx = _mm512_reduce_max_ps(peak);
+        for (; l < L; ++l) mx = std::max(mx, row[l]);
+        __m512 sum = _mm512_setzero_ps();
+        l = 0;
         for (; l + 16 <= L; l += 16) {
           __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(row + l), _mm512_set1_ps(mx)));
           _mm512_storeu_ps(row + l, e);
@@ -200,24 +205,36 @@ void decode_attention_impl(const at::Tensor& q, const Rows& kr, const Rows& vr, 
       for (int64_t l0 = 0; l0 < L; l0 += 16) {
         const int64_t n = std::min<int64_t>(16, L - l0);
         stage(vr, l0, n);
-        for (int64_t g = 0; g < G; ++g) {
-          for (int64_t j = 0; j < n; ++j) weight[j] = s[g * L + l0 + j] * row_scale[j];
-          // head g's outputs d .. d + 16 C - 1 += the block's weighted rows in position order,
-          // C fma chains in flight
-          auto weigh = [&](auto chunks, int64_t d) {
-            constexpr int C = decltype(chunks)::value;
-            __m512 o[C];
-            for (int k = 0; k < C; ++k) o[k] = _mm512_loadu_ps(&acc[g * D + d + 16 * k]);
-            for (int64_t j = 0; j < n; ++j) {
-              const __m512 w = _mm512_set1_ps(weight[j]);
-              for (int k = 0; k < C; ++k)
-                o[k] = _mm512_fmadd_ps(w, _mm512_loadu_ps(&rows[j * D + d + 16 * k]), o[k]);
-            }
-            for (int k = 0; k < C; ++k) _mm512_storeu_ps(&acc[g * D + d + 16 * k], o[k]);
+        const __mmask16 first_n = static_cast<__mmask16>((1u << n) - 1);
+        const __m512 scales = _mm512_loadu_ps(row_scale);
+        for (int64_t g = 0; g < G; g += 2) {
+          const int heads = g + 1 < G ? 2 : 1;
+          for (int h = 0; h < heads; ++h)
+            _mm512_storeu_ps(weight[h], _mm512_mul_ps(
+                _mm512_maskz_loadu_ps(first_n, &s[(g + h) * L + l0]), scales));
+          // heads g and g + 1's outputs d .. d + 16 C - 1 += the block's weighted rows in
+          // position order: 2 C fma chains in flight (C alone waited on each fma's latency)
+          auto weigh = [&](auto chunks, auto pair, int64_t d) {
+            constexpr int C = decltype(chunks)::value, P = decltype(pair)::value;
+            __m512 o[P][C];
+            for (int h = 0; h < P; ++h)
+              for (int k = 0; k < C; ++k) o[h][k] = _mm512_loadu_ps(&acc[(g + h) * D + d + 16 * k]);
+            for (int64_t j = 0; j < n; ++j)
+              for (int h = 0; h < P; ++h) {
+                const __m512 w = _mm512_set1_ps(weight[h][j]);
+                for (int k = 0; k < C; ++k)
+                  o[h][k] = _mm512_fmadd_ps(w, _mm512_loadu_ps(&rows[j * D + d + 16 * k]), o[h][k]);
+              }
+            for (int h = 0; h < P; ++h)
+              for (int k = 0; k < C; ++k) _mm512_storeu_ps(&acc[(g + h) * D + d + 16 * k], o[h][k]);
           };
-          int64_t d = 0;
-          for (; d + 64 <= D; d += 64) weigh(std::integral_constant<int, 4>{}, d);
-          for (; d < D; d += 16) weigh(std::integral_constant<int, 1>{}, d);
+          auto weigh_all = [&](auto pair) {
+            int64_t d = 0;
+            for (; d + 64 <= D; d += 64) weigh(std::integral_constant<int, 4>{}, pair, d);
+            for (; d < D; d += 16) weigh(std::integral_constant<int, 1>{}, pair, d);
+          };
+          if (heads == 2) weigh_all(std::integral_constant<int, 2>{});
+          else weigh_all(std::integral_constant<int, 1>{});
         }
       }
       for (int64_t g = 0; g < G; ++g) {
