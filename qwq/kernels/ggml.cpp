@@ -370,12 +370,12 @@ at::Tensor streamed_bytes(int64_t rows, int64_t cols) {
   void* map = mmap(nullptr, size + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
                    -1, 0);
   if (map == MAP_FAILED) return at::empty({rows, cols}, at::kByte);
-  // keep a 2 MB-aligned start: unmap what lies before it and past the end
+  // keep a 2 MB-aligned start: unmap what lies before it and past the end (start - base is
+  // under 2 MB, so a tail of base + 2 MB - start bytes always remains)
   const uintptr_t base = reinterpret_cast<uintptr_t>(map);
   const uintptr_t start = (base + kHuge - 1) & ~(uintptr_t{kHuge} - 1);
   if (start > base) munmap(map, start - base);
-  if (base + size + kHuge > start + size)
-    munmap(reinterpret_cast<void*>(start + size), base + size + kHuge - start - size);
+  munmap(reinterpret_cast<void*>(start + size), base + kHuge - start);
   void* p = reinterpret_cast<void*>(start);
   madvise(p, size, MADV_HUGEPAGE);  // advice: without THP the pages are plain ones
   return at::from_blob(p, {rows, cols}, [size](void* q) { munmap(q, size); },
