@@ -43,6 +43,17 @@ constexpr int64_t kTileBytes = 1 << 20;  // activation records a token tile keep
 constexpr int kPrefetch = 1024;          // bytes ahead in a row that each chunk fetches to L1
 constexpr int kPrefetchL2 = 8192;        // and to L2
 
+// Whether a row is fetched ahead into L1 as well as into L2: on Intel, not on AMD. On a 260
+// MB-L3 Xeon the fetch into L1 was worth ~10% of a thread's stream (see chunk_tokens); on AMD
+// Zen 5 it cost 14-20% of the demo's decode shapes at one thread (bench/ggml_ab.py, builds
+// alternated: the Q8_0x4 head and Q6_K 1.18-1.27x without it, Q5_0x4 1.02-1.10x), where the
+// L2 fetch alone, 8 KB ahead (4 and 16 KB were slower), streams at 0.9-1.0 of a plain sum.
+bool fetch_to_l1() {
+  __builtin_cpu_init();
+  return !__builtin_cpu_is("amd");
+}
+const bool kFetchToL1 = fetch_to_l1();
+
 // A tensor's rows: `full` whole chunks, then `tail` bytes of a last, short chunk (32-input
 // blocks only, when K is not a multiple of 128).
 template <typename F>
@@ -74,7 +85,7 @@ __attribute__((always_inline)) inline void chunk_tokens(const uint8_t* p, int n,
   // 260 MB-L3 Xeon (settings alternated in one process), where 2 KB ahead into L1 alone had
   // been the best single distance.
   for (int b = 0; b < F::kChunkBytes; b += 64) {
-    _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetch + b), _MM_HINT_T0);
+    if (kFetchToL1) _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetch + b), _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchL2 + b), _MM_HINT_T1);
   }
   const auto w = F::decode(p, n);
