@@ -18,8 +18,10 @@ import torch
 
 from qwq.kernels import ggml, kernel_isa, kernels_available
 
-TYPES = list(ggml.TYPES.values())
-LAYOUTS = [t.name for t in ggml.LAYOUTS.values()]  # qwq's load-time layouts, not a file's
+X16 = ggml.INTERLEAVED["Q5_0"]  # rows interleaved in groups of 16: tested on their own below
+TYPES = [t for t in ggml.TYPES.values() if t is not X16]
+# qwq's load-time layouts, not a file's
+LAYOUTS = [t.name for t in (*ggml.LAYOUTS.values(), *ggml.INTERLEAVED.values())]
 FILE_TYPES = [t for t in TYPES if t.name not in LAYOUTS]
 K_QUANTS = [t for t in TYPES if t.block == 256]
 has_isa = kernel_isa() is not None  # AVX-512 VNNI, or AVX2 with FMA and F16C
@@ -120,6 +122,72 @@ def test_only_q5_0_and_q8_0_of_whole_chunks_are_rearranged():
         raw = _blocks(ggml.TYPES[name], 3, cols)
         got, t = ggml.computed(raw, name)
         assert got is raw and t.name == name
+
+
+@pytest.mark.parametrize("cols", [32, 896, 4864])
+def test_q5_0_of_whole_groups_of_16_rows_is_interleaved_into_the_same_values(cols):
+    """Where the kernels run, Q5_0 of 16k rows computes as Q5_0x16 (the kernel's interleave is
+    the torch one, which _deinterleave_q5_0 undoes), with the file's values; other row counts
+    keep Q5_0x4 (the test above)."""
+    raw = _blocks(ggml.TYPES["Q5_0"], 48, cols)
+    torch_x16 = ggml._interleave_q5_0(raw)
+    assert torch_x16.shape == raw.shape and torch.equal(ggml._deinterleave_q5_0(torch_x16), raw)
+    assert torch.equal(ggml.dequantize(torch_x16, X16), ggml.dequantize(raw, "Q5_0"))
+    got, t = ggml.computed(raw, "Q5_0")
+    if not kernels_available():
+        assert got is raw and t.name == "Q5_0"
+        return
+    assert t is X16 and torch.equal(got, torch_x16)
+
+
+@kernel
+@pytest.mark.parametrize("m", [1, 2, 3, 8, 9, 16, 17, 64])
+@pytest.mark.parametrize("k", [32, 416, 896])
+def test_interleaved_kernel_matches_reference(m, k):
+    torch.manual_seed(m)
+    raw = _blocks(X16, 48, k, seed=m)
+    x = torch.randn(m, k)
+    bias = torch.randn(48)
+    _assert_matches_reference(torch.ops.qwq.ggml_linear(x, raw, X16.id, bias, 48), x, raw, X16,
+                              bias)
+    for dtype in (torch.bfloat16, torch.float16):
+        _assert_matches_reference(
+            torch.ops.qwq.ggml_linear(x.to(dtype), raw, X16.id, bias.to(dtype), 48),
+            x.to(dtype), raw, X16, bias.to(dtype))
+
+
+@kernel
+def test_interleaved_kernel_is_batch_invariant():
+    """A token's output has the same bits alone, in any batch and at any thread count; so does
+    a row's, whether its group is computed alone or among a tensor's other groups."""
+    raw = _blocks(X16, 64, 512)
+    x = torch.randn(70, 512, dtype=torch.bfloat16) * 3
+    full = torch.ops.qwq.ggml_linear(x, raw, X16.id, None, 64)
+    for lo, hi in [(0, 1), (5, 6), (3, 7), (10, 27), (40, 70)]:
+        assert torch.equal(torch.ops.qwq.ggml_linear(x[lo:hi], raw, X16.id, None, 64),
+                           full[lo:hi])
+    alone = torch.ops.qwq.ggml_linear(x, raw[16:32].contiguous(), X16.id, None, 16)
+    assert torch.equal(alone, full[:, 16:32])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert torch.equal(torch.ops.qwq.ggml_linear(x, raw, X16.id, None, 64), full)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@kernel
+def test_interleaved_rows_are_refused_where_they_cannot_be_read():
+    raw = _blocks(X16, 32, 256)
+    with pytest.raises(RuntimeError, match="Q5_0x16 weights must be contiguous .* rows a "
+                                           "multiple of 16"):
+        torch.ops.qwq.ggml_linear(torch.randn(2, 256), raw[:24], X16.id, None, 24)
+    with pytest.raises(RuntimeError, match="rows a multiple of 16"):
+        torch.ops.qwq.ggml_interleave_q5_0(_blocks(ggml.TYPES["Q5_0"], 24, 256))
+    with pytest.raises(ValueError, match="Q5_0x16 holds rows in groups of 16; got 24 rows"):
+        ggml.random_blocks(X16, 24, 256)
+    with pytest.raises(ValueError, match="Q5_0x16 interleaves its rows"):
+        ggml.rows(raw, X16, torch.tensor([1]))
 
 
 @kernel
@@ -263,15 +331,17 @@ _GUARD_PAGE_CHILD = textwrap.dedent("""
         for k in ([256, 512] if t.block == 256 else [128, 96, 160, 384]):
             if k % t.block:
                 continue
-            raw = ggml.random_blocks(t, 5, k).view(-1)
+            rows = 16 if t.group_rows > 1 else 5
+            raw = ggml.random_blocks(t, rows, k).view(-1)
             page = mmap.PAGESIZE
-            mm = mmap.mmap(-1, 2 * page)
+            end = -(-raw.numel() // page) * page  # the tensor's last byte ends a page
+            mm = mmap.mmap(-1, end + page)
             base = ctypes.addressof(ctypes.c_char.from_buffer(mm))
-            assert libc.mprotect(ctypes.c_void_p(base + page), page, 0) == 0  # PROT_NONE
+            assert libc.mprotect(ctypes.c_void_p(base + end), page, 0) == 0  # PROT_NONE
             w = torch.frombuffer(mm, dtype=torch.uint8, count=raw.numel(),
-                                 offset=page - raw.numel())
+                                 offset=end - raw.numel())
             w.copy_(raw)
-            y = torch.ops.qwq.ggml_linear(torch.randn(3, k), w.view(5, -1), t.id, None, 5)
+            y = torch.ops.qwq.ggml_linear(torch.randn(3, k), w.view(rows, -1), t.id, None, rows)
             assert torch.isfinite(y).all()
     print("ok")
 """)
@@ -315,7 +385,10 @@ def test_python_errors_name_the_type():
 
 
 # a q|k|v of three types (two sharing activation records), a gate|up of one, a lone Q6_K
-PART_SETS = [("Q5_0", "Q5_0", "Q8_0"), ("Q4_K", "Q6_K"), ("Q4_0", "Q4_1", "Q5_1"), ("Q6_K",)]
+PART_SETS = [("Q5_0", "Q5_0", "Q8_0"), ("Q4_K", "Q6_K"), ("Q4_0", "Q4_1", "Q5_1"), ("Q6_K",),
+             # the demo's q|k|v as loaded; interleaved groups behind a part of 37 rows, so that
+             # the threads' shares of the rows start inside groups
+             ("Q5_0x16", "Q5_0x16", "Q8_0x4"), ("Q8_0", "Q5_0x16")]
 
 
 @kernel
@@ -326,7 +399,7 @@ def test_fused_parts_are_each_part_as_a_lone_tensor(names, m, dtype):
     """One call over q|k|v equals each part alone, concatenated, bit for bit, with the bias
     added in float32 before the output's rounding; a token's bits do not depend on its batch."""
     types = [ggml.TYPES[n] for n in names]
-    rows = [37, 16, 21][:len(types)]
+    rows = [r if t.group_rows == 1 else 16 * (r // 16 + 1) for t, r in zip(types, [37, 16, 21])]
     raws = [_blocks(t, r, 512, seed=i) for i, (t, r) in enumerate(zip(types, rows))]
     x = (torch.randn(m, 512) * 2).to(dtype)
     bias = torch.randn(sum(rows))

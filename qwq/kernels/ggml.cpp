@@ -213,8 +213,177 @@ Slice make_part(const at::Tensor& x, const at::Tensor& w, int64_t type, int64_t 
   return part;
 }
 
+// Q5_0 rows interleaved sixteen at a time (ggml_interleave_q5_0, once at load): the same
+// values and size, laid out so that one instruction multiplies four inputs of sixteen rows.
+// Rows 16g..16g + 15 fill what were their 16 rows' bytes; within them block j (inputs 32j..32j
+// + 31) takes 352 bytes: the 16 rows' fp16 scales (row r's at 2r), eight 64-bit masks of fifth
+// bits, then four vectors of nibbles. Vector m's byte 4r + i is byte 4m + i of row r's nibbles
+// (low nibble: input 4m + i, high: input 16 + 4m + i), so after the nibbles are split, each
+// 32-bit lane r holds four consecutive inputs of row r: those from kBase[u] on, for the eight
+// vectors u of a block (u = 2m: the low nibbles of vector m, 2m + 1: the high). Mask u's bit
+// 4r + i is the fifth bit of input kBase[u] + i of row r. With the activations' four values
+// kBase[u].. broadcast, vpdpbusd sums sixteen rows at once, and a block's sums need neither
+// permutes nor a horizontal add: lane r is row r's whole block. As Q5_0x4 chunks of four blocks
+// this format computed at 37-39 GB/s a core from cache (AMD Zen 5), below the core's 40 GB/s
+// from memory; interleaved, a prototype ran at ~90.
+constexpr int kGroupRows = 16, kGroupBlockBytes = 16 * 22;
+constexpr int kGroupTokens = 8;  // tokens in a register tile: 8 vectors of weights + 8 sums
+constexpr int kBase[8] = {0, 16, 4, 20, 8, 24, 12, 28};
+
+// A token's activations for Q5_0x16: per block its 32 int8 values in order, then every block's
+// scale (float), then every block's -16 * sum of values (int32, the dot products' start, as
+// Blocks32's records hold it by lane).
+inline int64_t x16_record_bytes(int64_t K) { return K / 32 * (32 + 4 + 4); }
+
+template <typename T>
+at::Tensor records_x16(const at::Tensor& x) {
+  const int64_t M = x.size(0), K = x.size(1), nb = K / 32, token_bytes = x16_record_bytes(K);
+  const T* xp = x.const_data_ptr<T>();
+  at::Tensor acts = at::empty({M * token_bytes}, at::kByte);
+  uint8_t* ap = acts.mutable_data_ptr<uint8_t>();
+  at::parallel_for(0, M, 1, [&](int64_t m0, int64_t m1) {
+    std::vector<float> xf(K);
+    for (int64_t m = m0; m < m1; ++m) {
+      for (int64_t k = 0; k < K; k += 16) _mm512_storeu_ps(&xf[k], qwq::load16(xp + m * K + k));
+      uint8_t* rec = ap + m * token_bytes;
+      float* d = reinterpret_cast<float*>(rec + 32 * nb);
+      int32_t* start = reinterpret_cast<int32_t*>(rec + 36 * nb);
+      for (int64_t j = 0; j < nb; ++j) {
+        __m512i q0, q1;
+        d[j] = q8_0_block(&xf[32 * j], q0, q1);
+        start[j] = -16 * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(rec + 32 * j), _mm512_cvtsepi32_epi8(q0));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(rec + 32 * j + 16),
+                         _mm512_cvtsepi32_epi8(q1));
+      }
+    }
+  });
+  return acts;
+}
+
+// Four activations at p broadcast to every lane (one load).
+QWQ_INLINE __m512i broadcast4(const uint8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm512_set1_epi32(v);
+}
+
+// Sixteen rows (a group, nb blocks at g) against NT tokens: sums[t] lane r = row r . token t.
+template <int NT>
+void group_tokens(const uint8_t* g, int64_t nb, const uint8_t* recs, int64_t token_bytes,
+                  __m512 (&sums)[NT]) {
+  const __m512i low4 = _mm512_set1_epi8(15), sixteen = _mm512_set1_epi8(16);
+  __m512 acc[NT];  // in registers: sums, a reference, would be stored every block
+  for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
+  const uint8_t* xd = recs + 32 * nb;
+  const uint8_t* start = recs + 36 * nb;
+  for (int64_t j = 0; j < nb; ++j, g += kGroupBlockBytes) {
+    for (int b = 0; b < kGroupBlockBytes; b += 64) {
+      if (kFetchToL1) _mm_prefetch(reinterpret_cast<const char*>(g + kPrefetch + b), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(g + kPrefetchL2 + b), _MM_HINT_T1);
+    }
+    __m512i w[8];
+    for (int m = 0; m < 4; ++m) {
+      const __m512i q = _mm512_loadu_si512(g + 96 + 64 * m);
+      __mmask64 lo_bits, hi_bits;
+      std::memcpy(&lo_bits, g + 32 + 16 * m, 8);
+      std::memcpy(&hi_bits, g + 40 + 16 * m, 8);
+      const __m512i lo = _mm512_and_si512(q, low4);
+      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), low4);
+      w[2 * m] = _mm512_mask_add_epi8(lo, lo_bits, lo, sixteen);
+      w[2 * m + 1] = _mm512_mask_add_epi8(hi, hi_bits, hi, sixteen);
+    }
+    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(g)));
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) {
+      const uint8_t* x = recs + t * token_bytes + 32 * j;
+      // two chains of four: vpdpbusd's latency, not its rate, would bound one chain of eight
+      __m512i s0 = broadcast4(start + t * token_bytes + 4 * j), s1 = _mm512_setzero_si512();
+      for (int u = 0; u < 8; u += 2) {
+        s0 = qwq::dpbusd_u7(s0, w[u], broadcast4(x + kBase[u]));
+        s1 = qwq::dpbusd_u7(s1, w[u + 1], broadcast4(x + kBase[u + 1]));
+      }
+      float scale;
+      std::memcpy(&scale, xd + t * token_bytes + 4 * j, 4);
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)),
+                               _mm512_mul_ps(d, _mm512_set1_ps(scale)), acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) sums[t] = acc[t];
+}
+
+template <int NT>
+void group_tile(const uint8_t* g, int64_t nb, const uint8_t* recs, int64_t token_bytes,
+                float* out) {
+  __m512 sums[NT];
+  group_tokens<NT>(g, nb, recs, token_bytes, sums);
+  for (int t = 0; t < NT; ++t) _mm512_storeu_ps(out + 16 * t, sums[t]);
+}
+
+// The part's groups whose first row lies in [n0, n1) (so any split of a part's rows gives each
+// group to exactly one range) against every token.
+template <typename T>
+void group_rows(const Slice& p, const Job& j, int64_t n0, int64_t n1) {
+  const int64_t nb = j.K / 32, token_bytes = x16_record_bytes(j.K);
+  const int64_t tile = std::max<int64_t>(kGroupTokens,
+                                         kTileBytes / token_bytes / kGroupTokens * kGroupTokens);
+  T* op = static_cast<T*>(j.out) + p.first;
+  alignas(64) float sums[kGroupTokens * kGroupRows];
+  const int64_t g0 = (n0 + kGroupRows - 1) / kGroupRows, g1 = (n1 + kGroupRows - 1) / kGroupRows;
+  for (int64_t t0 = 0; t0 < j.M; t0 += tile) {
+    const int64_t t1 = std::min(j.M, t0 + tile);
+    for (int64_t g = g0; g < g1; ++g) {
+      const uint8_t* w = p.w + g * kGroupRows * p.row_stride;
+      for (int64_t m = t0, nt; m < t1; m += nt) {
+        nt = std::min<int64_t>(kGroupTokens, t1 - m);
+        const uint8_t* recs = p.acts + m * token_bytes;
+        switch (nt) {
+          case 1: group_tile<1>(w, nb, recs, token_bytes, sums); break;
+          case 2: group_tile<2>(w, nb, recs, token_bytes, sums); break;
+          case 3: group_tile<3>(w, nb, recs, token_bytes, sums); break;
+          case 4: group_tile<4>(w, nb, recs, token_bytes, sums); break;
+          case 5: group_tile<5>(w, nb, recs, token_bytes, sums); break;
+          case 6: group_tile<6>(w, nb, recs, token_bytes, sums); break;
+          case 7: group_tile<7>(w, nb, recs, token_bytes, sums); break;
+          default: group_tile<8>(w, nb, recs, token_bytes, sums); break;
+        }
+        for (int t = 0; t < nt; ++t)
+          for (int r = 0; r < kGroupRows; ++r) {
+            const int64_t n = g * kGroupRows + r;
+            op[(m + t) * j.N + n] =
+                static_cast<T>(sums[kGroupRows * t + r] + (j.bias ? j.bias[p.first + n] : 0.f));
+          }
+      }
+    }
+  }
+}
+
+template <typename T>
+Slice make_x16_part(const at::Tensor& x, const at::Tensor& w, int64_t type, int64_t first,
+                    std::vector<std::pair<int64_t, at::Tensor>>& made) {
+  const int64_t K = x.size(1);
+  TORCH_CHECK(K % 32 == 0, "ggml_linear: Q5_0x16 takes inputs in whole blocks of 32; x has ", K);
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kByte && w.is_contiguous() &&
+                  w.device().is_cpu() && w.size(0) % kGroupRows == 0,
+              "ggml_linear: Q5_0x16 weights must be contiguous (rows, row_bytes) uint8 CPU "
+              "bytes, rows a multiple of 16");
+  TORCH_CHECK(w.size(1) == K / 32 * 22, "ggml_linear: Q5_0x16 rows of ", K, " inputs are ",
+              K / 32 * 22, " bytes, got ", w.size(1));
+  auto found = std::find_if(made.begin(), made.end(),
+                            [&](const auto& e) { return e.first == type; });
+  if (found == made.end()) found = made.emplace(made.end(), type, records_x16<T>(x));
+  Slice part;
+  part.w = static_cast<const uint8_t*>(w.const_data_ptr());
+  part.row_stride = w.stride(0);
+  part.first = first;
+  part.rows = w.size(0);
+  part.acts = static_cast<const uint8_t*>(found->second.const_data_ptr());
+  part.run = &group_rows<T>;
+  return part;
+}
+
 // qwq's own ids for its load-time layouts, past ggml's enum (ggml.py: TYPES)
-constexpr int64_t kQ5_0x4 = 1006, kQ8_0x4 = 1008;
+constexpr int64_t kQ5_0x4 = 1006, kQ8_0x4 = 1008, kQ5_0x16 = 1016;
 
 // type: ggml's enum value (gguf.GGMLQuantizationType), or one of qwq's layouts
 template <typename T>
@@ -231,10 +400,11 @@ Slice part_of(const at::Tensor& x, const at::Tensor& w, int64_t type, int64_t fi
     case 14: return make_part<Q6_K, T>(x, w, type, first, made);
     case kQ5_0x4: return make_part<Q5_0x4, T>(x, w, type, first, made);
     case kQ8_0x4: return make_part<Q8_0x4, T>(x, w, type, first, made);
+    case kQ5_0x16: return make_x16_part<T>(x, w, type, first, made);
     default:
       TORCH_CHECK(false, "ggml_linear: GGML type ", type, " has no kernel (Q4_0 2, Q4_1 3, ",
                   "Q5_0 6, Q5_1 7, Q8_0 8, Q4_K 12, Q5_K 13, Q6_K 14, Q5_0x4 ", kQ5_0x4,
-                  ", Q8_0x4 ", kQ8_0x4, ")");
+                  ", Q8_0x4 ", kQ8_0x4, ", Q5_0x16 ", kQ5_0x16, ")");
   }
 }
 
@@ -280,7 +450,7 @@ struct Shares {
       uint64_t r = ranges[victim].v.load(std::memory_order_relaxed);
       const int64_t vlo = Range::lo(r), vhi = Range::hi(r);
       if (vlo >= vhi) continue;
-      const int64_t mid = vhi - vlo < 2 * step ? vlo : vlo + (vhi - vlo) / 2;
+      const int64_t mid = vhi - vlo < 2 * step ? vlo : vlo + (vhi - vlo) / 2 / 16 * 16;
       if (!ranges[victim].v.compare_exchange_weak(r, Range::pack(vlo, mid),
                                                   std::memory_order_relaxed))
         continue;
@@ -310,8 +480,10 @@ void parts_impl(const at::Tensor& x, at::TensorList ws, at::IntArrayRef types,
   // records are read for.
   int64_t row_bytes = 1;
   for (const auto& w : ws) row_bytes = std::max<int64_t>(row_bytes, w.size(1));
+  // (whole groups of 16 rows: a share splits no Q5_0x16 group)
   const int64_t step = std::max<int64_t>(16, job.M <= kTokens ? (32 << 10) / row_bytes
-                                                               : job.N / (4 * at::get_num_threads()));
+                                                               : job.N / (4 * at::get_num_threads()))
+                       / 16 * 16;
   const int threads = static_cast<int>(std::min<int64_t>(at::get_num_threads(),
                                                           (job.N + step - 1) / step));
   std::vector<Shares::Range> ranges(threads);
@@ -428,10 +600,42 @@ at::Tensor ggml_shuffle_chunks(const at::Tensor& w, at::IntArrayRef order) {
   return out;
 }
 
+// (rows, row_bytes) Q5_0 blocks as filed, rows a multiple of 16 -> Q5_0x16 (see group_tokens'
+// layout; ggml.py: computed, once at load).
+at::Tensor ggml_interleave_q5_0(const at::Tensor& w) {
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kByte && w.stride(1) == 1 &&
+                  w.device().is_cpu() && w.size(0) % kGroupRows == 0 && w.size(1) % 22 == 0,
+              "ggml_interleave_q5_0: weights must be (rows, row_bytes) uint8 CPU bytes of Q5_0 "
+              "blocks, rows a multiple of 16");
+  const int64_t rows = w.size(0), row_bytes = w.size(1), nb = row_bytes / 22,
+                stride = w.stride(0);
+  at::Tensor out = streamed_bytes(rows, row_bytes);
+  const uint8_t* src = w.const_data_ptr<uint8_t>();
+  uint8_t* dst = out.mutable_data_ptr<uint8_t>();
+  at::parallel_for(0, rows / kGroupRows, 4, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g)
+      for (int64_t j = 0; j < nb; ++j) {
+        uint8_t* d = dst + g * kGroupRows * row_bytes + j * kGroupBlockBytes;
+        uint64_t masks[8] = {};
+        for (int r = 0; r < kGroupRows; ++r) {
+          const uint8_t* b = src + (g * kGroupRows + r) * stride + 22 * j;
+          uint32_t qh;
+          std::memcpy(&qh, b + 2, 4);
+          std::memcpy(d + 2 * r, b, 2);
+          for (int u = 0; u < 8; ++u) masks[u] |= uint64_t{(qh >> kBase[u]) & 15u} << 4 * r;
+          for (int m = 0; m < 4; ++m) std::memcpy(d + 96 + 64 * m + 4 * r, b + 6 + 4 * m, 4);
+        }
+        std::memcpy(d + 32, masks, 64);
+      }
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(qwq, m) {
   m.def("ggml_shuffle_chunks(Tensor w, int[] order) -> Tensor");
+  m.def("ggml_interleave_q5_0(Tensor w) -> Tensor");
   m.def("ggml_linear(Tensor x, Tensor w, int type, Tensor? bias, int out_features) -> Tensor");
   m.def("ggml_linear_parts(Tensor x, Tensor[] ws, int[] types, Tensor? bias, int out_features) "
         "-> Tensor");
@@ -441,4 +645,5 @@ TORCH_LIBRARY_IMPL(qwq, CPU, m) {
   m.impl("ggml_linear", &ggml_linear);
   m.impl("ggml_linear_parts", &ggml_linear_parts);
   m.impl("ggml_shuffle_chunks", &ggml_shuffle_chunks);
+  m.impl("ggml_interleave_q5_0", &ggml_interleave_q5_0);
 }

@@ -88,6 +88,47 @@ def _as_filed(name: str, values: Callable[[torch.Tensor], torch.Tensor]
     return chunk_values
 
 
+# Q5_0x16 (ggml.cpp: group_tokens): rows interleaved sixteen at a time. Per group of 16 rows and
+# block of 32 inputs, 352 bytes: the rows' fp16 scales; eight 64-bit masks, mask u's bit 4r + i
+# the fifth bit of row r's input _X16_BASE[u] + i; four vectors of nibbles, vector m's byte
+# 4r + i being byte 4m + i of row r's nibbles.
+_X16_BASE = (0, 16, 4, 20, 8, 24, 12, 28)
+_X16_INPUTS = torch.tensor([b + i for b in _X16_BASE for i in range(4)])  # mask bit order
+
+
+def _x16_groups(raw: torch.Tensor) -> torch.Tensor:
+    """(rows, row_bytes) -> (groups, blocks, 16 rows, 22 bytes of a Q5_0 block as filed)."""
+    if raw.shape[0] % 16:
+        raise ValueError(f"Q5_0x16 holds rows in groups of 16; got {raw.shape[0]} rows")
+    return raw.reshape(raw.shape[0] // 16, 16, -1, 22).transpose(1, 2)
+
+
+def _interleave_q5_0(raw: torch.Tensor) -> torch.Tensor:
+    """Q5_0 rows as filed (rows a multiple of 16) -> Q5_0x16 (ggml_interleave_q5_0 in torch)."""
+    b = _x16_groups(raw)  # (G, nb, 16, 22)
+    g, nb = b.shape[:2]
+    qh = _bits32(b[..., 2:6].reshape(-1, 4)).view(g, nb, 16, 32)[..., _X16_INPUTS]
+    masks = qh.view(g, nb, 16, 8, 4).transpose(2, 3).reshape(g, nb, 8, 8, 8)  # (u, byte, bit)
+    mask_bytes = (masks << _BIT8.to(raw.device)).sum(-1, dtype=torch.uint8)
+    qs = b[..., 6:].reshape(g, nb, 16, 4, 4).transpose(2, 3)  # (m, r, i)
+    out = torch.cat([b[..., :2].reshape(g, nb, 32), mask_bytes.reshape(g, nb, 64),
+                     qs.reshape(g, nb, 256)], -1)
+    return out.reshape(raw.shape)
+
+
+def _deinterleave_q5_0(raw: torch.Tensor) -> torch.Tensor:
+    """Q5_0x16 -> its rows as filed (the inverse of _interleave_q5_0)."""
+    g, nb = raw.shape[0] // 16, raw.shape[1] // 22
+    blk = raw.reshape(g, nb, 352)
+    bits = ((blk[..., 32:96, None] >> _BIT8.to(raw.device)) & 1).view(g, nb, 8, 16, 4)
+    qh_bits = torch.empty(g, nb, 16, 32, dtype=torch.uint8, device=raw.device)
+    qh_bits[..., _X16_INPUTS] = bits.transpose(2, 3).reshape(g, nb, 16, 32)
+    qh = (qh_bits.view(g, nb, 16, 4, 8) << _BIT8.to(raw.device)).sum(-1, dtype=torch.uint8)
+    qs = blk[..., 96:].reshape(g, nb, 4, 16, 4).transpose(2, 3).reshape(g, nb, 16, 16)
+    file = torch.cat([blk[..., :32].reshape(g, nb, 16, 2), qh, qs], -1)  # (G, nb, 16, 22)
+    return file.transpose(1, 2).reshape(raw.shape)
+
+
 def _q5_1(b: torch.Tensor) -> torch.Tensor:
     q = _nibbles(b[:, 8:]) | (_bits32(b[:, 4:8]) << 4)
     return _f16(b, 0) * q.float() + _f16(b, 2)
@@ -150,6 +191,9 @@ class GGMLType:
     block_bytes: int
     scale_offsets: tuple[int, ...]  # where each block's fp16 scales sit (d; dmin or m)
     _values: Callable[[torch.Tensor], torch.Tensor]  # (n, block_bytes) -> (n, block) float32
+    # rows interleaved this many at a time (Q5_0x16), their blocks as filed by _as_filed
+    group_rows: int = 1
+    _as_filed: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def activation_block(self) -> int:
@@ -184,8 +228,11 @@ LAYOUTS = {"Q5_0": GGMLType("Q5_0x4", 1006, 128, 88, (80, 82, 84, 86),
                             _as_filed("Q5_0", _q5_0)),
            "Q8_0": GGMLType("Q8_0x4", 1008, 128, 136, (128, 130, 132, 134),
                             _as_filed("Q8_0", _q8_0))}
-_LAYOUT_NAMES = {t.name for t in LAYOUTS.values()}
-TYPES.update({t.name: t for t in LAYOUTS.values()})
+# Q5_0 of whole groups of 16 rows: every row's blocks interleaved with its group's (a new
+# tensor of the same size)
+INTERLEAVED = {"Q5_0": GGMLType("Q5_0x16", 1016, 32, 22, (), _q5_0, 16, _deinterleave_q5_0)}
+_LAYOUT_NAMES = {t.name for t in (*LAYOUTS.values(), *INTERLEAVED.values())}
+TYPES.update({t.name: t for t in (*LAYOUTS.values(), *INTERLEAVED.values())})
 _BY_ID = {t.id: t for t in TYPES.values()}
 
 
@@ -212,6 +259,8 @@ def dequantize(raw: torch.Tensor, t: GGMLType | str | int) -> torch.Tensor:
     """(rows, row_bytes) block bytes -> (rows, cols) float32, as gguf and llama.cpp decode them."""
     t = ggml_type(t)
     cols = _check_raw(raw, t)
+    if t._as_filed is not None:
+        raw = t._as_filed(raw)
     blocks = raw.reshape(-1, t.block_bytes)
     return t._values(blocks).view(raw.shape[0], cols)
 
@@ -222,17 +271,24 @@ def rows(raw: torch.Tensor, t: GGMLType | str | int, ids: torch.Tensor,
     (cols,). On CPU with the kernels one C++ call (ggml_rows.cpp: the same floats)."""
     t = ggml_type(t)
     cols = _check_raw(raw, t)
+    if t.group_rows > 1:
+        raise ValueError(f"{t.name} interleaves its rows: a table's rows are looked up as filed")
     if raw.device.type == "cpu" and t.name not in _LAYOUT_NAMES and kernels_available():
         return torch.ops.qwq.ggml_rows(raw.contiguous(), t.id, ids.long(), dtype)
     return dequantize(raw[ids.reshape(-1)], t).view(*ids.shape, cols).to(dtype)
 
 
 def computed(raw: torch.Tensor, t: GGMLType | str | int) -> tuple[torch.Tensor, GGMLType]:
-    """A stored tensor in the layout the kernels compute it in: Q5_0 and Q8_0 whose rows hold
-    whole chunks of four blocks become Q5_0x4 and Q8_0x4 where the kernels run (a new tensor of
-    the same size, the same bytes rearranged, so the same values); every other type is `raw`
-    itself."""
+    """A stored tensor in the layout the kernels compute it in, where they run: Q5_0 of whole
+    groups of 16 rows becomes Q5_0x16, its rows interleaved; other Q5_0 and Q8_0 whose rows hold
+    whole chunks of four blocks become Q5_0x4 and Q8_0x4, the same bytes rearranged (each a new
+    tensor of the same size and the same values); every other type is `raw` itself."""
     t = ggml_type(t)
+    grouped = INTERLEAVED.get(t.name)
+    if grouped is not None and raw.shape[0] % grouped.group_rows == 0 and raw.shape[0] \
+            and raw.device.type == "cpu" and kernels_available():
+        _check_raw(raw, t)
+        return torch.ops.qwq.ggml_interleave_q5_0(raw), grouped
     layout = LAYOUTS.get(t.name)
     if layout is None or _check_raw(raw, t) % layout.block or raw.device.type != "cpu" \
             or not kernels_available():
@@ -289,7 +345,8 @@ def _product_f32(x: torch.Tensor, raw: torch.Tensor, t: GGMLType) -> torch.Tenso
     m, k = x.shape
     q, d = quantize_activations(x, t)
     xq = (q.view(m, -1, t.activation_block) * d[..., None]).view(m, k)
-    slab = max(1, 2 ** 24 // k)  # rows dequantized at a time: 64 MB of float32
+    slab = max(16, 2 ** 24 // k // 16 * 16)  # rows dequantized at a time: 64 MB of float32
+    # (whole groups of Q5_0x16's interleaved rows)
     return torch.cat([xq @ dequantize(raw[r:r + slab], t).T
                       for r in range(0, raw.shape[0], slab)], 1)
 
@@ -374,6 +431,8 @@ def random_blocks(t: GGMLType | str | int, rows: int, cols: int,
     """(rows, row_bytes) of valid random blocks: random quant bits and 6-bit scales, and fp16
     d/dmin uniform in [-scale, scale] (small and finite), for tests and benchmarks."""
     t = ggml_type(t)
+    if t.group_rows > 1:  # the file type's random blocks, interleaved
+        return _interleave_q5_0(random_blocks("Q5_0", rows, cols, generator, scale))
     n = rows * (t.row_bytes(cols) // t.block_bytes)
     b = torch.randint(0, 256, (n, t.block_bytes), dtype=torch.uint8, generator=generator)
     for at in t.scale_offsets:

@@ -170,17 +170,22 @@ constexpr Words qh_words(int B, int at) {
 // as int32, the dot products' start (vpdpbusd multiplies unsigned weights by signed values, so
 // the offset comes off in integers, once per token); for affine weights (kOffset 0) d * the
 // block's sum of values in lane 4b.
+// One block of 32 activations as Q8_0: its values 0-15 (q0) and 16-31 (q1) as int32, its scale.
+QWQ_INLINE float q8_0_block(const float* x, __m512i& q0, __m512i& q1) {
+  const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+  const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+  const __m512 inv = _mm512_set1_ps(amax != 0.f ? 127.f / amax : 0.f);
+  q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, inv));
+  q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, inv));
+  return _cvtsh_ss(_cvtss_sh(amax / 127.f, _MM_FROUND_TO_NEAREST_INT));
+}
+
 template <int kOffset>
 inline void quantize_q8_0(const float* x, uint8_t* rec) {
   alignas(64) float d16[16], sums[16] = {};
   for (int b = 0; b < 4; ++b) {
-    const __m512 v0 = _mm512_loadu_ps(x + 32 * b), v1 = _mm512_loadu_ps(x + 32 * b + 16);
-    const float amax =
-        _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
-    const float d = _cvtsh_ss(_cvtss_sh(amax / 127.f, _MM_FROUND_TO_NEAREST_INT));
-    const __m512 inv = _mm512_set1_ps(amax != 0.f ? 127.f / amax : 0.f);
-    const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, inv));
-    const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, inv));
+    __m512i q0, q1;
+    const float d = q8_0_block(x + 32 * b, q0, q1);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(rec + 16 * b), _mm512_cvtsepi32_epi8(q0));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(rec + 64 + 16 * b), _mm512_cvtsepi32_epi8(q1));
     for (int j = 0; j < 4; ++j) d16[4 * b + j] = d;
