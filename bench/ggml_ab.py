@@ -27,10 +27,10 @@ from torch.utils import cpp_extension
 
 from qwq.kernels import ISAS, ggml
 
-TYPES = {n: ggml.ggml_type(n) for n in ("Q5_0x4", "Q8_0x4", "Q4_K", "Q6_K")}
+TYPES = {n: ggml.ggml_type(n) for n in ("Q5_0x16", "Q8_0x4", "Q4_K", "Q6_K")}
 # (name, [(type, rows)], inputs, copies): the demo's q|k|v, o, gate|up and its two down types
-SHAPES = [("qkv", [("Q5_0x4", 896), ("Q5_0x4", 128), ("Q8_0x4", 128)], 896, 24),
-          ("o", [("Q5_0x4", 896)], 896, 24), ("gate_up", [("Q5_0x4", 9728)], 896, 24),
+SHAPES = [("qkv", [("Q5_0x16", 896), ("Q5_0x16", 128), ("Q8_0x4", 128)], 896, 24),
+          ("o", [("Q5_0x16", 896)], 896, 24), ("gate_up", [("Q5_0x16", 9728)], 896, 24),
           ("down6", [("Q6_K", 896)], 4864, 12), ("down4", [("Q4_K", 896)], 4864, 12),
           ("head", [("Q8_0x4", 151936)], 896, 1)]
 

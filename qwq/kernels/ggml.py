@@ -2,7 +2,8 @@
 
 A quantized tensor is (rows, row_bytes) uint8: each row a run of blocks exactly as they lie in
 the file, so a read-only view of an mmap serves as the weight. The exceptions: Q5_0 and Q8_0 are
-rearranged once at load into Q5_0x4 and Q8_0x4 (`computed`), the same bytes in an order the
+rearranged once at load (`computed`): Q5_0 of whole groups of 16 rows into Q5_0x16, the rows
+interleaved; other Q5_0 and Q8_0 into Q5_0x4 and Q8_0x4, the same bytes in an order the
 kernels decode without permutes. ggml.cpp's kernels (the op
 torch.ops.qwq.ggml_linear) read those bytes directly; this module holds each format's layout, its
 dequantization in plain torch, the int8 activation rounding llama.cpp pairs with it, and the
