@@ -194,23 +194,32 @@ void check_part(const at::Tensor& w, int64_t K) {
               K, " inputs are ", K / F::kBlock * F::kBlockBytes, " bytes, got ", w.size(1));
 }
 
-// A part of format F: checked, its records of x made (or shared with an earlier part of the
-// same type: q and k are often both Q5_0), its row function chosen.
-template <typename F, typename T>
-Slice make_part(const at::Tensor& x, const at::Tensor& w, int64_t type, int64_t first,
-               std::vector<std::pair<int64_t, at::Tensor>>& made) {
-  check_part<F>(w, x.size(1));
+// A part's Slice over w: its records of x (made by `records`, or shared with an earlier part of
+// the same type) and its row function.
+template <typename Records>
+Slice slice_of(const at::Tensor& w, int64_t type, int64_t first,
+               std::vector<std::pair<int64_t, at::Tensor>>& made, Records records,
+               void (*run)(const Slice&, const Job&, int64_t, int64_t)) {
   auto found = std::find_if(made.begin(), made.end(),
                             [&](const auto& e) { return e.first == type; });
-  if (found == made.end()) found = made.emplace(made.end(), type, records<F, T>(x));
+  if (found == made.end()) found = made.emplace(made.end(), type, records());
   Slice part;
   part.w = static_cast<const uint8_t*>(w.const_data_ptr());
   part.row_stride = w.stride(0);
   part.first = first;
   part.rows = w.size(0);
   part.acts = static_cast<const uint8_t*>(found->second.const_data_ptr());
-  part.run = &part_rows<F, T>;
+  part.run = run;
   return part;
+}
+
+// A part of format F: checked, its records of x made (or shared with an earlier part of the
+// same type: q and k are often both Q5_0), its row function chosen.
+template <typename F, typename T>
+Slice make_part(const at::Tensor& x, const at::Tensor& w, int64_t type, int64_t first,
+               std::vector<std::pair<int64_t, at::Tensor>>& made) {
+  check_part<F>(w, x.size(1));
+  return slice_of(w, type, first, made, [&] { return records<F, T>(x); }, &part_rows<F, T>);
 }
 
 // Q5_0 rows interleaved sixteen at a time (ggml_interleave_q5_0, once at load): the same
@@ -369,17 +378,7 @@ Slice make_x16_part(const at::Tensor& x, const at::Tensor& w, int64_t type, int6
               "bytes, rows a multiple of 16");
   TORCH_CHECK(w.size(1) == K / 32 * 22, "ggml_linear: Q5_0x16 rows of ", K, " inputs are ",
               K / 32 * 22, " bytes, got ", w.size(1));
-  auto found = std::find_if(made.begin(), made.end(),
-                            [&](const auto& e) { return e.first == type; });
-  if (found == made.end()) found = made.emplace(made.end(), type, records_x16<T>(x));
-  Slice part;
-  part.w = static_cast<const uint8_t*>(w.const_data_ptr());
-  part.row_stride = w.stride(0);
-  part.first = first;
-  part.rows = w.size(0);
-  part.acts = static_cast<const uint8_t*>(found->second.const_data_ptr());
-  part.run = &group_rows<T>;
-  return part;
+  return slice_of(w, type, first, made, [&] { return records_x16<T>(x); }, &group_rows<T>);
 }
 
 // qwq's own ids for its load-time layouts, past ggml's enum (ggml.py: TYPES)
