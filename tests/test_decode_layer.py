@@ -27,7 +27,7 @@ def _rows(kv):
 
 
 def _eager(net):
-    net._ggml_decode_args = lambda *args: None
+    net._decode_layers = lambda *args: None
 
 
 @pytest.mark.parametrize(("dtype", "kv"), [("bfloat16", "auto"), ("float32", "auto"),
@@ -41,7 +41,7 @@ def test_fused_decode_is_the_eager_layer_bit_for_bit(tiny_q4_k_m, dtype, kv):
     kv = llm.engine.runner.kv
     kv.k.zero_(), kv.v.zero_()
     fused = _logprobs(llm.generate(PROMPTS, params))
-    assert isinstance(net._ggml_layers, tuple) and len(net._ggml_layers[0][3]) == 2  # 2 layers
+    assert net._ggml_layers.num_layers() == 2  # the tiny model's both layers, made once
     rows = _rows(kv)
     kv.k.zero_(), kv.v.zero_()
     _eager(net)
@@ -65,27 +65,48 @@ def test_an_fp8_cache_keeps_the_eager_layer(tiny_q4_k_m):
 def test_the_kernel_names_what_is_wrong(tiny_q4_k_m):
     llm = LLM(str(tiny_q4_k_m), max_model_len=256, kv_cache_memory=16 << 20,
               enable_prefix_caching=False)
-    layer = llm.engine.runner.model.layers[0]
-    (ws, types, parts, bias, post, _, eps), after = layer.ggml_decode_args(None)
-    x = torch.zeros(1, 256, dtype=torch.bfloat16)
-    kc = torch.zeros(1, 64, 2, 64, dtype=torch.bfloat16)
-    cos = torch.zeros(1, 1, 64, dtype=torch.bfloat16)
+    net = llm.engine.runner.model
+    (ws, types, parts, norm, bias, post, eps), after = net.layers[0].ggml_decode_args()
     assert after == (0.125, 4, 2)
-    args = dict(qkv_biases=[bias], post_norms=[post], next_norms=[], eps=eps, cos=cos, sin=cos,
-                k_caches=kc, v_caches=kc, slots=torch.zeros(1, dtype=torch.long),
-                block_tables=torch.zeros(1, 4, dtype=torch.long),
-                context_lens=torch.ones(1, dtype=torch.long), block_size=16, scale=0.125,
-                heads=4, kv_heads=2)
+    head, head_types = net.lm_head.kernel_parts()
+
+    def make(parts=parts, biases=(bias,), heads=after, head=(), head_types=()):
+        return torch.classes.qwq.DecodeLayers(ws, types, parts, [norm], list(biases), [post],
+                                              norm, list(head), list(head_types), eps, *heads)
+
     with pytest.raises(RuntimeError, match="parts must add up"):
-        torch.ops.qwq.ggml_decode_layers(x, x, ws, types, [1, 1, 1, 99], **args)
-    with pytest.raises(RuntimeError, match="one int64 slot per token"):
-        torch.ops.qwq.ggml_decode_layers(x, x, ws, types, parts,
-                                         **{**args, "slots": torch.zeros(2, dtype=torch.long)})
-    with pytest.raises(RuntimeError, match=r"caches \(layers, slots"):
-        torch.ops.qwq.ggml_decode_layers(x, x, ws, types, parts,
-                                         **{**args, "k_caches": kc[0], "v_caches": kc[0]})
+        make(parts=[1, 1, 1, 99])
     with pytest.raises(RuntimeError, match="4 parts counts"):
-        torch.ops.qwq.ggml_decode_layers(x, x, ws, types, parts,
-                                         **{**args, "qkv_biases": [bias, bias]})
-    out, nxt = torch.ops.qwq.ggml_decode_layers(x, x, ws, types, parts, **args)
-    assert out.shape == (1, 256) and nxt is None
+        make(biases=[bias, bias])
+    with pytest.raises(RuntimeError, match="heads a multiple of kv_heads"):
+        make(heads=(0.125, 4, 3))
+    with pytest.raises(RuntimeError, match="one type a part of the head"):
+        make(head=head, head_types=[])
+    x = torch.randn(2, 256, dtype=torch.bfloat16)
+    kc = torch.zeros(1, 64, 2, 64, dtype=torch.bfloat16)
+    cos, sin = net.rotary.factor_tables(64, torch.bfloat16, x.device)
+    step = dict(positions=torch.tensor([0, 3]), cos=cos, sin=sin, k_caches=kc, v_caches=kc,
+                slots=torch.tensor([0, 16]), block_tables=torch.tensor([[0], [1]]),
+                context_lens=torch.tensor([1, 4]), block_size=16,
+                logits_indices=torch.tensor([1, 0]))
+    layers = make()
+
+    def run(layers=layers, **changed):
+        return layers.step(x, *{**step, **changed}.values())
+
+    with pytest.raises(RuntimeError, match="one int64 position and slot per token"):
+        run(slots=torch.zeros(3, dtype=torch.long))
+    with pytest.raises(RuntimeError, match=r"caches \(layers, slots"):
+        run(k_caches=kc[0], v_caches=kc[0])
+    with pytest.raises(RuntimeError, match=r"cos and sin tables \(positions, 1, head_dim\)"):
+        run(cos=cos.float(), sin=sin.float())
+    with pytest.raises(IndexError):  # a position past the tables
+        run(positions=torch.tensor([0, cos.shape[0]]))
+    # without a head: the final norm's rows, in the order asked; with one, their logits
+    rows = run()
+    assert rows.shape == (2, 256) and rows.dtype == torch.bfloat16
+    kc.zero_()
+    logits = run(make(head=head, head_types=head_types))
+    assert torch.equal(logits, net.lm_head(rows.float()))
+    kc.zero_()
+    assert torch.equal(run(logits_indices=torch.tensor([0])), rows[1:])

@@ -111,7 +111,17 @@ def kernels_available() -> bool:
         return False
     return all(hasattr(torch.ops.qwq, op) for op in (
         "q8_0_linear", "silu_mul", "greedy_tokens", "ggml_linear_parts", "ggml_shuffle_chunks",
-        "ggml_rows", "ggml_decode_layers"))
+        "ggml_rows")) and _has_class("DecodeLayers")
+
+
+def _has_class(name: str) -> bool:
+    """Whether the build registered torch.classes.qwq.<name> (a missing one raises
+    RuntimeError, not AttributeError)."""
+    try:
+        getattr(torch.classes.qwq, name)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
 
 
 def fused_layers_take(x: torch.Tensor) -> bool:

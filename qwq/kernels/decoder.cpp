@@ -1,4 +1,4 @@
-// Every decoder layer of a decode step on a GGUF's own blocks, in one call: ggml_decode_layers.
+// Every decoder layer of a decode step on a GGUF's own blocks, in one call: DecodeLayers.step.
 //
 // At batch 1 the 0.5B demo model's layer is ~0.5 ms of weight reads and, written as eager torch
 // from Python, ~80 small calls (the projections' wrappers, the bias, rope's four ops, the cache
@@ -11,11 +11,13 @@
 // (tests/test_decode_layer.py).
 //
 // The caller (Qwen2Model.forward) takes this path only for a step of one new token per sequence,
-// on CPU, with every projection in a type ggml.cpp computes and a cache of float or int8 rows.
+// on CPU, with every projection in a type ggml.cpp computes and a cache of float or int8 rows;
+// rope's lookups, the first layer's input norm, the final norm and the head are in the call too.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/custom_class.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -59,6 +61,13 @@ std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::T
                        .typed<std::tuple<at::Tensor, at::Tensor>(
                            const at::Tensor&, const at::Tensor&, const at::Tensor&, double)>();
   return op.call(x, delta, w, eps);
+}
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("qwq::rms_norm", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double)>();
+  return op.call(x, w, eps);
 }
 
 at::Tensor silu_mul(const at::Tensor& gate_up) {
@@ -188,8 +197,6 @@ struct Layer {
   const at::Tensor* qkv_bias;
   const at::Tensor* post_norm;
   const at::Tensor* next_norm;  // null: the last layer, which returns x alone
-  const at::Tensor* k_cache;
-  const at::Tensor* v_cache;
 };
 
 // What a step gives every layer.
@@ -206,22 +213,23 @@ struct Step {
 };
 
 std::tuple<at::Tensor, at::Tensor> layer(const at::Tensor& x, const at::Tensor& h, const Layer& l,
+                                         const at::Tensor& k_cache, const at::Tensor& v_cache,
                                          const Step& s) {
   const int64_t B = x.size(0);
   at::Tensor qkv = linear_parts(h, l.proj[0], l.types[0], rows_of(l.proj[0]));
   at::Tensor q = at::empty({B, s.heads, s.D}, x.options());
-  QWQ_FLOATS(x.scalar_type(), "ggml_decode_layers", T, {
+  QWQ_FLOATS(x.scalar_type(), "DecodeLayers", T, {
     add_bias<T>(qkv, *l.qkv_bias);
     if (s.codes) {
-      rope_and_store<T, int8_t>(qkv, s.cos, s.sin, q, *l.k_cache, *l.v_cache, s.slots, s.heads,
+      rope_and_store<T, int8_t>(qkv, s.cos, s.sin, q, k_cache, v_cache, s.slots, s.heads,
                                 s.kv_heads, s.D);
     } else {
-      QWQ_FLOATS(l.k_cache->scalar_type(), "ggml_decode_layers caches", C,
-        rope_and_store<T, C>(qkv, s.cos, s.sin, q, *l.k_cache, *l.v_cache, s.slots, s.heads,
+      QWQ_FLOATS(k_cache.scalar_type(), "DecodeLayers caches", C,
+        rope_and_store<T, C>(qkv, s.cos, s.sin, q, k_cache, v_cache, s.slots, s.heads,
                              s.kv_heads, s.D));
     }
   });
-  at::Tensor attn = decode_attention(q, *l.k_cache, *l.v_cache, s.block_tables, s.context_lens,
+  at::Tensor attn = decode_attention(q, k_cache, v_cache, s.block_tables, s.context_lens,
                                      s.block_size, s.scale);
   at::Tensor o = linear_parts(attn.view({B, s.heads * s.D}), l.proj[1], l.types[1],
                               rows_of(l.proj[1]));
@@ -232,84 +240,141 @@ std::tuple<at::Tensor, at::Tensor> layer(const at::Tensor& x, const at::Tensor& 
   return {x1.add(down), at::Tensor()};
 }
 
-// x: the residual stream (B, hidden); h: the first layer's input norm of it. For each of the L
-// layers: `parts` (4 a layer) counts its q|k|v, o, gate|up and down parts among `weights`, in
-// ggml `types`; qkv_biases and post_norms hold one tensor a layer; next_norms the next layer's
-// input norm, L - 1 of them, or L with the final norm; k_caches and v_caches (L, slots,
-// kv_heads, row). Returns (x after the last layer, next norm of it), or (x, None) without one.
-// One call a step rather than one a layer: a call from Python of this many arguments cost
-// ~50 us, a tenth of a layer of the 0.5B demo model.
-std::tuple<at::Tensor, at::Tensor> ggml_decode_layers(
-    const at::Tensor& x, const at::Tensor& h, at::TensorList weights, at::IntArrayRef types,
-    at::IntArrayRef parts, at::TensorList qkv_biases, at::TensorList post_norms,
-    at::TensorList next_norms, double eps, const at::Tensor& cos, const at::Tensor& sin,
-    const at::Tensor& k_caches, const at::Tensor& v_caches, const at::Tensor& slots,
-    const at::Tensor& block_tables, const at::Tensor& context_lens, int64_t block_size,
-    double scale, int64_t heads, int64_t kv_heads) {
-  const int64_t L = static_cast<int64_t>(qkv_biases.size());
-  TORCH_CHECK(L > 0 && static_cast<int64_t>(parts.size()) == 4 * L &&
-                  static_cast<int64_t>(post_norms.size()) == L &&
-                  (static_cast<int64_t>(next_norms.size()) == L ||
-                   static_cast<int64_t>(next_norms.size()) == L - 1) &&
-                  weights.size() == types.size(),
-              "ggml_decode_layers: per layer 4 parts counts, a q|k|v bias and a post norm; "
-              "L - 1 or L next norms; one type a weight");
-  const int64_t B = x.size(0), D = cos.size(-1);
-  const bool codes = k_caches.scalar_type() == at::kChar;
-  TORCH_CHECK(x.dim() == 2 && h.sizes() == x.sizes() && x.is_contiguous() && h.is_contiguous() &&
-                  h.scalar_type() == x.scalar_type(),
-              "ggml_decode_layers: x and h (tokens, hidden), contiguous, one dtype");
-  TORCH_CHECK(D % 32 == 0 && D <= 256 && k_caches.dim() == 4 && k_caches.size(0) == L &&
-                  k_caches.size(2) == kv_heads && k_caches.size(3) == D + (codes ? 2 : 0) &&
-                  v_caches.sizes() == k_caches.sizes() && k_caches.is_contiguous() &&
-                  v_caches.is_contiguous() && k_caches.scalar_type() == v_caches.scalar_type(),
-              "ggml_decode_layers: caches (layers, slots, kv_heads, row) of head_dim float "
-              "values or head_dim int8 codes and a float16 scale, head_dim a multiple of 32 up "
-              "to 256");
-  TORCH_CHECK(cos.sizes() == sin.sizes() && cos.numel() == B * D && cos.is_contiguous() &&
-                  sin.is_contiguous() && cos.scalar_type() == x.scalar_type(),
-              "ggml_decode_layers: cos and sin (tokens, 1, head_dim) in x's dtype");
-  TORCH_CHECK(slots.scalar_type() == at::kLong && slots.numel() == B && slots.is_contiguous(),
-              "ggml_decode_layers: one int64 slot per token");
-  std::vector<at::Tensor> ks = k_caches.unbind(0), vs = v_caches.unbind(0);
-  std::vector<Layer> layers(L);
-  size_t at = 0;
-  for (int64_t i = 0; i < L; ++i) {
-    Layer& l = layers[i];
-    for (int j = 0; j < 4; ++j) {
-      const int64_t n = parts[4 * i + j];
-      TORCH_CHECK(n > 0 && at + n <= weights.size(), "ggml_decode_layers: parts must add up");
-      l.proj[j] = weights.slice(at, n);
-      l.types[j] = types.slice(at, n);
-      at += n;
+// A model's decoder layers on a GGUF's blocks, checked and arranged once
+// (torch.classes.qwq.DecodeLayers; Qwen2Model keeps one): each decode step then converts and
+// checks only its own few tensors. Passed from Python every step, the layers' ~170 tensors cost
+// ~0.1 ms of argument conversion and ~0.08 ms of checks and cache views, 2-3% of the 0.5B demo
+// model's step.
+//
+// For each of the L layers: `parts` (4 a layer) counts its q|k|v, o, gate|up and down parts
+// among `weights`, in ggml `types`; input_norms, qkv_biases and post_norms hold one tensor a
+// layer; final_norm is the norm after the last layer; `head` the output projection's parts in
+// `head_types`, or none (the caller applies its head).
+class DecodeLayers : public torch::CustomClassHolder {
+ public:
+  DecodeLayers(std::vector<at::Tensor> weights, std::vector<int64_t> types,
+               std::vector<int64_t> parts, std::vector<at::Tensor> input_norms,
+               std::vector<at::Tensor> qkv_biases, std::vector<at::Tensor> post_norms,
+               at::Tensor final_norm, std::vector<at::Tensor> head,
+               std::vector<int64_t> head_types, double eps, double scale, int64_t heads,
+               int64_t kv_heads)
+      : weights_(std::move(weights)), types_(std::move(types)),
+        input_norms_(std::move(input_norms)), biases_(std::move(qkv_biases)),
+        post_norms_(std::move(post_norms)), final_norm_(std::move(final_norm)),
+        head_(std::move(head)), head_types_(std::move(head_types)), eps_(eps), scale_(scale),
+        heads_(heads), kv_heads_(kv_heads) {
+    TORCH_CHECK(head_.size() == head_types_.size(),
+                "DecodeLayers: one type a part of the head");
+    for (const auto& w : head_) vocab_ += w.dim() == 2 ? w.size(0) : 0;
+    const int64_t L = static_cast<int64_t>(biases_.size());
+    TORCH_CHECK(L > 0 && static_cast<int64_t>(parts.size()) == 4 * L &&
+                    static_cast<int64_t>(post_norms_.size()) == L &&
+                    static_cast<int64_t>(input_norms_.size()) == L &&
+                    weights_.size() == types_.size(),
+                "DecodeLayers: per layer 4 parts counts, an input norm, a q|k|v bias and a post "
+                "norm; one type a weight");
+    TORCH_CHECK(heads > 0 && kv_heads > 0 && heads % kv_heads == 0,
+                "DecodeLayers: heads a multiple of kv_heads");
+    layers_.resize(L);
+    const at::TensorList ws(weights_);
+    const at::IntArrayRef ts(types_);
+    size_t at = 0;
+    for (int64_t i = 0; i < L; ++i) {
+      Layer& l = layers_[i];
+      for (int j = 0; j < 4; ++j) {
+        const int64_t n = parts[4 * i + j];
+        TORCH_CHECK(n > 0 && at + n <= ws.size(), "DecodeLayers: parts must add up");
+        l.proj[j] = ws.slice(at, n);
+        l.types[j] = ts.slice(at, n);
+        at += n;
+      }
+      const int64_t qkv_rows = rows_of(l.proj[0]);
+      TORCH_CHECK(qkv_rows % (heads + 2 * kv_heads) == 0 &&
+                      (i == 0 || qkv_rows == (heads + 2 * kv_heads) * D_) &&
+                      biases_[i].numel() == qkv_rows && biases_[i].is_contiguous() &&
+                      biases_[i].scalar_type() == biases_[0].scalar_type(),
+                  "DecodeLayers: q|k|v rows and bias must be (heads + 2 kv_heads) head_dim, "
+                  "every layer's the same, the biases in one dtype");
+      D_ = qkv_rows / (heads + 2 * kv_heads);
+      l.qkv_bias = &biases_[i];
+      l.post_norm = &post_norms_[i];
+      l.next_norm = i + 1 < L ? &input_norms_[i + 1] : &final_norm_;
     }
-    const int64_t qkv_rows = rows_of(l.proj[0]);
-    TORCH_CHECK(qkv_rows == (heads + 2 * kv_heads) * D && qkv_biases[i].numel() == qkv_rows &&
-                    qkv_biases[i].is_contiguous() && qkv_biases[i].scalar_type() == x.scalar_type(),
-                "ggml_decode_layers: q|k|v rows and bias must be (heads + 2 kv_heads) head_dim, "
-                "the bias in x's dtype");
-    l.qkv_bias = &qkv_biases[i];
-    l.post_norm = &post_norms[i];
-    l.next_norm = i < static_cast<int64_t>(next_norms.size()) ? &next_norms[i] : nullptr;
-    l.k_cache = &ks[i];
-    l.v_cache = &vs[i];
+    TORCH_CHECK(at == ws.size(), "DecodeLayers: parts must add up");
   }
-  TORCH_CHECK(at == weights.size(), "ggml_decode_layers: parts must add up");
-  const Step step{cos, sin, slots, block_tables, context_lens, block_size, scale, eps, heads,
-                  kv_heads, D, codes};
-  std::tuple<at::Tensor, at::Tensor> out{x, h};
-  for (const Layer& l : layers) out = layer(std::get<0>(out), std::get<1>(out), l, step);
-  return out;
-}
+
+  // x: the residual stream (B, hidden) of one new token per sequence at `positions`;
+  // cos_table and sin_table (positions, 1, head_dim) in x's dtype, rope_factors of the whole
+  // table (sin's first half negated); k_caches and v_caches (L, slots, kv_heads, row); the
+  // rows of logits_indices are returned: their logits (float32) with a head, else the final
+  // norm's rows.
+  at::Tensor step(const at::Tensor& x, const at::Tensor& positions, const at::Tensor& cos_table,
+                  const at::Tensor& sin_table, const at::Tensor& k_caches,
+                  const at::Tensor& v_caches, const at::Tensor& slots,
+                  const at::Tensor& block_tables, const at::Tensor& context_lens,
+                  int64_t block_size, const at::Tensor& logits_indices) {
+    const int64_t L = static_cast<int64_t>(layers_.size()), B = x.size(0), D = D_;
+    const bool codes = k_caches.scalar_type() == at::kChar;
+    TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && biases_[0].scalar_type() == x.scalar_type(),
+                "DecodeLayers: x (tokens, hidden), contiguous, in the q|k|v biases' dtype");
+    TORCH_CHECK(D % 32 == 0 && D <= 256 && k_caches.dim() == 4 && k_caches.size(0) == L &&
+                    k_caches.size(2) == kv_heads_ && k_caches.size(3) == D + (codes ? 2 : 0) &&
+                    v_caches.sizes() == k_caches.sizes() && k_caches.is_contiguous() &&
+                    v_caches.is_contiguous() && k_caches.scalar_type() == v_caches.scalar_type(),
+                "DecodeLayers: caches (layers, slots, kv_heads, row) of head_dim float values "
+                "or head_dim int8 codes and a float16 scale, head_dim a multiple of 32 up to 256");
+    TORCH_CHECK(cos_table.dim() == 3 && cos_table.size(1) == 1 && cos_table.size(2) == D &&
+                    sin_table.sizes() == cos_table.sizes() &&
+                    cos_table.scalar_type() == x.scalar_type() &&
+                    sin_table.scalar_type() == x.scalar_type(),
+                "DecodeLayers: cos and sin tables (positions, 1, head_dim) in x's dtype");
+    TORCH_CHECK(positions.scalar_type() == at::kLong && positions.numel() == B &&
+                    slots.scalar_type() == at::kLong && slots.numel() == B &&
+                    slots.is_contiguous(),
+                "DecodeLayers: one int64 position and slot per token");
+    // each layer's cache views, made again only when the caches change
+    if (!k_src_.defined() || !k_src_.is_same(k_caches) || !v_src_.is_same(v_caches)) {
+      ks_ = k_caches.unbind(0), vs_ = v_caches.unbind(0);
+      k_src_ = k_caches, v_src_ = v_caches;
+    }
+    // (index_select checks each position against the tables)
+    const at::Tensor cos = cos_table.index_select(0, positions).contiguous();
+    const at::Tensor sin = sin_table.index_select(0, positions).contiguous();
+    const Step s{cos, sin, slots, block_tables, context_lens, block_size, scale_, eps_,
+                 heads_, kv_heads_, D, codes};
+    std::tuple<at::Tensor, at::Tensor> out{x, rms_norm(x, input_norms_[0], eps_)};
+    for (int64_t i = 0; i < L; ++i)
+      out = layer(std::get<0>(out), std::get<1>(out), layers_[i], ks_[i], vs_[i], s);
+    // (the norm is per row: normed rows, then picked, are the rows picked, then normed)
+    const at::Tensor rows = std::get<1>(out).index_select(0, logits_indices);
+    if (head_.empty()) return rows;
+    return linear_parts(rows.to(at::kFloat), head_, head_types_, vocab_);
+  }
+
+  int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
+
+ private:
+  std::vector<at::Tensor> weights_;
+  std::vector<int64_t> types_;
+  std::vector<at::Tensor> input_norms_, biases_, post_norms_;
+  at::Tensor final_norm_;
+  std::vector<at::Tensor> head_;
+  std::vector<int64_t> head_types_;
+  double eps_, scale_;
+  int64_t heads_, kv_heads_, D_ = 0, vocab_ = 0;
+  std::vector<Layer> layers_;  // views of the members above, which never change
+  at::Tensor k_src_, v_src_;
+  std::vector<at::Tensor> ks_, vs_;
+};
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(qwq, m) {
-  m.def("ggml_decode_layers(Tensor x, Tensor h, Tensor[] weights, int[] types, int[] parts, "
-        "Tensor[] qkv_biases, Tensor[] post_norms, Tensor[] next_norms, float eps, Tensor cos, "
-        "Tensor sin, Tensor k_caches, Tensor v_caches, Tensor slots, Tensor block_tables, "
-        "Tensor context_lens, int block_size, float scale, int heads, int kv_heads) "
-        "-> (Tensor, Tensor)");
+  m.class_<DecodeLayers>("DecodeLayers")
+      .def(torch::init<std::vector<at::Tensor>, std::vector<int64_t>, std::vector<int64_t>,
+                       std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>,
+                       at::Tensor, std::vector<at::Tensor>, std::vector<int64_t>, double, double,
+                       int64_t, int64_t>())
+      .def("step", &DecodeLayers::step)
+      .def("num_layers", &DecodeLayers::num_layers);
 }
-
-TORCH_LIBRARY_IMPL(qwq, CPU, m) { m.impl("ggml_decode_layers", &ggml_decode_layers); }

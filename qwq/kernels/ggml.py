@@ -274,9 +274,16 @@ def rows(raw: torch.Tensor, t: GGMLType | str | int, ids: torch.Tensor,
     cols = _check_raw(raw, t)
     if t.group_rows > 1:
         raise ValueError(f"{t.name} interleaves its rows: a table's rows are looked up as filed")
-    if raw.device.type == "cpu" and t.name not in _LAYOUT_NAMES and kernels_available():
+    if rows_kernel_takes(raw, t):
         return torch.ops.qwq.ggml_rows(raw.contiguous(), t.id, ids.long(), dtype)
     return dequantize(raw[ids.reshape(-1)], t).view(*ids.shape, cols).to(dtype)
+
+
+def rows_kernel_takes(raw: torch.Tensor, t: GGMLType) -> bool:
+    """Whether ggml_rows (ggml_rows.cpp) looks up this table's rows (contiguous, and the ids
+    int64): a CPU table filed as ggml files it, with the kernels built."""
+    return raw.device.type == "cpu" and t.name not in _LAYOUT_NAMES and t.group_rows == 1 \
+        and kernels_available()
 
 
 def computed(raw: torch.Tensor, t: GGMLType | str | int) -> tuple[torch.Tensor, GGMLType]:

@@ -137,6 +137,8 @@ class GGMLEmbedding(nn.Module):
         super().__init__()
         self.qtype, self.dtype = stored.qtype, dtype
         self.num_embeddings, self.embedding_dim = stored.shape
+        # the type id ggml_rows takes for this table, once checked; False: ggml.rows' torch path
+        self._kernel_type: int | bool | None = None
         if stored.qtype in ggml.TYPES:  # on a GPU: a copy of the blocks (ggml.rows is torch there)
             raw = stored.data if device is None else stored.data.to(device)
             self.register_buffer("raw", raw, persistent=False)
@@ -147,4 +149,14 @@ class GGMLEmbedding(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.raw.dtype != torch.uint8:
             return F.embedding(ids, self.raw)
+        if self._kernel_type is None:  # ggml.rows' checks, once (~30 us of every decode step)
+            t = ggml.ggml_type(self.qtype)
+            self._kernel_type = t.id if ggml.rows_kernel_takes(self.raw, t) \
+                and self.raw.is_contiguous() else False
+        if self._kernel_type is not False and ids.dtype == torch.long:
+            return torch.ops.qwq.ggml_rows(self.raw, self._kernel_type, ids, self.dtype)
         return ggml.rows(self.raw, self.qtype, ids, self.dtype)
+
+    def _apply(self, fn, recurse=True):
+        self._kernel_type = None  # a move may take the table off the CPU
+        return super()._apply(fn, recurse)

@@ -22,7 +22,7 @@ from qwq.kernels.blocks import BlockScales
 from qwq.model.attention import AttentionMetadata, KVCache, paged_attention
 from qwq.model.ggml_linear import GGMLEmbedding, GGMLLinear, rearranging_fits
 from qwq.model.layout import BIASED, NORMS, PROJECTIONS, hf_weight_names, layer_shapes
-from qwq.model.rope import RotaryEmbedding, apply_rope_prepared, rope_factors
+from qwq.model.rope import RotaryEmbedding, apply_rope_prepared
 
 if TYPE_CHECKING:  # a type only: qwq.weights imports qwq.model.layout
     from qwq.stored import StoredTensor
@@ -102,13 +102,13 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def ggml_decode_args(self, next_norm: RMSNorm | None) -> tuple[tuple, tuple] | None:
-        """What ggml_decode_layers (qwq/kernels/decoder.cpp) takes of this layer, found once per
-        model: the arguments before the step's (every projection part's stored tensor, its
-        type, the parts of q|k|v, o, gate|up and down, q|k|v's bias, the norms' weights, eps)
-        and after them (attention's scale and heads). None unless each projection is a
-        GGMLLinear with kernels for all its parts, q|k|v with its bias and the others without."""
-        attn, mlp, norm = self.self_attn, self.mlp, self.post_attention_layernorm
+    def ggml_decode_args(self) -> tuple[tuple, tuple] | None:
+        """What DecodeLayers (qwq/kernels/decoder.cpp) takes of this layer, found once per
+        model: every projection part's stored tensor, its type, the parts of q|k|v, o, gate|up
+        and down, the input norm's weight, q|k|v's bias, the post-attention norm's weight and
+        eps; then attention's scale and heads. None unless each projection is a GGMLLinear with
+        kernels for all its parts, q|k|v with its bias and the others without."""
+        attn, mlp = self.self_attn, self.mlp
         projs = [attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj]
         if not all(isinstance(p, GGMLLinear) for p in projs) or attn.qkv_proj.bias is None \
                 or any(p.bias is not None for p in projs[1:]):
@@ -118,8 +118,8 @@ class DecoderLayer(nn.Module):
             return None
         weights = ([w for ws, _ in found for w in ws], [t for _, ts in found for t in ts],
                    [len(ws) for ws, _ in found])
-        return ((*weights, attn.qkv_proj.bias, norm.weight,
-                 None if next_norm is None else next_norm.weight, norm.eps),
+        return ((*weights, self.input_layernorm.weight, attn.qkv_proj.bias,
+                 self.post_attention_layernorm.weight, self.post_attention_layernorm.eps),
                 (attn.scale, attn.heads, attn.kv_heads))
 
 
@@ -147,26 +147,28 @@ class Qwen2Model(nn.Module):
         # module name ("layers.0.self_attn.qkv_proj"): load_weights fills it, quantize_model
         # packs q5_0/q8_0 blocks on them and empties it
         self.pending_scales: dict[str, BlockScales] = {}
-        # what ggml_decode_layers takes of the layers; False: not every layer can
-        self._ggml_layers: tuple | bool | None = None
+        # the layers, norms and head as one kernel call steps them
+        # (torch.classes.qwq.DecodeLayers, made once); False: not every layer can
+        self._ggml_layers: torch.ScriptObject | bool | None = None
+        self._fused_head = False  # whether that call applies lm_head too
 
     def forward(self, input_ids: torch.Tensor, meta: AttentionMetadata,
                 kv: KVCache) -> torch.Tensor:
         """input_ids: (T,). Returns float32 logits (B, vocab) at meta.logits_indices."""
         x = self.embed_tokens(input_ids)
-        cos, sin = rope_factors(*self.rotary.cos_sin(meta.positions, max(meta.context_lens)),
-                                x.dtype)
-        h = self.layers[0].input_layernorm(x)
-        fused = self._ggml_decode_args(x, meta, kv)
+        fused = self._decode_layers(x, meta, kv)
         if fused is not None:
-            # every layer in one kernel call, the same numbers as the loop below (decoder.cpp):
-            # a decode step of a small model spent a fifth of its time in that loop's calls
-            before, after = fused
-            x, h = torch.ops.qwq.ggml_decode_layers(
-                x, h, *before, cos, sin, kv.k, kv.v, meta.slot_mapping, meta.block_tables,
-                meta.context_lens_t, kv.block_size, *after)
-            x = self.norm(x[meta.logits_indices])
-            return self.lm_head(x.float())
+            # every layer, rope's lookups, the norms and the head in one kernel call, the same
+            # numbers as the loop below (decoder.cpp): a decode step of a small model spent a
+            # fifth of its time in that loop's calls, and each small op between the weights'
+            # streams costs ~10-30 us (they evict the interpreter's and torch's own data)
+            cos, sin = self.rotary.factor_tables(max(meta.context_lens), x.dtype, x.device)
+            out = fused.step(x, meta.positions, cos, sin, kv.k, kv.v, meta.slot_mapping,
+                             meta.block_tables, meta.context_lens_t, kv.block_size,
+                             meta.logits_indices)
+            return out if self._fused_head else self.lm_head(out.float())
+        cos, sin = self.rotary.factors(meta.positions, max(meta.context_lens), x.dtype)
+        h = self.layers[0].input_layernorm(x)
         for i, layer in enumerate(self.layers):
             x, h = layer.post_attention_layernorm.add(
                 x, layer.self_attn(h, cos, sin, meta, kv.k[i], kv.v[i], kv.block_size))
@@ -180,26 +182,31 @@ class Qwen2Model(nn.Module):
             return self.lm_head(x.float())        # (16-bit logits step by 0.125 near 20)
         return self.lm_head(x).float()
 
-    def _ggml_decode_args(self, x: torch.Tensor, meta: AttentionMetadata, kv: KVCache):
-        """ggml_decode_layers' arguments but the step's, when this step can take that path: one
-        new token per sequence, the kernels, every projection on them, a cache of float or int8
-        rows. They are found once (a module move, _apply, forgets them)."""
+    def _decode_layers(self, x: torch.Tensor, meta: AttentionMetadata, kv: KVCache):
+        """The layers as one kernel call takes them (a DecodeLayers, stepped with the step's
+        tensors), when this step can take that path: one new token per sequence, the kernels,
+        every projection on them, a cache of float or int8 rows. It is made once (a module
+        move, _apply, forgets it)."""
         if not (meta.decode_only and fused(x) and x.is_contiguous()) \
                 or kv.k.dtype == torch.float8_e4m3fn \
                 or self.config.head_dim % 32 or self.config.head_dim > 256:
             return None
         if self._ggml_layers is None:
-            nexts = [layer.input_layernorm for layer in self.layers[1:]] + [None]
-            found = [layer.ggml_decode_args(n) for layer, n in zip(self.layers, nexts)]
+            found = [layer.ggml_decode_args() for layer in self.layers]
             self._ggml_layers = False
             if all(f is not None for f in found) and len({f[0][-1] for f in found}) == 1 \
-                    and len({f[1] for f in found}) == 1:
-                ws, types, parts, biases, posts, next_ws, eps = zip(*(f[0] for f in found))
-                self._ggml_layers = (
-                    ([w for each in ws for w in each], [t for each in types for t in each],
-                     [n for each in parts for n in each], list(biases), list(posts),
-                     [w for w in next_ws if w is not None], eps[0]), found[0][1])
-        return self._ggml_layers or None
+                    and len({f[1] for f in found}) == 1 and self.norm.eps == found[0][0][-1]:
+                ws, types, parts, inputs, biases, posts, eps = zip(*(f[0] for f in found))
+                head = self.lm_head.kernel_parts() \
+                    if isinstance(self.lm_head, GGMLLinear) and self.lm_head.bias is None \
+                    else None
+                self._fused_head = head is not None
+                self._ggml_layers = torch.classes.qwq.DecodeLayers(
+                    [w for each in ws for w in each], [t for each in types for t in each],
+                    [n for each in parts for n in each], list(inputs), list(biases),
+                    list(posts), self.norm.weight, *(head or ([], [])), eps[0],
+                    *found[0][1])
+        return None if self._ggml_layers is False else self._ggml_layers
 
     def _apply(self, fn, recurse=True):
         self._ggml_layers = None  # they hold the buffers as they were
