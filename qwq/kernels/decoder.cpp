@@ -16,7 +16,6 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/custom_class.h>
 #include <torch/library.h>
 
@@ -24,6 +23,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels.h"
 #include "simd.h"
 
 // rope's products and sum are each a torch op's rounding in the eager path: never one fma
@@ -33,49 +33,6 @@ namespace {
 
 using qwq::load16;
 using qwq::store16;
-
-// The other kernels of this library, by their registered names.
-at::Tensor linear_parts(const at::Tensor& x, at::TensorList ws, at::IntArrayRef types,
-                        int64_t out_features) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("qwq::ggml_linear_parts", "")
-                       .typed<at::Tensor(const at::Tensor&, at::TensorList, at::IntArrayRef,
-                                         const c10::optional<at::Tensor>&, int64_t)>();
-  return op.call(x, ws, types, c10::nullopt, out_features);
-}
-
-at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc,
-                            const at::Tensor& tables, const at::Tensor& lens, int64_t bs,
-                            double scale) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("qwq::decode_attention", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                         const at::Tensor&, const at::Tensor&, int64_t, double)>();
-  return op.call(q, kc, vc, tables, lens, bs, scale);
-}
-
-std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::Tensor& delta,
-                                                const at::Tensor& w, double eps) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("qwq::add_rms_norm", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor>(
-                           const at::Tensor&, const at::Tensor&, const at::Tensor&, double)>();
-  return op.call(x, delta, w, eps);
-}
-
-at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("qwq::rms_norm", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double)>();
-  return op.call(x, w, eps);
-}
-
-at::Tensor silu_mul(const at::Tensor& gate_up) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("qwq::silu_mul", "")
-                       .typed<at::Tensor(const at::Tensor&)>();
-  return op.call(gate_up);
-}
 
 // 16 numbers of T rounded to T as a torch op's result would be, then read back as floats.
 template <typename T>
@@ -212,32 +169,41 @@ struct Step {
   bool codes;
 };
 
-std::tuple<at::Tensor, at::Tensor> layer(const at::Tensor& x, const at::Tensor& h, const Layer& l,
-                                         const at::Tensor& k_cache, const at::Tensor& v_cache,
-                                         const Step& s) {
+// A step's activations, kept from step to step (made again for another batch size or dtype):
+// each layer writes its intermediates here, and the residual stream and its norm go back and
+// forth between two pairs.
+struct Scratch {
+  at::Tensor qkv, q, attn, o, gate_up, act, down, x[2], h[2];
+};
+
+// One layer on x (the residual stream) and h (its input norm), which are sc.x[0] and sc.h[0]
+// or, for the first layer, the caller's x and sc.h[0]: the new residual stream and its next
+// norm land in sc.x[0] and sc.h[0] (through sc.x[1] and sc.h[1]).
+void layer(const at::Tensor& x, const Layer& l, const at::Tensor& k_cache,
+           const at::Tensor& v_cache, const Step& s, Scratch& sc) {
+  using namespace qwq::kernels;
   const int64_t B = x.size(0);
-  at::Tensor qkv = linear_parts(h, l.proj[0], l.types[0], rows_of(l.proj[0]));
-  at::Tensor q = at::empty({B, s.heads, s.D}, x.options());
+  ggml_linear_parts_into(sc.h[0], l.proj[0], l.types[0], c10::nullopt, sc.qkv);
   QWQ_FLOATS(x.scalar_type(), "DecodeLayers", T, {
-    add_bias<T>(qkv, *l.qkv_bias);
+    add_bias<T>(sc.qkv, *l.qkv_bias);
     if (s.codes) {
-      rope_and_store<T, int8_t>(qkv, s.cos, s.sin, q, k_cache, v_cache, s.slots, s.heads,
+      rope_and_store<T, int8_t>(sc.qkv, s.cos, s.sin, sc.q, k_cache, v_cache, s.slots, s.heads,
                                 s.kv_heads, s.D);
     } else {
       QWQ_FLOATS(k_cache.scalar_type(), "DecodeLayers caches", C,
-        rope_and_store<T, C>(qkv, s.cos, s.sin, q, k_cache, v_cache, s.slots, s.heads,
+        rope_and_store<T, C>(sc.qkv, s.cos, s.sin, sc.q, k_cache, v_cache, s.slots, s.heads,
                              s.kv_heads, s.D));
     }
   });
-  at::Tensor attn = decode_attention(q, k_cache, v_cache, s.block_tables, s.context_lens,
-                                     s.block_size, s.scale);
-  at::Tensor o = linear_parts(attn.view({B, s.heads * s.D}), l.proj[1], l.types[1],
-                              rows_of(l.proj[1]));
-  auto [x1, h1] = add_rms_norm(x, o, *l.post_norm, s.eps);
-  at::Tensor gate_up = linear_parts(h1, l.proj[2], l.types[2], rows_of(l.proj[2]));
-  at::Tensor down = linear_parts(silu_mul(gate_up), l.proj[3], l.types[3], rows_of(l.proj[3]));
-  if (l.next_norm) return add_rms_norm(x1, down, *l.next_norm, s.eps);
-  return {x1.add(down), at::Tensor()};
+  decode_attention_into(sc.q, k_cache, v_cache, s.block_tables, s.context_lens, s.block_size,
+                        s.scale, sc.attn);
+  ggml_linear_parts_into(sc.attn.view({B, s.heads * s.D}), l.proj[1], l.types[1], c10::nullopt,
+                         sc.o);
+  add_rms_norm_into(x, sc.o, *l.post_norm, s.eps, sc.x[1], sc.h[1]);
+  ggml_linear_parts_into(sc.h[1], l.proj[2], l.types[2], c10::nullopt, sc.gate_up);
+  silu_mul_into(sc.gate_up, sc.act);
+  ggml_linear_parts_into(sc.act, l.proj[3], l.types[3], c10::nullopt, sc.down);
+  add_rms_norm_into(sc.x[1], sc.down, *l.next_norm, s.eps, sc.x[0], sc.h[0]);
 }
 
 // A model's decoder layers on a GGUF's blocks, checked and arranged once
@@ -245,6 +211,8 @@ std::tuple<at::Tensor, at::Tensor> layer(const at::Tensor& x, const at::Tensor& 
 // checks only its own few tensors. Passed from Python every step, the layers' ~170 tensors cost
 // ~0.1 ms of argument conversion and ~0.08 ms of checks and cache views, 2-3% of the 0.5B demo
 // model's step.
+//
+// A step writes into activations the object keeps (Scratch): one engine steps it at a time.
 //
 // For each of the L layers: `parts` (4 a layer) counts its q|k|v, o, gate|up and down parts
 // among `weights`, in ggml `types`; input_norms, qkv_biases and post_norms hold one tensor a
@@ -296,6 +264,12 @@ class DecodeLayers : public torch::CustomClassHolder {
                   "DecodeLayers: q|k|v rows and bias must be (heads + 2 kv_heads) head_dim, "
                   "every layer's the same, the biases in one dtype");
       D_ = qkv_rows / (heads + 2 * kv_heads);
+      TORCH_CHECK(rows_of(l.proj[1]) == rows_of(layers_[0].proj[1]) &&
+                      rows_of(l.proj[3]) == rows_of(layers_[0].proj[1]) &&
+                      rows_of(l.proj[2]) == rows_of(layers_[0].proj[2]) &&
+                      rows_of(l.proj[2]) % 2 == 0,
+                  "DecodeLayers: every layer's o and down give the hidden size and its gate|up "
+                  "the same 2 x intermediate rows");
       l.qkv_bias = &biases_[i];
       l.post_norm = &post_norms_[i];
       l.next_norm = i + 1 < L ? &input_norms_[i + 1] : &final_norm_;
@@ -315,7 +289,8 @@ class DecodeLayers : public torch::CustomClassHolder {
                   int64_t block_size, const at::Tensor& logits_indices) {
     const int64_t L = static_cast<int64_t>(layers_.size()), B = x.size(0), D = D_;
     const bool codes = k_caches.scalar_type() == at::kChar;
-    TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && biases_[0].scalar_type() == x.scalar_type(),
+    TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && biases_[0].scalar_type() == x.scalar_type() &&
+                    x.size(1) == rows_of(layers_[0].proj[1]),
                 "DecodeLayers: x (tokens, hidden), contiguous, in the q|k|v biases' dtype");
     TORCH_CHECK(D % 32 == 0 && D <= 256 && k_caches.dim() == 4 && k_caches.size(0) == L &&
                     k_caches.size(2) == kv_heads_ && k_caches.size(3) == D + (codes ? 2 : 0) &&
@@ -342,18 +317,40 @@ class DecodeLayers : public torch::CustomClassHolder {
     const at::Tensor sin = sin_table.index_select(0, positions).contiguous();
     const Step s{cos, sin, slots, block_tables, context_lens, block_size, scale_, eps_,
                  heads_, kv_heads_, D, codes};
-    std::tuple<at::Tensor, at::Tensor> out{x, rms_norm(x, input_norms_[0], eps_)};
-    for (int64_t i = 0; i < L; ++i)
-      out = layer(std::get<0>(out), std::get<1>(out), layers_[i], ks_[i], vs_[i], s);
+    Scratch& sc = scratch(x);
+    qwq::kernels::rms_norm_into(x, input_norms_[0], eps_, sc.h[0]);
+    for (int64_t i = 0; i < L; ++i) layer(i ? sc.x[0] : x, layers_[i], ks_[i], vs_[i], s, sc);
     // (the norm is per row: normed rows, then picked, are the rows picked, then normed)
-    const at::Tensor rows = std::get<1>(out).index_select(0, logits_indices);
+    const at::Tensor rows = sc.h[0].index_select(0, logits_indices);
     if (head_.empty()) return rows;
-    return linear_parts(rows.to(at::kFloat), head_, head_types_, vocab_);
+    at::Tensor logits = at::empty({rows.size(0), vocab_}, rows.options().dtype(at::kFloat));
+    qwq::kernels::ggml_linear_parts_into(rows.to(at::kFloat), head_, head_types_, c10::nullopt,
+                                         logits);
+    return logits;
   }
 
   int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
 
  private:
+  // the activations of a step of x's tokens and dtype
+  Scratch& scratch(const at::Tensor& x) {
+    const int64_t B = x.size(0);
+    if (!sc_.q.defined() || sc_.q.size(0) != B || sc_.q.scalar_type() != x.scalar_type()) {
+      const auto o = x.options();
+      const int64_t hidden = x.size(1);
+      sc_.qkv = at::empty({B, rows_of(layers_[0].proj[0])}, o);
+      sc_.q = at::empty({B, heads_, D_}, o);
+      sc_.attn = at::empty({B, heads_, D_}, o);
+      sc_.o = at::empty({B, hidden}, o);
+      sc_.gate_up = at::empty({B, rows_of(layers_[0].proj[2])}, o);
+      sc_.act = at::empty({B, rows_of(layers_[0].proj[2]) / 2}, o);
+      sc_.down = at::empty({B, hidden}, o);
+      for (int i = 0; i < 2; ++i) sc_.x[i] = at::empty({B, hidden}, o), sc_.h[i] = at::empty({B, hidden}, o);
+    }
+    return sc_;
+  }
+
+  Scratch sc_;
   std::vector<at::Tensor> weights_;
   std::vector<int64_t> types_;
   std::vector<at::Tensor> input_norms_, biases_, post_norms_;

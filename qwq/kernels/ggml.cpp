@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "ggml_formats.h"
+#include "kernels.h"
 #include "simd.h"
 
 namespace {
@@ -502,14 +503,24 @@ void parts_impl(const at::Tensor& x, at::TensorList ws, at::IntArrayRef types,
   });
 }
 
+}  // namespace
+
+namespace qwq::kernels {
+
 // x (M, K) times the rows of ws, concatenated: each a (rows, row_bytes) tensor of block bytes
-// in the ggml type of the same index; bias (out_features,) or none.
-at::Tensor ggml_linear_parts(const at::Tensor& x, at::TensorList ws, at::IntArrayRef types,
-                             const c10::optional<at::Tensor>& bias, int64_t out_features) {
+// in the ggml type of the same index; bias (out_features,) or none; into out (M, out_features)
+// of x's dtype.
+void ggml_linear_parts_into(const at::Tensor& x, at::TensorList ws, at::IntArrayRef types,
+                            const c10::optional<at::Tensor>& bias, at::Tensor& out) {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.device().is_cpu(),
               "ggml_linear: x must be a contiguous 2-D CPU tensor");
   TORCH_CHECK(!ws.empty() && ws.size() == types.size(),
               "ggml_linear: one ggml type per weight tensor, and at least one");
+  TORCH_CHECK(out.dim() == 2 && out.size(0) == x.size(0) && out.is_contiguous() &&
+                  out.scalar_type() == x.scalar_type() && !out.is_same(x),
+              "ggml_linear: out must be a new contiguous (tokens, out_features) tensor of x's "
+              "dtype");
+  const int64_t out_features = out.size(1);
   int64_t rows = 0;
   for (const auto& w : ws) rows += w.dim() == 2 ? w.size(0) : 0;
   TORCH_CHECK(rows == out_features, "ggml_linear: the weights hold ", rows,
@@ -521,14 +532,25 @@ at::Tensor ggml_linear_parts(const at::Tensor& x, at::TensorList ws, at::IntArra
                 "ggml_linear: bias must be (out_features,)");
     b = bias->to(at::kFloat).contiguous();
   }
-  at::Tensor out = at::empty({x.size(0), out_features}, x.options());
-  if (x.size(0) == 0 || out_features == 0) return out;
+  if (x.size(0) == 0 || out_features == 0) return;
   switch (x.scalar_type()) {
     case at::kFloat: parts_impl<float>(x, ws, types, b, out); break;
     case at::kBFloat16: parts_impl<c10::BFloat16>(x, ws, types, b, out); break;
     case at::kHalf: parts_impl<c10::Half>(x, ws, types, b, out); break;
     default: TORCH_CHECK(false, "ggml_linear: x must be float32, bfloat16 or float16");
   }
+}
+
+}  // namespace qwq::kernels
+
+namespace {
+
+at::Tensor ggml_linear_parts(const at::Tensor& x, at::TensorList ws, at::IntArrayRef types,
+                             const c10::optional<at::Tensor>& bias, int64_t out_features) {
+  TORCH_CHECK(x.dim() == 2, "ggml_linear: x must be a contiguous 2-D CPU tensor");
+  TORCH_CHECK(out_features >= 0, "ggml_linear: out_features must not be negative");
+  at::Tensor out = at::empty({x.size(0), out_features}, x.options());
+  qwq::kernels::ggml_linear_parts_into(x, ws, types, bias, out);
   return out;
 }
 

@@ -19,6 +19,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "kernels.h"
 #include "simd.h"
 
 namespace {
@@ -284,9 +285,14 @@ void decode_attention_over(const at::Tensor& q, const at::Tensor& kc, const at::
   }
 }
 
-at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                            const at::Tensor& block_tables, const at::Tensor& context_lens,
-                            int64_t block_size, double scale) {
+}  // namespace
+
+namespace qwq::kernels {
+
+void decode_attention_into(const at::Tensor& q, const at::Tensor& k_cache,
+                           const at::Tensor& v_cache, const at::Tensor& block_tables,
+                           const at::Tensor& context_lens, int64_t block_size, double scale,
+                           at::Tensor& out) {
   TORCH_CHECK(q.dim() == 3 && k_cache.dim() == 3 && v_cache.sizes() == k_cache.sizes(),
               "decode_attention: q (B, H, D), caches (slots, kv_heads, row width)");
   TORCH_CHECK(q.size(2) % 16 == 0 && q.size(1) % k_cache.size(1) == 0,
@@ -303,10 +309,24 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, cons
                   block_tables.dim() == 2 && block_tables.size(0) == q.size(0) &&
                   context_lens.numel() == q.size(0) && block_tables.is_contiguous() && context_lens.is_contiguous(),
               "decode_attention: int64 block_tables (B, max_blocks) and context_lens (B,)");
-  at::Tensor out = at::empty_like(q);
+  TORCH_CHECK(out.sizes() == q.sizes() && out.scalar_type() == q.scalar_type() &&
+                  out.is_contiguous(),
+              "decode_attention: out must be a contiguous tensor like q");
   QWQ_FLOAT_TYPES(q.scalar_type(), "decode_attention",
       decode_attention_over<scalar>(q, k_cache, v_cache, block_tables, context_lens, block_size,
                                     scale, out));
+}
+
+}  // namespace qwq::kernels
+
+namespace {
+
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                            const at::Tensor& block_tables, const at::Tensor& context_lens,
+                            int64_t block_size, double scale) {
+  at::Tensor out = at::empty_like(q, at::MemoryFormat::Contiguous);
+  qwq::kernels::decode_attention_into(q, k_cache, v_cache, block_tables, context_lens, block_size,
+                                      scale, out);
   return out;
 }
 
@@ -344,25 +364,52 @@ void check_norm(const at::Tensor& x, const at::Tensor& w) {
               "rms_norm: x (rows, D) contiguous, D a multiple of 16, weight (D,) in x's dtype");
 }
 
+void check_like(const at::Tensor& out, const at::Tensor& x, const char* what) {
+  TORCH_CHECK(out.sizes() == x.sizes() && out.scalar_type() == x.scalar_type() &&
+                  out.is_contiguous() && !out.is_same(x),
+              what, ": outputs must be contiguous tensors like x, not x itself");
+}
 
-at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
+}  // namespace
+
+namespace qwq::kernels {
+
+void rms_norm_into(const at::Tensor& x, const at::Tensor& w, double eps, at::Tensor& y) {
   check_norm(x, w);
-  at::Tensor y = at::empty_like(x);
+  check_like(y, x, "rms_norm");
   QWQ_FLOAT_TYPES(x.scalar_type(), "rms_norm",
       rms_norm_impl<scalar>(x.data_ptr<scalar>(), nullptr, nullptr, w.data_ptr<scalar>(),
                             y.data_ptr<scalar>(), x.size(0), x.size(1), eps));
+}
+
+void add_rms_norm_into(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& w,
+                       double eps, at::Tensor& sum, at::Tensor& y) {
+  check_norm(x, w);
+  TORCH_CHECK(delta.sizes() == x.sizes() && delta.scalar_type() == x.scalar_type() && delta.is_contiguous(),
+              "add_rms_norm: delta must match x");
+  check_like(sum, x, "add_rms_norm");
+  check_like(y, x, "add_rms_norm");
+  TORCH_CHECK(!sum.is_same(delta) && !y.is_same(delta) && !sum.is_same(y),
+              "add_rms_norm: the sum and the norm are two new tensors");
+  QWQ_FLOAT_TYPES(x.scalar_type(), "add_rms_norm",
+      rms_norm_impl<scalar>(x.data_ptr<scalar>(), delta.data_ptr<scalar>(), sum.data_ptr<scalar>(),
+                            w.data_ptr<scalar>(), y.data_ptr<scalar>(), x.size(0), x.size(1), eps));
+}
+
+}  // namespace qwq::kernels
+
+namespace {
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
+  at::Tensor y = at::empty(x.sizes(), x.options());
+  qwq::kernels::rms_norm_into(x, w, eps, y);
   return y;
 }
 
 std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::Tensor& delta,
                                                 const at::Tensor& w, double eps) {
-  check_norm(x, w);
-  TORCH_CHECK(delta.sizes() == x.sizes() && delta.scalar_type() == x.scalar_type() && delta.is_contiguous(),
-              "add_rms_norm: delta must match x");
-  at::Tensor sum = at::empty_like(x), y = at::empty_like(x);
-  QWQ_FLOAT_TYPES(x.scalar_type(), "add_rms_norm",
-      rms_norm_impl<scalar>(x.data_ptr<scalar>(), delta.data_ptr<scalar>(), sum.data_ptr<scalar>(),
-                            w.data_ptr<scalar>(), y.data_ptr<scalar>(), x.size(0), x.size(1), eps));
+  at::Tensor sum = at::empty(x.sizes(), x.options()), y = at::empty(x.sizes(), x.options());
+  qwq::kernels::add_rms_norm_into(x, delta, w, eps, sum, y);
   return {sum, y};
 }
 
@@ -386,13 +433,29 @@ void silu_mul_impl(const T* gu, T* y, int64_t rows, int64_t I) {
   });
 }
 
-at::Tensor silu_mul(const at::Tensor& gate_up) {
+}  // namespace
+
+namespace qwq::kernels {
+
+void silu_mul_into(const at::Tensor& gate_up, at::Tensor& y) {
   TORCH_CHECK(gate_up.dim() == 2 && gate_up.is_contiguous() && gate_up.size(1) % 32 == 0,
               "silu_mul: gate_up (rows, 2I) contiguous, I a multiple of 16");
   const int64_t I = gate_up.size(1) / 2;
-  at::Tensor y = at::empty({gate_up.size(0), I}, gate_up.options());
+  TORCH_CHECK(y.dim() == 2 && y.size(0) == gate_up.size(0) && y.size(1) == I &&
+                  y.scalar_type() == gate_up.scalar_type() && y.is_contiguous(),
+              "silu_mul: out must be a contiguous (rows, I) tensor of gate_up's dtype");
   QWQ_FLOAT_TYPES(gate_up.scalar_type(), "silu_mul",
       silu_mul_impl<scalar>(gate_up.data_ptr<scalar>(), y.data_ptr<scalar>(), gate_up.size(0), I));
+}
+
+}  // namespace qwq::kernels
+
+namespace {
+
+at::Tensor silu_mul(const at::Tensor& gate_up) {
+  TORCH_CHECK(gate_up.dim() == 2, "silu_mul: gate_up (rows, 2I) contiguous, I a multiple of 16");
+  at::Tensor y = at::empty({gate_up.size(0), gate_up.size(1) / 2}, gate_up.options());
+  qwq::kernels::silu_mul_into(gate_up, y);
   return y;
 }
 
