@@ -217,6 +217,32 @@ def test_greedy_tokens_is_torch_argmax_and_finds_nan(vocab):
 
 
 @kernel
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_greedy_tokens_keeps_the_first_largest_at_any_thread_count(threads):
+    """A batch of one row of Qwen's vocabulary: ties far apart give the first index, a NaN
+    anywhere fails the row, an all -inf row gives 0; a batch's rows are each torch.max's pick."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        vocab = 151936
+        row = torch.zeros(1, vocab)
+        for places in ([5, vocab - 3], [vocab // 2 + 7, vocab - 1], [vocab // 3, vocab // 2],
+                       [vocab - 1]):
+            got = row.clone()
+            got[0, places] = 3.0
+            assert torch.ops.qwq.greedy_tokens(got).item() == places[0]
+        nan = row.clone()
+        nan[0, vocab - 20] = float("nan")
+        assert torch.ops.qwq.greedy_tokens(nan).item() == -1
+        assert torch.ops.qwq.greedy_tokens(torch.full((1, vocab), float("-inf"))).item() == 0
+        # and rows of a batch are each their own torch.max pick
+        logits = torch.randn(5, vocab, generator=torch.Generator().manual_seed(threads)).round()
+        assert torch.ops.qwq.greedy_tokens(logits).tolist() == logits.max(-1)[1].tolist()
+    finally:
+        torch.set_num_threads(before)
+
+
+@kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("heads,kvh,d", [(14, 2, 64), (10, 2, 128), (4, 4, 32)])
 def test_decode_attention_matches_softmax_attention_over_the_paged_cache(dtype, heads, kvh, d):

@@ -21,6 +21,7 @@
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+#include <c10/util/SmallVector.h>
 #include <torch/library.h>
 
 #include <sys/mman.h>
@@ -29,6 +30,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "ggml_formats.h"
@@ -195,15 +197,21 @@ void check_part(const at::Tensor& w, int64_t K) {
               K, " inputs are ", K / F::kBlock * F::kBlockBytes, " bytes, got ", w.size(1));
 }
 
+// Each activation type's records of x in one call, by ggml type (a fused call has at most a few)
+using Made = c10::SmallVector<std::pair<int64_t, at::Tensor>, 4>;
+
 // A part's Slice over w: its records of x (made by `records`, or shared with an earlier part of
 // the same type) and its row function.
 template <typename Records>
 Slice slice_of(const at::Tensor& w, int64_t type, int64_t first,
-               std::vector<std::pair<int64_t, at::Tensor>>& made, Records records,
+               Made& made, Records records,
                void (*run)(const Slice&, const Job&, int64_t, int64_t)) {
   auto found = std::find_if(made.begin(), made.end(),
                             [&](const auto& e) { return e.first == type; });
-  if (found == made.end()) found = made.emplace(made.end(), type, records());
+  if (found == made.end()) {
+    made.emplace_back(type, records());
+    found = made.end() - 1;
+  }
   Slice part;
   part.w = static_cast<const uint8_t*>(w.const_data_ptr());
   part.row_stride = w.stride(0);
@@ -218,7 +226,7 @@ Slice slice_of(const at::Tensor& w, int64_t type, int64_t first,
 // same type: q and k are often both Q5_0), its row function chosen.
 template <typename F, typename T>
 Slice make_part(const at::Tensor& x, const at::Tensor& w, int64_t type, int64_t first,
-               std::vector<std::pair<int64_t, at::Tensor>>& made) {
+               Made& made) {
   check_part<F>(w, x.size(1));
   return slice_of(w, type, first, made, [&] { return records<F, T>(x); }, &part_rows<F, T>);
 }
@@ -370,7 +378,7 @@ void group_rows(const Slice& p, const Job& j, int64_t n0, int64_t n1) {
 
 template <typename T>
 Slice make_x16_part(const at::Tensor& x, const at::Tensor& w, int64_t type, int64_t first,
-                    std::vector<std::pair<int64_t, at::Tensor>>& made) {
+                    Made& made) {
   const int64_t K = x.size(1);
   TORCH_CHECK(K % 32 == 0, "ggml_linear: Q5_0x16 takes inputs in whole blocks of 32; x has ", K);
   TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kByte && w.is_contiguous() &&
@@ -388,7 +396,7 @@ constexpr int64_t kQ5_0x4 = 1006, kQ8_0x4 = 1008, kQ5_0x16 = 1016;
 // type: ggml's enum value (gguf.GGMLQuantizationType), or one of qwq's layouts
 template <typename T>
 Slice part_of(const at::Tensor& x, const at::Tensor& w, int64_t type, int64_t first,
-             std::vector<std::pair<int64_t, at::Tensor>>& made) {
+             Made& made) {
   switch (type) {
     case 2: return make_part<Q4_0, T>(x, w, type, first, made);
     case 3: return make_part<Q4_1, T>(x, w, type, first, made);
@@ -463,8 +471,8 @@ struct Shares {
 template <typename T>
 void parts_impl(const at::Tensor& x, at::TensorList ws, at::IntArrayRef types,
                 const at::Tensor& bias, at::Tensor& out) {
-  std::vector<std::pair<int64_t, at::Tensor>> made;  // records of x, by type
-  std::vector<Slice> parts;
+  Made made;  // records of x, by type
+  c10::SmallVector<Slice, 4> parts;
   int64_t first = 0;
   for (size_t i = 0; i < ws.size(); first += ws[i].size(0), ++i)
     parts.push_back(part_of<T>(x, ws[i], types[i], first, made));
@@ -486,11 +494,15 @@ void parts_impl(const at::Tensor& x, at::TensorList ws, at::IntArrayRef types,
                        / 16 * 16;
   const int threads = static_cast<int>(std::min<int64_t>(at::get_num_threads(),
                                                           (job.N + step - 1) / step));
-  std::vector<Shares::Range> ranges(threads);
+  // (on the stack for up to 8 threads: a decode step makes ~100 of these calls)
+  Shares::Range on_stack[8];
+  std::unique_ptr<Shares::Range[]> on_heap;
+  Shares::Range* ranges = on_stack;
+  if (threads > 8) ranges = (on_heap = std::make_unique<Shares::Range[]>(threads)).get();
   for (int t = 0; t < threads; ++t)
     ranges[t].set(job.N * t / threads / step * step,
                   t + 1 == threads ? job.N : job.N * (t + 1) / threads / step * step);
-  const Shares shares{ranges.data(), threads, step};
+  const Shares shares{ranges, threads, step};
   auto rows = [&](int64_t n0, int64_t n1) {
     for (const Slice& p : parts) {
       const int64_t a = std::max(n0, p.first), b = std::min(n1, p.first + p.rows);
