@@ -96,6 +96,14 @@ def test_the_kernel_names_what_is_wrong(tiny_q4_k_m):
 
     with pytest.raises(RuntimeError, match="one int64 position and slot per token"):
         run(slots=torch.zeros(3, dtype=torch.long))
+    with pytest.raises(RuntimeError, match="slot 64 is not one of the caches' 64"):
+        run(slots=torch.tensor([0, 64]))  # past the cache: refused, not written
+    with pytest.raises(RuntimeError, match="slot -1 is not"):
+        run(slots=torch.tensor([-1, 0]))
+    with pytest.raises(RuntimeError, match="every tensor of a step on the CPU"):
+        run(block_tables=torch.tensor([[0], [1]], device="meta"))
+    with pytest.raises(RuntimeError, match="CPU tensors"):
+        make(biases=[bias.to("meta")])
     with pytest.raises(RuntimeError, match=r"caches \(layers, slots"):
         run(k_caches=kc[0], v_caches=kc[0])
     with pytest.raises(RuntimeError, match=r"cos and sin tables \(positions, 1, head_dim\)"):
@@ -110,3 +118,13 @@ def test_the_kernel_names_what_is_wrong(tiny_q4_k_m):
     assert torch.equal(logits, net.lm_head(rows.float()))
     kc.zero_()
     assert torch.equal(run(logits_indices=torch.tensor([0])), rows[1:])
+    # a new cache (another engine's) in the same object: its own rows, and the old cache is
+    # not kept alive by the object
+    other = torch.zeros_like(kc)
+    kc.zero_()
+    assert torch.equal(run(k_caches=other, v_caches=other), rows)
+    assert other.any() and not kc.any()
+    import weakref
+    gone = weakref.ref(other)
+    del other
+    assert gone() is None

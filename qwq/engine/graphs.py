@@ -66,10 +66,11 @@ class DecodeGraphs:
         self.pool = None
         # one capture stream on this device: torch.cuda.graph's default is shared by the process
         self.stream = torch.cuda.Stream(device=dev) if replay else None
-        # the rotary table at its full length now, and held: a graph keeps the address it read,
-        # even if a later engine on this model rebuilds the table
+        # the rotary table and rope's factors of it at their full length now, and held: a graph
+        # keeps the addresses it read, even if a later engine on this model rebuilds them
         model.rotary.cos_sin(self.positions[:1], max_blocks * block_size)
         self._rope_table = model.rotary._cache
+        self._rope_factors = model.rotary.factor_tables(max_blocks * block_size, model.dtype, dev)
 
     def takes(self, meta: AttentionMetadata) -> bool:
         """A decode-only step whose logits rows are its sequences in order."""

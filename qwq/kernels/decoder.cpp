@@ -5,8 +5,8 @@
 // writes, the attention and norm kernels, views and checks): ~0.3 ms a layer, a quarter of the
 // step; even one call a layer from Python cost ~50 us of argument conversion. Here the same
 // steps run from C++: the projections, the attention, the norms and silu
-// are the very kernels the eager path calls (through the dispatcher, so there is one copy of
-// each), and the few steps that were torch ops (the bias, rope, the cache writes) are written
+// are the very kernels the eager path calls (their *_into forms, kernels.h, so there is one copy
+// of each), and the few steps that were torch ops (the bias, rope, the cache writes) are written
 // to round exactly where those ops round. A layer's outputs are bit for bit the eager path's
 // (tests/test_decode_layer.py).
 //
@@ -20,6 +20,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
+#include <mutex>
 #include <cstring>
 #include <vector>
 
@@ -153,7 +155,7 @@ struct Layer {
   at::IntArrayRef types[4];
   const at::Tensor* qkv_bias;
   const at::Tensor* post_norm;
-  const at::Tensor* next_norm;  // null: the last layer, which returns x alone
+  const at::Tensor* next_norm;  // the next layer's input norm; the last layer's: the final norm
 };
 
 // What a step gives every layer.
@@ -212,7 +214,8 @@ void layer(const at::Tensor& x, const Layer& l, const at::Tensor& k_cache,
 // ~0.1 ms of argument conversion and ~0.08 ms of checks and cache views, 2-3% of the 0.5B demo
 // model's step.
 //
-// A step writes into activations the object keeps (Scratch): one engine steps it at a time.
+// A step writes into activations the object keeps (Scratch): one engine steps it at a time (a
+// second thread stepping it meanwhile is refused).
 //
 // For each of the L layers: `parts` (4 a layer) counts its q|k|v, o, gate|up and down parts
 // among `weights`, in ggml `types`; input_norms, qkv_biases and post_norms hold one tensor a
@@ -243,6 +246,11 @@ class DecodeLayers : public torch::CustomClassHolder {
                 "norm; one type a weight");
     TORCH_CHECK(heads > 0 && kv_heads > 0 && heads % kv_heads == 0,
                 "DecodeLayers: heads a multiple of kv_heads");
+    for (const auto* group : {&weights_, &input_norms_, &biases_, &post_norms_, &head_})
+      for (const at::Tensor& t : *group)
+        TORCH_CHECK(t.device().is_cpu(), "DecodeLayers: CPU tensors");
+    TORCH_CHECK(final_norm_.defined() && final_norm_.device().is_cpu(),
+                "DecodeLayers: a final norm on the CPU");
     layers_.resize(L);
     const at::TensorList ws(weights_);
     const at::IntArrayRef ts(types_);
@@ -307,11 +315,18 @@ class DecodeLayers : public torch::CustomClassHolder {
                     slots.scalar_type() == at::kLong && slots.numel() == B &&
                     slots.is_contiguous(),
                 "DecodeLayers: one int64 position and slot per token");
-    // each layer's cache views, made again only when the caches change
-    if (!k_src_.defined() || !k_src_.is_same(k_caches) || !v_src_.is_same(v_caches)) {
-      ks_ = k_caches.unbind(0), vs_ = v_caches.unbind(0);
-      k_src_ = k_caches, v_src_ = v_caches;
-    }
+    for (const at::Tensor* t : {&x, &positions, &cos_table, &sin_table, &k_caches, &v_caches,
+                                &slots, &block_tables, &context_lens, &logits_indices})
+      TORCH_CHECK(t->device().is_cpu(), "DecodeLayers: every tensor of a step on the CPU");
+    const int64_t* sl = slots.const_data_ptr<int64_t>();
+    for (int64_t b = 0; b < B; ++b)
+      TORCH_CHECK(sl[b] >= 0 && sl[b] < k_caches.size(1), "DecodeLayers: slot ", sl[b],
+                  " is not one of the caches' ", k_caches.size(1));
+    std::unique_lock<std::mutex> one(stepping_, std::try_to_lock);
+    TORCH_CHECK(one.owns_lock(), "DecodeLayers: stepped from two threads at once (its "
+                "activations are one step's)");
+    const std::array<const at::Tensor*, 2> caches{&k_caches, &v_caches};
+    for (int c = 0; c < 2; ++c) views(*caches[c], views_[c]);
     // (index_select checks each position against the tables)
     const at::Tensor cos = cos_table.index_select(0, positions).contiguous();
     const at::Tensor sin = sin_table.index_select(0, positions).contiguous();
@@ -319,7 +334,8 @@ class DecodeLayers : public torch::CustomClassHolder {
                  heads_, kv_heads_, D, codes};
     Scratch& sc = scratch(x);
     qwq::kernels::rms_norm_into(x, input_norms_[0], eps_, sc.h[0]);
-    for (int64_t i = 0; i < L; ++i) layer(i ? sc.x[0] : x, layers_[i], ks_[i], vs_[i], s, sc);
+    for (int64_t i = 0; i < L; ++i)
+      layer(i ? sc.x[0] : x, layers_[i], views_[0].layers[i], views_[1].layers[i], s, sc);
     // (the norm is per row: normed rows, then picked, are the rows picked, then normed)
     const at::Tensor rows = sc.h[0].index_select(0, logits_indices);
     if (head_.empty()) return rows;
@@ -339,13 +355,13 @@ class DecodeLayers : public torch::CustomClassHolder {
       const auto o = x.options();
       const int64_t hidden = x.size(1);
       sc_.qkv = at::empty({B, rows_of(layers_[0].proj[0])}, o);
-      sc_.q = at::empty({B, heads_, D_}, o);
       sc_.attn = at::empty({B, heads_, D_}, o);
       sc_.o = at::empty({B, hidden}, o);
       sc_.gate_up = at::empty({B, rows_of(layers_[0].proj[2])}, o);
       sc_.act = at::empty({B, rows_of(layers_[0].proj[2]) / 2}, o);
       sc_.down = at::empty({B, hidden}, o);
       for (int i = 0; i < 2; ++i) sc_.x[i] = at::empty({B, hidden}, o), sc_.h[i] = at::empty({B, hidden}, o);
+      sc_.q = at::empty({B, heads_, D_}, o);  // last: its shape says the others are made
     }
     return sc_;
   }
@@ -360,8 +376,28 @@ class DecodeLayers : public torch::CustomClassHolder {
   double eps_, scale_;
   int64_t heads_, kv_heads_, D_ = 0, vocab_ = 0;
   std::vector<Layer> layers_;  // views of the members above, which never change
-  at::Tensor k_src_, v_src_;
-  std::vector<at::Tensor> ks_, vs_;
+  // Each layer's rows of a cache, kept while the cache is the same memory: views that do not
+  // own it (at::from_blob), so they never keep an engine's cache alive after the engine (making
+  // 2 x 24 views took ~60 us a step); the same address, shape and dtype give the same views.
+  struct Views {
+    const void* data = nullptr;
+    std::vector<int64_t> sizes;
+    at::ScalarType dtype = at::kFloat;
+    std::vector<at::Tensor> layers;
+  };
+  static void views(const at::Tensor& cache, Views& v) {
+    if (v.data == cache.data_ptr() && v.sizes == cache.sizes().vec() &&
+        v.dtype == cache.scalar_type())
+      return;
+    v.layers.clear();
+    const int64_t layer_bytes = cache.stride(0) * cache.element_size();
+    for (int64_t i = 0; i < cache.size(0); ++i)
+      v.layers.push_back(at::from_blob(static_cast<char*>(cache.data_ptr()) + i * layer_bytes,
+                                       cache.sizes().slice(1), cache.options()));
+    v.data = cache.data_ptr(), v.sizes = cache.sizes().vec(), v.dtype = cache.scalar_type();
+  }
+  Views views_[2];  // K, V
+  std::mutex stepping_;
 };
 
 }  // namespace

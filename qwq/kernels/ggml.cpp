@@ -529,7 +529,7 @@ void ggml_linear_parts_into(const at::Tensor& x, at::TensorList ws, at::IntArray
   TORCH_CHECK(!ws.empty() && ws.size() == types.size(),
               "ggml_linear: one ggml type per weight tensor, and at least one");
   TORCH_CHECK(out.dim() == 2 && out.size(0) == x.size(0) && out.is_contiguous() &&
-                  out.scalar_type() == x.scalar_type() && !out.is_same(x),
+                  out.scalar_type() == x.scalar_type() && out.device().is_cpu() && !out.is_same(x),
               "ggml_linear: out must be a new contiguous (tokens, out_features) tensor of x's "
               "dtype");
   const int64_t out_features = out.size(1);

@@ -305,6 +305,9 @@ void decode_attention_into(const at::Tensor& q, const at::Tensor& k_cache,
               "a float16 scale");
   TORCH_CHECK(q.is_contiguous() && k_cache.is_contiguous() && v_cache.is_contiguous(),
               "decode_attention: contiguous tensors");
+  for (const at::Tensor* t : {&q, &k_cache, &v_cache, &block_tables, &context_lens,
+                              static_cast<const at::Tensor*>(&out)})
+    TORCH_CHECK(t->device().is_cpu(), "decode_attention: CPU tensors");
   TORCH_CHECK(block_tables.scalar_type() == at::kLong && context_lens.scalar_type() == at::kLong &&
                   block_tables.dim() == 2 && block_tables.size(0) == q.size(0) &&
                   context_lens.numel() == q.size(0) && block_tables.is_contiguous() && context_lens.is_contiguous(),
@@ -362,11 +365,12 @@ void check_norm(const at::Tensor& x, const at::Tensor& w) {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && w.dim() == 1 && w.size(0) == x.size(1) &&
                   w.scalar_type() == x.scalar_type() && x.size(1) % 16 == 0 && w.is_contiguous(),
               "rms_norm: x (rows, D) contiguous, D a multiple of 16, weight (D,) in x's dtype");
+  TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(), "rms_norm: CPU tensors");
 }
 
 void check_like(const at::Tensor& out, const at::Tensor& x, const char* what) {
   TORCH_CHECK(out.sizes() == x.sizes() && out.scalar_type() == x.scalar_type() &&
-                  out.is_contiguous() && !out.is_same(x),
+                  out.is_contiguous() && out.device().is_cpu() && !out.is_same(x),
               what, ": outputs must be contiguous tensors like x, not x itself");
 }
 
@@ -385,7 +389,8 @@ void rms_norm_into(const at::Tensor& x, const at::Tensor& w, double eps, at::Ten
 void add_rms_norm_into(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& w,
                        double eps, at::Tensor& sum, at::Tensor& y) {
   check_norm(x, w);
-  TORCH_CHECK(delta.sizes() == x.sizes() && delta.scalar_type() == x.scalar_type() && delta.is_contiguous(),
+  TORCH_CHECK(delta.sizes() == x.sizes() && delta.scalar_type() == x.scalar_type() &&
+                  delta.is_contiguous() && delta.device().is_cpu(),
               "add_rms_norm: delta must match x");
   check_like(sum, x, "add_rms_norm");
   check_like(y, x, "add_rms_norm");
@@ -438,11 +443,13 @@ void silu_mul_impl(const T* gu, T* y, int64_t rows, int64_t I) {
 namespace qwq::kernels {
 
 void silu_mul_into(const at::Tensor& gate_up, at::Tensor& y) {
-  TORCH_CHECK(gate_up.dim() == 2 && gate_up.is_contiguous() && gate_up.size(1) % 32 == 0,
-              "silu_mul: gate_up (rows, 2I) contiguous, I a multiple of 16");
+  TORCH_CHECK(gate_up.dim() == 2 && gate_up.is_contiguous() && gate_up.size(1) % 32 == 0 &&
+                  gate_up.device().is_cpu(),
+              "silu_mul: gate_up (rows, 2I) contiguous on the CPU, I a multiple of 16");
   const int64_t I = gate_up.size(1) / 2;
   TORCH_CHECK(y.dim() == 2 && y.size(0) == gate_up.size(0) && y.size(1) == I &&
-                  y.scalar_type() == gate_up.scalar_type() && y.is_contiguous(),
+                  y.scalar_type() == gate_up.scalar_type() && y.is_contiguous() &&
+                  y.device().is_cpu(),
               "silu_mul: out must be a contiguous (rows, I) tensor of gate_up's dtype");
   QWQ_FLOAT_TYPES(gate_up.scalar_type(), "silu_mul",
       silu_mul_impl<scalar>(gate_up.data_ptr<scalar>(), y.data_ptr<scalar>(), gate_up.size(0), I));

@@ -194,8 +194,11 @@ class Qwen2Model(nn.Module):
         if self._ggml_layers is None:
             found = [layer.ggml_decode_args() for layer in self.layers]
             self._ggml_layers = False
-            if all(f is not None for f in found) and len({f[0][-1] for f in found}) == 1 \
-                    and len({f[1] for f in found}) == 1 and self.norm.eps == found[0][0][-1]:
+            # (one eps for every norm: the call uses one)
+            if all(f is not None for f in found) and len({f[1] for f in found}) == 1 \
+                    and {f[0][-1] for f in found} | {layer.input_layernorm.eps
+                                                     for layer in self.layers} \
+                    == {self.norm.eps}:
                 ws, types, parts, inputs, biases, posts, eps = zip(*(f[0] for f in found))
                 head = self.lm_head.kernel_parts() \
                     if isinstance(self.lm_head, GGMLLinear) and self.lm_head.bias is None \
