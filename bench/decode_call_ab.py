@@ -25,13 +25,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-import gguf_native  # noqa: E402
-from ggml_ab import build  # noqa: E402
+import gguf_native
+from ggml_ab import build
 
-from qwq import LLM  # noqa: E402
-from qwq.benchmark.qwq_runs import greedy  # noqa: E402
-from qwq.kernels import ggml  # noqa: E402
-from qwq.model.rope import rope_factors  # noqa: E402
+from qwq import LLM
+from qwq.benchmark.qwq_runs import greedy
+from qwq.kernels import ggml
+from qwq.model.rope import rope_factors
 
 OLD = "005e35c"
 

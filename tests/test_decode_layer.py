@@ -85,10 +85,10 @@ def test_the_kernel_names_what_is_wrong(tiny_q4_k_m):
     x = torch.randn(2, 256, dtype=torch.bfloat16)
     kc = torch.zeros(1, 64, 2, 64, dtype=torch.bfloat16)
     cos, sin = net.rotary.factor_tables(64, torch.bfloat16, x.device)
-    step = dict(positions=torch.tensor([0, 3]), cos=cos, sin=sin, k_caches=kc, v_caches=kc,
-                slots=torch.tensor([0, 16]), block_tables=torch.tensor([[0], [1]]),
-                context_lens=torch.tensor([1, 4]), block_size=16,
-                logits_indices=torch.tensor([1, 0]))
+    step = {"positions": torch.tensor([0, 3]), "cos": cos, "sin": sin, "k_caches": kc,
+            "v_caches": kc, "slots": torch.tensor([0, 16]),
+            "block_tables": torch.tensor([[0], [1]]), "context_lens": torch.tensor([1, 4]),
+            "block_size": 16, "logits_indices": torch.tensor([1, 0])}
     layers = make()
 
     def run(layers=layers, **changed):

@@ -156,24 +156,33 @@ def test_interleaved_kernel_matches_reference(m, k):
             x.to(dtype), raw, X16, bias.to(dtype))
 
 
+def _assert_batch_and_thread_invariant(x: torch.Tensor, raw: torch.Tensor,
+                                       type_id: int) -> torch.Tensor:
+    """Each token of x times raw has the same bits alone, in slices of the batch and at one
+    thread as in the whole batch at the default threads; returns the whole batch's output."""
+    rows = raw.shape[0]
+    full = torch.ops.qwq.ggml_linear(x, raw, type_id, None, rows)
+    for lo, hi in [(0, 1), (5, 6), (3, 7), (10, 27), (40, 70)]:
+        assert torch.equal(torch.ops.qwq.ggml_linear(x[lo:hi], raw, type_id, None, rows),
+                           full[lo:hi])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert torch.equal(torch.ops.qwq.ggml_linear(x, raw, type_id, None, rows), full)
+    finally:
+        torch.set_num_threads(threads)
+    return full
+
+
 @kernel
 def test_interleaved_kernel_is_batch_invariant():
     """A token's output has the same bits alone, in any batch and at any thread count; so does
     a row's, whether its group is computed alone or among a tensor's other groups."""
     raw = _blocks(X16, 64, 512)
     x = torch.randn(70, 512, dtype=torch.bfloat16) * 3
-    full = torch.ops.qwq.ggml_linear(x, raw, X16.id, None, 64)
-    for lo, hi in [(0, 1), (5, 6), (3, 7), (10, 27), (40, 70)]:
-        assert torch.equal(torch.ops.qwq.ggml_linear(x[lo:hi], raw, X16.id, None, 64),
-                           full[lo:hi])
+    full = _assert_batch_and_thread_invariant(x, raw, X16.id)
     alone = torch.ops.qwq.ggml_linear(x, raw[16:32].contiguous(), X16.id, None, 16)
     assert torch.equal(alone, full[:, 16:32])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert torch.equal(torch.ops.qwq.ggml_linear(x, raw, X16.id, None, 64), full)
-    finally:
-        torch.set_num_threads(threads)
 
 
 @kernel
@@ -267,17 +276,9 @@ def test_kernel_takes_16_bit_activations_and_any_whole_blocks(t, k, dtype):
 @pytest.mark.parametrize("t", TYPES, ids=_ids)
 def test_kernel_is_batch_invariant(t):
     """A token's output has the same bits alone, in any batch and at any thread count."""
-    raw = _blocks(t, 45, 512)
     x = torch.randn(70, 512, dtype=torch.bfloat16) * 3
-    full = torch.ops.qwq.ggml_linear(x, raw, t.id, None, 45)
-    for lo, hi in [(0, 1), (5, 6), (3, 7), (10, 27), (40, 70)]:
-        assert torch.equal(torch.ops.qwq.ggml_linear(x[lo:hi], raw, t.id, None, 45), full[lo:hi])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert torch.equal(torch.ops.qwq.ggml_linear(x, raw, t.id, None, 45), full)
-    finally:
-        torch.set_num_threads(threads)
+    _assert_batch_and_thread_invariant(x, _blocks(t, 45, 512), t.id)
+
 
 
 @kernel

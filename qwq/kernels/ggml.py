@@ -282,8 +282,7 @@ def rows(raw: torch.Tensor, t: GGMLType | str | int, ids: torch.Tensor,
 def rows_kernel_takes(raw: torch.Tensor, t: GGMLType) -> bool:
     """Whether ggml_rows (ggml_rows.cpp) looks up this table's rows (contiguous, and the ids
     int64): a CPU table filed as ggml files it, with the kernels built."""
-    return raw.device.type == "cpu" and t.name not in _LAYOUT_NAMES and t.group_rows == 1 \
-        and kernels_available()
+    return raw.device.type == "cpu" and t.name not in _LAYOUT_NAMES and kernels_available()
 
 
 def computed(raw: torch.Tensor, t: GGMLType | str | int) -> tuple[torch.Tensor, GGMLType]:
