@@ -29,6 +29,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -57,6 +58,14 @@ bool fetch_to_l1() {
 }
 const bool kFetchToL1 = fetch_to_l1();
 
+// n floats of scratch this thread keeps (a token's activations as float, before quantizing):
+// a decode step quantizes ~100 tokens' activations, each a new vector before.
+inline float* floats(int64_t n) {
+  thread_local std::vector<float> buf;
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(n);
+  return buf.data();
+}
+
 // A tensor's rows: `full` whole chunks, then `tail` bytes of a last, short chunk (32-input
 // blocks only, when K is not a multiple of 128).
 template <typename F>
@@ -71,9 +80,10 @@ struct Shape {
 // One token's activations -> its records: converted to float, zero-padded to whole chunks.
 template <typename F, typename T>
 void quantize_token(const T* x, const Shape<F>& s, uint8_t* rec) {
-  std::vector<float> xf(s.chunks * F::kChunk, 0.f);
-  for (int64_t k = 0; k < s.K; k += 16) _mm512_storeu_ps(&xf[k], qwq::load16(x + k));
-  for (int64_t c = 0; c < s.chunks; ++c) F::quantize(&xf[c * F::kChunk], rec + c * F::kRecBytes);
+  float* xf = floats(s.chunks * F::kChunk);
+  for (int64_t k = 0; k < s.K; k += 16) _mm512_storeu_ps(xf + k, qwq::load16(x + k));
+  std::fill(xf + s.K, xf + s.chunks * F::kChunk, 0.f);
+  for (int64_t c = 0; c < s.chunks; ++c) F::quantize(xf + c * F::kChunk, rec + c * F::kRecBytes);
 }
 
 // One chunk of a row (n bytes at p) against NT tokens: acc[t] += row . token t.
@@ -148,20 +158,15 @@ struct Job {
   void* out;          // (M, N) of the activation type
 };
 
-// x's tokens as F's activation records (zero-padded to whole chunks), one token per task.
+// x's tokens as F's activation records (zero-padded to whole chunks), one token per task, at ap.
 template <typename F, typename T>
-at::Tensor records(const at::Tensor& x) {
-  const int64_t M = x.size(0);
+void records(const at::Tensor& x, uint8_t* ap) {
   const Shape<F> s(x.size(1));
   const int64_t token_bytes = s.chunks * F::kRecBytes;
   const T* xp = x.const_data_ptr<T>();
-  // torch's allocator aligns to 64 bytes and records are whole vectors: no load splits a line
-  at::Tensor acts = at::empty({M * token_bytes}, at::kByte);
-  uint8_t* ap = acts.mutable_data_ptr<uint8_t>();
-  at::parallel_for(0, M, 1, [&](int64_t m0, int64_t m1) {
+  at::parallel_for(0, x.size(0), 1, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) quantize_token<F, T>(xp + m * s.K, s, ap + m * token_bytes);
   });
-  return acts;
 }
 
 // The part's rows [n0, n1) against every token: token tiles whose records stay in L2, register
@@ -197,27 +202,61 @@ void check_part(const at::Tensor& w, int64_t K) {
               K, " inputs are ", K / F::kBlock * F::kBlockBytes, " bytes, got ", w.size(1));
 }
 
-// Each activation type's records of x in one call, by ggml type (a fused call has at most a few)
-using Made = c10::SmallVector<std::pair<int64_t, at::Tensor>, 4>;
+// Each activation type's records of x in one call, by ggml type (a fused call has at most a
+// few). Records of up to kKeptBytes go into buffers the calling thread keeps (a decode step's
+// are a few KB, and ~100 calls a step each made a new tensor for them); larger ones (a
+// prefill's, up to hundreds of MB) into a tensor freed with the call.
+class Made {
+ public:
+  static constexpr int64_t kKeptBytes = 1 << 20;
 
-// A part's Slice over w: its records of x (made by `records`, or shared with an earlier part of
-// the same type) and its row function.
-template <typename Records>
-Slice slice_of(const at::Tensor& w, int64_t type, int64_t first,
-               Made& made, Records records,
-               void (*run)(const Slice&, const Job&, int64_t, int64_t)) {
-  auto found = std::find_if(made.begin(), made.end(),
-                            [&](const auto& e) { return e.first == type; });
-  if (found == made.end()) {
-    made.emplace_back(type, records());
-    found = made.end() - 1;
+  // The records of type `type`: made by fill(at) into `bytes` new bytes, or an earlier part's.
+  template <typename Fill>
+  const uint8_t* get(int64_t type, int64_t bytes, Fill fill) {
+    for (const Entry& e : entries_)
+      if (e.type == type) return e.at;
+    uint8_t* at;
+    if (bytes <= kKeptBytes && entries_.size() < kKept) {
+      struct Free { void operator()(uint8_t* p) const { std::free(p); } };
+      thread_local std::unique_ptr<uint8_t, Free> kept[kKept];
+      std::unique_ptr<uint8_t, Free>& buf = kept[entries_.size()];
+      if (!buf) {
+        buf.reset(static_cast<uint8_t*>(std::aligned_alloc(64, kKeptBytes)));
+        TORCH_CHECK(buf, "ggml_linear: out of memory for activation records");
+      }
+      at = buf.get();
+    } else {
+      // torch's allocator aligns to 64 bytes and records are whole vectors: no load splits a line
+      big_.push_back(at::empty({bytes}, at::kByte));
+      at = big_.back().mutable_data_ptr<uint8_t>();
+    }
+    fill(at);
+    entries_.push_back({type, at});
+    return at;
   }
+
+ private:
+  static constexpr size_t kKept = 4;
+  struct Entry {
+    int64_t type;
+    const uint8_t* at;
+  };
+  c10::SmallVector<Entry, kKept> entries_;
+  c10::SmallVector<at::Tensor, 1> big_;
+};
+
+// A part's Slice over w, against records of x of `record_bytes` a token (made by fill(at), or
+// shared with an earlier part of the same type), computed by `run`.
+template <typename Fill>
+Slice slice_of(const at::Tensor& x, const at::Tensor& w, int64_t type, int64_t first,
+               Made& made, int64_t record_bytes, Fill fill,
+               void (*run)(const Slice&, const Job&, int64_t, int64_t)) {
   Slice part;
   part.w = static_cast<const uint8_t*>(w.const_data_ptr());
   part.row_stride = w.stride(0);
   part.first = first;
   part.rows = w.size(0);
-  part.acts = static_cast<const uint8_t*>(found->second.const_data_ptr());
+  part.acts = made.get(type, x.size(0) * record_bytes, fill);
   part.run = run;
   return part;
 }
@@ -228,7 +267,8 @@ template <typename F, typename T>
 Slice make_part(const at::Tensor& x, const at::Tensor& w, int64_t type, int64_t first,
                Made& made) {
   check_part<F>(w, x.size(1));
-  return slice_of(w, type, first, made, [&] { return records<F, T>(x); }, &part_rows<F, T>);
+  return slice_of(x, w, type, first, made, Shape<F>(x.size(1)).chunks * F::kRecBytes,
+                  [&](uint8_t* at) { records<F, T>(x, at); }, &part_rows<F, T>);
 }
 
 // Q5_0 rows interleaved sixteen at a time (ggml_interleave_q5_0, once at load): the same
@@ -254,21 +294,19 @@ constexpr int kBase[8] = {0, 16, 4, 20, 8, 24, 12, 28};
 inline int64_t x16_record_bytes(int64_t K) { return K / 32 * (32 + 4 + 4); }
 
 template <typename T>
-at::Tensor records_x16(const at::Tensor& x) {
+void records_x16(const at::Tensor& x, uint8_t* ap) {
   const int64_t M = x.size(0), K = x.size(1), nb = K / 32, token_bytes = x16_record_bytes(K);
   const T* xp = x.const_data_ptr<T>();
-  at::Tensor acts = at::empty({M * token_bytes}, at::kByte);
-  uint8_t* ap = acts.mutable_data_ptr<uint8_t>();
   at::parallel_for(0, M, 1, [&](int64_t m0, int64_t m1) {
-    std::vector<float> xf(K);
+    float* xf = floats(K);
     for (int64_t m = m0; m < m1; ++m) {
-      for (int64_t k = 0; k < K; k += 16) _mm512_storeu_ps(&xf[k], qwq::load16(xp + m * K + k));
+      for (int64_t k = 0; k < K; k += 16) _mm512_storeu_ps(xf + k, qwq::load16(xp + m * K + k));
       uint8_t* rec = ap + m * token_bytes;
       float* d = reinterpret_cast<float*>(rec + 32 * nb);
       int32_t* start = reinterpret_cast<int32_t*>(rec + 36 * nb);
       for (int64_t j = 0; j < nb; ++j) {
         __m512i q0, q1;
-        d[j] = q8_0_block(&xf[32 * j], q0, q1);
+        d[j] = q8_0_block(xf + 32 * j, q0, q1);
         start[j] = -16 * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
         _mm_storeu_si128(reinterpret_cast<__m128i*>(rec + 32 * j), _mm512_cvtsepi32_epi8(q0));
         _mm_storeu_si128(reinterpret_cast<__m128i*>(rec + 32 * j + 16),
@@ -276,7 +314,6 @@ at::Tensor records_x16(const at::Tensor& x) {
       }
     }
   });
-  return acts;
 }
 
 // Four activations at p broadcast to every lane (one load).
@@ -387,7 +424,8 @@ Slice make_x16_part(const at::Tensor& x, const at::Tensor& w, int64_t type, int6
               "bytes, rows a multiple of 16");
   TORCH_CHECK(w.size(1) == K / 32 * 22, "ggml_linear: Q5_0x16 rows of ", K, " inputs are ",
               K / 32 * 22, " bytes, got ", w.size(1));
-  return slice_of(w, type, first, made, [&] { return records_x16<T>(x); }, &group_rows<T>);
+  return slice_of(x, w, type, first, made, x16_record_bytes(K),
+                  [&](uint8_t* at) { records_x16<T>(x, at); }, &group_rows<T>);
 }
 
 // qwq's own ids for its load-time layouts, past ggml's enum (ggml.py: TYPES)

@@ -35,7 +35,6 @@ inline void quantize_q8_k(const float* x, uint8_t* rec) {
   }
   const float peak = _mm512_reduce_max_ps(amax);
   alignas(64) int32_t q[64] = {};  // 256 int8 values, natural order
-  int32_t sums[16] = {};
   float d = 0.f;
   if (peak != 0.f) {
     // llama.cpp scales by the first value of largest magnitude, with its sign
@@ -49,17 +48,23 @@ inline void quantize_q8_k(const float* x, uint8_t* rec) {
       const __m512 scaled = _mm512_mul_ps(_mm512_set1_ps(iscale), v[i]);
       const __m512i qi = _mm512_min_epi32(_mm512_cvtps_epi32(scaled), _mm512_set1_epi32(127));
       _mm_store_si128(reinterpret_cast<__m128i*>(q + 4 * i), _mm512_cvtsepi32_epi8(qi));
-      sums[i] = _mm512_reduce_add_epi32(qi);
     }
   }
-  int32_t* words = reinterpret_cast<int32_t*>(rec);
-  float* lanes = reinterpret_cast<float*>(rec + 256);
-  for (int j = 0; j < 16; ++j) {
-    const int g = group<kMins>(j);
-    for (int i = 0; i < 4; ++i) words[16 * i + j] = q[4 * g + i];
-    if constexpr (kMins) lanes[j] = d * static_cast<float>(sums[g]);
-    else words[64 + j] = -32 * sums[g];
+  // vector i, lane j: the word of inputs 16 group(j) + 4i ..; each lane's four vectors hold its
+  // whole group, so one vpdpbusd by ones a vector sums the group in lane order
+  __m512i sums = _mm512_setzero_si512();
+  const __m512i ones = _mm512_set1_epi8(1);
+  for (int i = 0; i < 4; ++i) {
+    alignas(64) int32_t at[16];
+    for (int j = 0; j < 16; ++j) at[j] = 4 * group<kMins>(j) + i;
+    const __m512i w = _mm512_i32gather_epi32(_mm512_load_si512(at), q, 4);
+    _mm512_storeu_si512(rec + 64 * i, w);
+    sums = _mm512_dpbusd_epi32(sums, ones, w);
   }
+  if constexpr (kMins)
+    _mm512_storeu_ps(rec + 256, _mm512_mul_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sums)));
+  else
+    _mm512_storeu_si512(rec + 256, _mm512_mullo_epi32(sums, _mm512_set1_epi32(-32)));
   std::memset(rec + 320, 0, 64);
   std::memcpy(rec + 320, &d, 4);
 }
