@@ -21,6 +21,16 @@ def tiny_q4_k_m(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_q8_0(tmp_path_factory):
+    """The same tiny Qwen2 in the Q8_0 mix (its o projection's records come in units of 128
+    inputs, a kv group's attention output: a decode step's team makes them per group)."""
+    import random_gguf
+    path = tmp_path_factory.mktemp("gguf") / "tiny-q8_0.gguf"
+    random_gguf.write(path, "tiny", "q8_0")
+    return path
+
+
+@pytest.fixture(scope="session")
 def demo_gguf():
     from qwq.demo import demo_model_path
     return demo_model_path()

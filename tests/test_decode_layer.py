@@ -30,10 +30,12 @@ def _eager(net):
     net._decode_layers = lambda *args: None
 
 
-@pytest.mark.parametrize(("dtype", "kv"), [("bfloat16", "auto"), ("float32", "auto"),
-                                           ("bfloat16", "int8"), ("float32", "int8")])
-def test_fused_decode_is_the_eager_layer_bit_for_bit(tiny_q4_k_m, dtype, kv):
-    llm = LLM(str(tiny_q4_k_m), max_model_len=256, kv_cache_memory=16 << 20, dtype=dtype,
+@pytest.mark.parametrize(("dtype", "kv", "mix"), [
+    ("bfloat16", "auto", "q4_k_m"), ("float32", "auto", "q4_k_m"), ("bfloat16", "int8", "q4_k_m"),
+    ("float32", "int8", "q4_k_m"), ("bfloat16", "auto", "q8_0"), ("float32", "int8", "q8_0")])
+def test_fused_decode_is_the_eager_layer_bit_for_bit(request, dtype, kv, mix):
+    path = request.getfixturevalue(f"tiny_{mix}")
+    llm = LLM(str(path), max_model_len=256, kv_cache_memory=16 << 20, dtype=dtype,
               kv_cache_dtype=kv, quantize="gguf", enable_prefix_caching=False)
     net = llm.engine.runner.model
     params = SamplingParams(temperature=0, max_tokens=12, logprobs=5, loop_control="off",
@@ -52,6 +54,29 @@ def test_fused_decode_is_the_eager_layer_bit_for_bit(tiny_q4_k_m, dtype, kv):
     # and one sequence alone gets the numbers it got batched
     alone = _logprobs(llm.generate(PROMPTS[2:], params))
     assert alone == fused[2:]
+
+
+@pytest.mark.parametrize("mix", ["q4_k_m", "q8_0"])
+def test_any_team_of_threads_gives_the_eager_numbers(request, mix):
+    """The step's threads split every phase among themselves (one, two, or three on two cores,
+    where a thread waits its turn): the numbers are the eager layer's at each count."""
+    llm = LLM(str(request.getfixturevalue(f"tiny_{mix}")), max_model_len=256,
+              kv_cache_memory=16 << 20, quantize="gguf", enable_prefix_caching=False)
+    params = SamplingParams(temperature=0, max_tokens=8, logprobs=5, loop_control="off",
+                            ignore_eos=True)
+    before = torch.get_num_threads()
+    try:
+        fused = {}
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            fused[threads] = _logprobs(llm.generate(PROMPTS, params))
+        assert isinstance(llm.engine.runner.model._ggml_layers, torch.ScriptObject)  # fused
+        _eager(llm.engine.runner.model)
+        torch.set_num_threads(before)
+        eager = _logprobs(llm.generate(PROMPTS, params))
+    finally:
+        torch.set_num_threads(before)
+    assert fused[1] == fused[2] == fused[3] == eager
 
 
 def test_an_fp8_cache_keeps_the_eager_layer(tiny_q4_k_m):
@@ -110,6 +135,11 @@ def test_the_kernel_names_what_is_wrong(tiny_q4_k_m):
         run(cos=cos.float(), sin=sin.float())
     with pytest.raises(IndexError):  # a position past the tables
         run(positions=torch.tensor([0, cos.shape[0]]))
+    # a failure inside the threads' shared step (one thread's attention) is raised once, and
+    # the object steps on
+    with pytest.raises(RuntimeError, match="context length 40 of sequence 1 does not fit"):
+        run(context_lens=torch.tensor([1, 40]))
+    kc.zero_()
     # without a head: the final norm's rows, in the order asked; with one, their logits
     rows = run()
     assert rows.shape == (2, 256) and rows.dtype == torch.bfloat16

@@ -280,3 +280,22 @@ def test_decode_attention_matches_softmax_attention_over_the_paged_cache(dtype, 
     with pytest.raises(RuntimeError, match="context length 200"):
         torch.ops.qwq.decode_attention(q[:1], k_cache, v_cache, tables[:1], torch.tensor([200]),
                                        bs, 1.0)
+
+
+def test_a_killed_builds_lock_is_cleared_a_running_ones_kept(tmp_path):
+    """torch waits forever on a build directory's lock: one left by a build that was killed
+    (older than any build takes) is removed before loading; a fresh one, a build running in
+    another process, is left to it."""
+    import os
+    import time
+
+    from qwq.kernels import STALE_LOCK_S, _clear_stale_lock
+    lock = tmp_path / "lock"
+    lock.touch()
+    _clear_stale_lock(tmp_path)
+    assert lock.exists()
+    old = time.time() - STALE_LOCK_S - 60
+    os.utime(lock, (old, old))
+    _clear_stale_lock(tmp_path)
+    assert not lock.exists()
+    _clear_stale_lock(tmp_path / "none")  # no directory, no lock: nothing to do

@@ -27,6 +27,7 @@ import os
 import platform
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import torch
@@ -87,6 +88,24 @@ def kernel_isa() -> str | None:
     return asked
 
 
+# A build takes a minute or two; torch's lock on a build directory older than this was left by
+# a build that was killed (a process stopped during its first load), and torch would wait on it
+# forever: every later load of qwq would hang.
+STALE_LOCK_S = 15 * 60
+
+
+def _clear_stale_lock(build_dir: Path) -> None:
+    lock = build_dir / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except OSError:
+        return
+    if age > STALE_LOCK_S:
+        log.warning("qwq: removing %s, left %.0f min ago by a kernel build that did not finish",
+                    lock, age / 60)
+        lock.unlink(missing_ok=True)
+
+
 @functools.cache
 def kernels_available() -> bool:
     """True once torch.ops.qwq's kernels are built and loaded for this CPU."""
@@ -100,7 +119,9 @@ def kernels_available() -> bool:
         from torch.utils import cpp_extension
 
         # one name per instruction set: the two builds keep their own cache directories
-        cpp_extension.load(name="qwq_kernels" if isa == "avx512" else f"qwq_kernels_{isa}",
+        name = "qwq_kernels" if isa == "avx512" else f"qwq_kernels_{isa}"
+        _clear_stale_lock(Path(cpp_extension._get_build_directory(name, verbose=False)))
+        cpp_extension.load(name=name,
                            sources=_SOURCES,
                            extra_cflags=["-O3", "-fopenmp", *ISAS[isa][0], _headers_flag()],
                            extra_ldflags=["-fopenmp"],

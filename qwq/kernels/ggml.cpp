@@ -32,6 +32,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <numeric>
 #include <vector>
 
 #include "ggml_formats.h"
@@ -58,14 +59,6 @@ bool fetch_to_l1() {
 }
 const bool kFetchToL1 = fetch_to_l1();
 
-// n floats of scratch this thread keeps (a token's activations as float, before quantizing):
-// a decode step quantizes ~100 tokens' activations, each a new vector before.
-inline float* floats(int64_t n) {
-  thread_local std::vector<float> buf;
-  if (static_cast<int64_t>(buf.size()) < n) buf.resize(n);
-  return buf.data();
-}
-
 // A tensor's rows: `full` whole chunks, then `tail` bytes of a last, short chunk (32-input
 // blocks only, when K is not a multiple of 128).
 template <typename F>
@@ -77,13 +70,14 @@ struct Shape {
         tail(static_cast<int>(k % F::kChunk / F::kBlock * F::kBlockBytes)) {}
 };
 
-// One token's activations -> its records: converted to float, zero-padded to whole chunks.
+// Chunk c of one token's records: its inputs converted to float, zero past K, quantized.
 template <typename F, typename T>
-void quantize_token(const T* x, const Shape<F>& s, uint8_t* rec) {
-  float* xf = floats(s.chunks * F::kChunk);
-  for (int64_t k = 0; k < s.K; k += 16) _mm512_storeu_ps(xf + k, qwq::load16(x + k));
-  std::fill(xf + s.K, xf + s.chunks * F::kChunk, 0.f);
-  for (int64_t c = 0; c < s.chunks; ++c) F::quantize(xf + c * F::kChunk, rec + c * F::kRecBytes);
+void record_chunk(const T* x, const Shape<F>& s, int64_t c, uint8_t* rec) {
+  alignas(64) float xf[F::kChunk];
+  const int64_t k0 = c * F::kChunk, n = std::min<int64_t>(F::kChunk, s.K - k0);
+  for (int64_t k = 0; k < n; k += 16) _mm512_storeu_ps(xf + k, qwq::load16(x + k0 + k));
+  std::fill(xf + n, xf + F::kChunk, 0.f);
+  F::quantize(xf, rec + c * F::kRecBytes);
 }
 
 // One chunk of a row (n bytes at p) against NT tokens: acc[t] += row . token t.
@@ -148,7 +142,8 @@ struct Job;
 struct Slice {
   const uint8_t* w;
   int64_t row_stride, first, rows;
-  const uint8_t* acts;
+  const uint8_t* acts;  // its records of x (those of Plan::recs[rec], once bound)
+  int rec;
   void (*run)(const Slice&, const Job&, int64_t n0, int64_t n1);
 };
 
@@ -158,15 +153,15 @@ struct Job {
   void* out;          // (M, N) of the activation type
 };
 
-// x's tokens as F's activation records (zero-padded to whole chunks), one token per task, at ap.
+// Units [u0, u1) of x's records in F's format: unit u is chunk u % chunks of token u / chunks.
 template <typename F, typename T>
-void records(const at::Tensor& x, uint8_t* ap) {
-  const Shape<F> s(x.size(1));
-  const int64_t token_bytes = s.chunks * F::kRecBytes;
-  const T* xp = x.const_data_ptr<T>();
-  at::parallel_for(0, x.size(0), 1, [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m) quantize_token<F, T>(xp + m * s.K, s, ap + m * token_bytes);
-  });
+void records(const void* x, int64_t K, uint8_t* recs, int64_t u0, int64_t u1) {
+  const Shape<F> s(K);
+  const T* xp = static_cast<const T*>(x);
+  for (int64_t u = u0; u < u1; ++u) {
+    const int64_t m = u / s.chunks;
+    record_chunk<F, T>(xp + m * K, s, u % s.chunks, recs + m * s.chunks * F::kRecBytes);
+  }
 }
 
 // The part's rows [n0, n1) against every token: token tiles whose records stay in L2, register
@@ -202,73 +197,21 @@ void check_part(const at::Tensor& w, int64_t K) {
               K, " inputs are ", K / F::kBlock * F::kBlockBytes, " bytes, got ", w.size(1));
 }
 
-// Each activation type's records of x in one call, by ggml type (a fused call has at most a
-// few). Records of up to kKeptBytes go into buffers the calling thread keeps (a decode step's
-// are a few KB, and ~100 calls a step each made a new tensor for them); larger ones (a
-// prefill's, up to hundreds of MB) into a tensor freed with the call.
-class Made {
- public:
-  static constexpr int64_t kKeptBytes = 1 << 20;
-
-  // The records of type `type`: made by fill(at) into `bytes` new bytes, or an earlier part's.
-  template <typename Fill>
-  const uint8_t* get(int64_t type, int64_t bytes, Fill fill) {
-    for (const Entry& e : entries_)
-      if (e.type == type) return e.at;
-    uint8_t* at;
-    if (bytes <= kKeptBytes && entries_.size() < kKept) {
-      struct Free { void operator()(uint8_t* p) const { std::free(p); } };
-      thread_local std::unique_ptr<uint8_t, Free> kept[kKept];
-      std::unique_ptr<uint8_t, Free>& buf = kept[entries_.size()];
-      if (!buf) {
-        buf.reset(static_cast<uint8_t*>(std::aligned_alloc(64, kKeptBytes)));
-        TORCH_CHECK(buf, "ggml_linear: out of memory for activation records");
-      }
-      at = buf.get();
-    } else {
-      // torch's allocator aligns to 64 bytes and records are whole vectors: no load splits a line
-      big_.push_back(at::empty({bytes}, at::kByte));
-      at = big_.back().mutable_data_ptr<uint8_t>();
-    }
-    fill(at);
-    entries_.push_back({type, at});
-    return at;
-  }
-
- private:
-  static constexpr size_t kKept = 4;
-  struct Entry {
-    int64_t type;
-    const uint8_t* at;
-  };
-  c10::SmallVector<Entry, kKept> entries_;
-  c10::SmallVector<at::Tensor, 1> big_;
+// How a part of format F computes: its records (units, bytes a token, the fill) and its rows.
+struct Kind {
+  int64_t units;        // record units a token
+  int64_t inputs;       // x's columns a unit (the last may have fewer)
+  int64_t token_bytes;  // record bytes a token
+  void (*fill)(const void* x, int64_t K, uint8_t* recs, int64_t u0, int64_t u1);
+  void (*run)(const Slice&, const Job&, int64_t n0, int64_t n1);
 };
 
-// A part's Slice over w, against records of x of `record_bytes` a token (made by fill(at), or
-// shared with an earlier part of the same type), computed by `run`.
-template <typename Fill>
-Slice slice_of(const at::Tensor& x, const at::Tensor& w, int64_t type, int64_t first,
-               Made& made, int64_t record_bytes, Fill fill,
-               void (*run)(const Slice&, const Job&, int64_t, int64_t)) {
-  Slice part;
-  part.w = static_cast<const uint8_t*>(w.const_data_ptr());
-  part.row_stride = w.stride(0);
-  part.first = first;
-  part.rows = w.size(0);
-  part.acts = made.get(type, x.size(0) * record_bytes, fill);
-  part.run = run;
-  return part;
-}
-
-// A part of format F: checked, its records of x made (or shared with an earlier part of the
-// same type: q and k are often both Q5_0), its row function chosen.
+// A part of format F: checked, its records and row function.
 template <typename F, typename T>
-Slice make_part(const at::Tensor& x, const at::Tensor& w, int64_t type, int64_t first,
-               Made& made) {
-  check_part<F>(w, x.size(1));
-  return slice_of(x, w, type, first, made, Shape<F>(x.size(1)).chunks * F::kRecBytes,
-                  [&](uint8_t* at) { records<F, T>(x, at); }, &part_rows<F, T>);
+Kind kind_of(const at::Tensor& w, int64_t K) {
+  check_part<F>(w, K);
+  const Shape<F> s(K);
+  return {s.chunks, F::kChunk, s.chunks * F::kRecBytes, &records<F, T>, &part_rows<F, T>};
 }
 
 // Q5_0 rows interleaved sixteen at a time (ggml_interleave_q5_0, once at load): the same
@@ -293,27 +236,24 @@ constexpr int kBase[8] = {0, 16, 4, 20, 8, 24, 12, 28};
 // Blocks32's records hold it by lane).
 inline int64_t x16_record_bytes(int64_t K) { return K / 32 * (32 + 4 + 4); }
 
+// Units [u0, u1) of x's Q5_0x16 records: unit u is block u % (K / 32) of token u / (K / 32).
 template <typename T>
-void records_x16(const at::Tensor& x, uint8_t* ap) {
-  const int64_t M = x.size(0), K = x.size(1), nb = K / 32, token_bytes = x16_record_bytes(K);
-  const T* xp = x.const_data_ptr<T>();
-  at::parallel_for(0, M, 1, [&](int64_t m0, int64_t m1) {
-    float* xf = floats(K);
-    for (int64_t m = m0; m < m1; ++m) {
-      for (int64_t k = 0; k < K; k += 16) _mm512_storeu_ps(xf + k, qwq::load16(xp + m * K + k));
-      uint8_t* rec = ap + m * token_bytes;
-      float* d = reinterpret_cast<float*>(rec + 32 * nb);
-      int32_t* start = reinterpret_cast<int32_t*>(rec + 36 * nb);
-      for (int64_t j = 0; j < nb; ++j) {
-        __m512i q0, q1;
-        d[j] = q8_0_block(xf + 32 * j, q0, q1);
-        start[j] = -16 * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(rec + 32 * j), _mm512_cvtsepi32_epi8(q0));
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(rec + 32 * j + 16),
-                         _mm512_cvtsepi32_epi8(q1));
-      }
-    }
-  });
+void records_x16(const void* x, int64_t K, uint8_t* recs, int64_t u0, int64_t u1) {
+  const int64_t nb = K / 32, token_bytes = x16_record_bytes(K);
+  const T* xp = static_cast<const T*>(x);
+  for (int64_t u = u0; u < u1; ++u) {
+    const int64_t m = u / nb, j = u % nb;
+    alignas(64) float xf[32];
+    _mm512_storeu_ps(xf, qwq::load16(xp + m * K + 32 * j));
+    _mm512_storeu_ps(xf + 16, qwq::load16(xp + m * K + 32 * j + 16));
+    uint8_t* rec = recs + m * token_bytes;
+    __m512i q0, q1;
+    reinterpret_cast<float*>(rec + 32 * nb)[j] = q8_0_block(xf, q0, q1);
+    reinterpret_cast<int32_t*>(rec + 36 * nb)[j] =
+        -16 * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(rec + 32 * j), _mm512_cvtsepi32_epi8(q0));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(rec + 32 * j + 16), _mm512_cvtsepi32_epi8(q1));
+  }
 }
 
 // Four activations at p broadcast to every lane (one load).
@@ -414,9 +354,7 @@ void group_rows(const Slice& p, const Job& j, int64_t n0, int64_t n1) {
 }
 
 template <typename T>
-Slice make_x16_part(const at::Tensor& x, const at::Tensor& w, int64_t type, int64_t first,
-                    Made& made) {
-  const int64_t K = x.size(1);
+Kind x16_kind(const at::Tensor& w, int64_t K) {
   TORCH_CHECK(K % 32 == 0, "ggml_linear: Q5_0x16 takes inputs in whole blocks of 32; x has ", K);
   TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kByte && w.is_contiguous() &&
                   w.device().is_cpu() && w.size(0) % kGroupRows == 0,
@@ -424,8 +362,7 @@ Slice make_x16_part(const at::Tensor& x, const at::Tensor& w, int64_t type, int6
               "bytes, rows a multiple of 16");
   TORCH_CHECK(w.size(1) == K / 32 * 22, "ggml_linear: Q5_0x16 rows of ", K, " inputs are ",
               K / 32 * 22, " bytes, got ", w.size(1));
-  return slice_of(x, w, type, first, made, x16_record_bytes(K),
-                  [&](uint8_t* at) { records_x16<T>(x, at); }, &group_rows<T>);
+  return {K / 32, 32, x16_record_bytes(K), &records_x16<T>, &group_rows<T>};
 }
 
 // qwq's own ids for its load-time layouts, past ggml's enum (ggml.py: TYPES)
@@ -433,24 +370,32 @@ constexpr int64_t kQ5_0x4 = 1006, kQ8_0x4 = 1008, kQ5_0x16 = 1016;
 
 // type: ggml's enum value (gguf.GGMLQuantizationType), or one of qwq's layouts
 template <typename T>
-Slice part_of(const at::Tensor& x, const at::Tensor& w, int64_t type, int64_t first,
-             Made& made) {
+Kind kind(const at::Tensor& w, int64_t type, int64_t K) {
   switch (type) {
-    case 2: return make_part<Q4_0, T>(x, w, type, first, made);
-    case 3: return make_part<Q4_1, T>(x, w, type, first, made);
-    case 6: return make_part<Q5_0, T>(x, w, type, first, made);
-    case 7: return make_part<Q5_1, T>(x, w, type, first, made);
-    case 8: return make_part<Q8_0, T>(x, w, type, first, made);
-    case 12: return make_part<Q4_K, T>(x, w, type, first, made);
-    case 13: return make_part<Q5_K, T>(x, w, type, first, made);
-    case 14: return make_part<Q6_K, T>(x, w, type, first, made);
-    case kQ5_0x4: return make_part<Q5_0x4, T>(x, w, type, first, made);
-    case kQ8_0x4: return make_part<Q8_0x4, T>(x, w, type, first, made);
-    case kQ5_0x16: return make_x16_part<T>(x, w, type, first, made);
+    case 2: return kind_of<Q4_0, T>(w, K);
+    case 3: return kind_of<Q4_1, T>(w, K);
+    case 6: return kind_of<Q5_0, T>(w, K);
+    case 7: return kind_of<Q5_1, T>(w, K);
+    case 8: return kind_of<Q8_0, T>(w, K);
+    case 12: return kind_of<Q4_K, T>(w, K);
+    case 13: return kind_of<Q5_K, T>(w, K);
+    case 14: return kind_of<Q6_K, T>(w, K);
+    case kQ5_0x4: return kind_of<Q5_0x4, T>(w, K);
+    case kQ8_0x4: return kind_of<Q8_0x4, T>(w, K);
+    case kQ5_0x16: return x16_kind<T>(w, K);
     default:
       TORCH_CHECK(false, "ggml_linear: GGML type ", type, " has no kernel (Q4_0 2, Q4_1 3, ",
                   "Q5_0 6, Q5_1 7, Q8_0 8, Q4_K 12, Q5_K 13, Q6_K 14, Q5_0x4 ", kQ5_0x4,
                   ", Q8_0x4 ", kQ8_0x4, ", Q5_0x16 ", kQ5_0x16, ")");
+  }
+}
+
+Kind kind_for(at::ScalarType dtype, const at::Tensor& w, int64_t type, int64_t K) {
+  switch (dtype) {
+    case at::kFloat: return kind<float>(w, type, K);
+    case at::kBFloat16: return kind<c10::BFloat16>(w, type, K);
+    case at::kHalf: return kind<c10::Half>(w, type, K);
+    default: TORCH_CHECK(false, "ggml_linear: x must be float32, bfloat16 or float16");
   }
 }
 
@@ -506,62 +451,35 @@ struct Shares {
   }
 };
 
-template <typename T>
-void parts_impl(const at::Tensor& x, at::TensorList ws, at::IntArrayRef types,
-                const at::Tensor& bias, at::Tensor& out) {
-  Made made;  // records of x, by type
-  c10::SmallVector<Slice, 4> parts;
-  int64_t first = 0;
-  for (size_t i = 0; i < ws.size(); first += ws[i].size(0), ++i)
-    parts.push_back(part_of<T>(x, ws[i], types[i], first, made));
-  const Job job{x.size(0), out.size(1), x.size(1),
-                bias.defined() ? bias.const_data_ptr<float>() : nullptr, out.mutable_data_ptr()};
-  // One pass over all the parts' rows (one fork and join for q|k|v instead of three). Each
-  // thread reads its own contiguous share front to back, one forward stream; a thread that runs
-  // out takes the back half of what another has left (on a shared machine one core is often
-  // slower). Shares move in steps of ~32 KB of weights, so the threads end within one step of
-  // each other: fixed halves, or blocks of an eighth taken from one counter, left the first
-  // thread done ~10 us before the other in every call of the demo's decode step. Past one
-  // register tile of tokens the steps are an eighth of the rows, as many as each token tile's
-  // records are read for.
-  int64_t row_bytes = 1;
-  for (const auto& w : ws) row_bytes = std::max<int64_t>(row_bytes, w.size(1));
-  // (whole groups of 16 rows: a share splits no Q5_0x16 group)
-  const int64_t step = std::max<int64_t>(16, job.M <= kTokens ? (32 << 10) / row_bytes
-                                                               : job.N / (4 * at::get_num_threads()))
-                       / 16 * 16;
-  const int threads = static_cast<int>(std::min<int64_t>(at::get_num_threads(),
-                                                          (job.N + step - 1) / step));
-  // (on the stack for up to 8 threads: a decode step makes ~100 of these calls)
-  Shares::Range on_stack[8];
-  std::unique_ptr<Shares::Range[]> on_heap;
-  Shares::Range* ranges = on_stack;
-  if (threads > 8) ranges = (on_heap = std::make_unique<Shares::Range[]>(threads)).get();
-  for (int t = 0; t < threads; ++t)
-    ranges[t].set(job.N * t / threads / step * step,
-                  t + 1 == threads ? job.N : job.N * (t + 1) / threads / step * step);
-  const Shares shares{ranges, threads, step};
-  auto rows = [&](int64_t n0, int64_t n1) {
-    for (const Slice& p : parts) {
-      const int64_t a = std::max(n0, p.first), b = std::min(n1, p.first + p.rows);
-      if (a < b) p.run(p, job, a - p.first, b - p.first);
-    }
-  };
-  if (threads == 1) return rows(0, job.N);
-  at::parallel_for(0, threads, 1, [&](int64_t t, int64_t) {
-    for (int64_t n0, n1; shares.take(static_cast<int>(t), n0, n1);) rows(n0, n1);
-  });
-}
-
 }  // namespace
 
 namespace qwq::kernels {
 
-// x (M, K) times the rows of ws, concatenated: each a (rows, row_bytes) tensor of block bytes
-// in the ggml type of the same index; bias (out_features,) or none; into out (M, out_features)
-// of x's dtype.
-void ggml_linear_parts_into(const at::Tensor& x, at::TensorList ws, at::IntArrayRef types,
-                            const c10::optional<at::Tensor>& bias, at::Tensor& out) {
+// What a GgmlLinear holds: its parts, each type's records of x, the job, the row shares.
+struct GgmlLinear::Plan {
+  struct Records {
+    int64_t type, units, inputs, token_bytes;  // units a token, columns a unit, bytes a token
+    void (*fill)(const void* x, int64_t K, uint8_t* recs, int64_t u0, int64_t u1);
+    uint8_t* at = nullptr;
+  };
+  const void* x;
+  c10::SmallVector<Records, 4> recs;  // one a type: q and k are often both Q5_0
+  c10::SmallVector<Slice, 4> parts;
+  Job job;
+  at::Tensor bias;  // float32, or undefined
+  int64_t row_bytes = 1, units = 0, column_unit = 1;
+  // the row shares of the threads that last started (on the stack of up to 8: a decode step
+  // made ~100 calls, each a new array)
+  Shares::Range on_stack[8];
+  std::unique_ptr<Shares::Range[]> on_heap;
+  Shares shares{on_stack, 1, 16};
+
+  int64_t step(int threads) const;
+};
+
+GgmlLinear::GgmlLinear(const at::Tensor& x, at::TensorList ws, at::IntArrayRef types,
+                       const c10::optional<at::Tensor>& bias, const at::Tensor& out)
+    : plan_(std::make_unique<Plan>()) {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.device().is_cpu(),
               "ggml_linear: x must be a contiguous 2-D CPU tensor");
   TORCH_CHECK(!ws.empty() && ws.size() == types.size(),
@@ -576,19 +494,158 @@ void ggml_linear_parts_into(const at::Tensor& x, at::TensorList ws, at::IntArray
   TORCH_CHECK(rows == out_features, "ggml_linear: the weights hold ", rows,
               " rows; out_features is ", out_features);
   TORCH_CHECK(out_features < (int64_t{1} << 32), "ggml_linear: at most 2^32 - 1 rows");
-  at::Tensor b;
+  Plan& p = *plan_;
   if (bias.has_value()) {
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_features,
                 "ggml_linear: bias must be (out_features,)");
-    b = bias->to(at::kFloat).contiguous();
+    p.bias = bias->to(at::kFloat).contiguous();
   }
-  if (x.size(0) == 0 || out_features == 0) return;
-  switch (x.scalar_type()) {
-    case at::kFloat: parts_impl<float>(x, ws, types, b, out); break;
-    case at::kBFloat16: parts_impl<c10::BFloat16>(x, ws, types, b, out); break;
-    case at::kHalf: parts_impl<c10::Half>(x, ws, types, b, out); break;
-    default: TORCH_CHECK(false, "ggml_linear: x must be float32, bfloat16 or float16");
+  const int64_t M = x.size(0), K = x.size(1);
+  p.x = x.const_data_ptr();
+  p.job = {M, out_features, K, p.bias.defined() ? p.bias.const_data_ptr<float>() : nullptr,
+           out.data_ptr()};
+  int64_t first = 0;
+  for (size_t i = 0; i < ws.size(); first += ws[i].size(0), ++i) {
+    const Kind k = kind_for(x.scalar_type(), ws[i], types[i], K);
+    int rec = 0;
+    while (rec < static_cast<int>(p.recs.size()) && p.recs[rec].type != types[i]) ++rec;
+    if (rec == static_cast<int>(p.recs.size())) {
+      p.recs.push_back({types[i], k.units, k.inputs, k.token_bytes, k.fill});
+      p.column_unit = std::lcm(p.column_unit, k.inputs);
+      p.units += M * k.units;
+    }
+    p.parts.push_back({static_cast<const uint8_t*>(ws[i].const_data_ptr()), ws[i].stride(0), first,
+                       ws[i].size(0), nullptr, rec, k.run});
+    p.row_bytes = std::max<int64_t>(p.row_bytes, ws[i].size(1));
   }
+}
+
+GgmlLinear::~GgmlLinear() = default;
+GgmlLinear::GgmlLinear(GgmlLinear&&) noexcept = default;
+GgmlLinear& GgmlLinear::operator=(GgmlLinear&&) noexcept = default;
+
+int GgmlLinear::record_slots() const { return static_cast<int>(plan_->recs.size()); }
+
+int64_t GgmlLinear::record_bytes(int slot) const {
+  return plan_->job.M * plan_->recs[slot].token_bytes;
+}
+
+void GgmlLinear::bind(uint8_t* const* slots) {
+  for (size_t i = 0; i < plan_->recs.size(); ++i) plan_->recs[i].at = slots[i];
+  for (Slice& part : plan_->parts) part.acts = plan_->recs[part.rec].at;
+}
+
+int64_t GgmlLinear::record_units() const { return plan_->units; }
+
+int64_t GgmlLinear::column_unit() const { return plan_->column_unit; }
+
+void GgmlLinear::records_of(int64_t m0, int64_t m1, int64_t c0, int64_t c1) const {
+  const Plan& p = *plan_;
+  TORCH_CHECK(c0 % p.column_unit == 0 && (c1 % p.column_unit == 0 || c1 == p.job.K),
+              "ggml_linear: records of columns in whole units of ", p.column_unit);
+  for (const auto& r : p.recs) {
+    const int64_t lo = c0 / r.inputs, hi = c1 == p.job.K ? r.units : c1 / r.inputs;
+    for (int64_t m = m0; m < m1; ++m)
+      if (lo < hi) r.fill(p.x, p.job.K, r.at, m * r.units + lo, m * r.units + hi);
+  }
+}
+
+void GgmlLinear::records(int64_t u0, int64_t u1) const {
+  const Plan& p = *plan_;
+  int64_t base = 0;
+  for (const auto& r : p.recs) {
+    const int64_t n = p.job.M * r.units;
+    const int64_t a = std::max(u0, base), b = std::min(u1, base + n);
+    if (a < b) r.fill(p.x, p.job.K, r.at, a - base, b - base);
+    base += n;
+  }
+}
+
+// One pass over all the parts' rows (one fork and join for q|k|v instead of three). Each
+// thread reads its own contiguous share front to back, one forward stream; a thread that runs
+// out takes the back half of what another has left (on a shared machine one core is often
+// slower). Shares move in steps of ~32 KB of weights, so the threads end within one step of
+// each other: fixed halves, or blocks of an eighth taken from one counter, left the first
+// thread done ~10 us before the other in every call of the demo's decode step. Past one
+// register tile of tokens the steps are an eighth of the rows, as many as each token tile's
+// records are read for.
+// The rows a thread takes at a time, of `threads` (whole groups of 16 rows: a share splits no
+// Q5_0x16 group), and the first row of thread t's share.
+int64_t GgmlLinear::Plan::step(int threads) const {
+  return std::max<int64_t>(16, job.M <= kTokens ? (32 << 10) / row_bytes
+                                                : job.N / (4 * threads)) / 16 * 16;
+}
+
+static int64_t share_start(int64_t N, int t, int threads, int64_t step) {
+  return t == threads ? N : N * t / threads / step * step;
+}
+
+void GgmlLinear::start(int threads) {
+  Plan& p = *plan_;
+  const int64_t N = p.job.N, step = p.step(threads);
+  Shares::Range* ranges = p.on_stack;
+  if (threads > 8) {
+    p.on_heap = std::make_unique<Shares::Range[]>(threads);
+    ranges = p.on_heap.get();
+  }
+  for (int t = 0; t < threads; ++t)
+    ranges[t].set(share_start(N, t, threads, step), share_start(N, t + 1, threads, step));
+  p.shares = Shares{ranges, threads, step};
+}
+
+void GgmlLinear::rows(int t) const {
+  const Plan& p = *plan_;
+  for (int64_t n0, n1; p.shares.take(t, n0, n1);)
+    for (const Slice& part : p.parts) {
+      const int64_t a = std::max(n0, part.first), b = std::min(n1, part.first + part.rows);
+      if (a < b) part.run(part, p.job, a - part.first, b - part.first);
+    }
+}
+
+void GgmlLinear::run() {
+  const Plan& p = *plan_;
+  if (p.job.M == 0 || p.job.N == 0) return;
+  // a token's records a task
+  at::parallel_for(0, p.units, p.units / p.job.M, [&](int64_t u0, int64_t u1) { records(u0, u1); });
+  const int64_t step_rows = p.job.M <= kTokens ? std::max<int64_t>(16, (32 << 10) / p.row_bytes)
+                                               : 1;
+  const int threads = static_cast<int>(std::min<int64_t>(
+      at::get_num_threads(), (p.job.N + step_rows - 1) / step_rows));
+  start(threads);
+  if (threads == 1) return rows(0);
+  at::parallel_for(0, threads, 1, [&](int64_t t, int64_t) { rows(static_cast<int>(t)); });
+}
+
+// x (M, K) times the rows of ws, concatenated: each a (rows, row_bytes) tensor of block bytes
+// in the ggml type of the same index; bias (out_features,) or none; into out (M, out_features)
+// of x's dtype. Records of up to 1 MB a type go into buffers the calling thread keeps (a decode
+// step's are a few KB, and ~100 calls a step each made a new tensor for them); larger ones (a
+// prefill's, up to hundreds of MB) into tensors freed with the call.
+void ggml_linear_parts_into(const at::Tensor& x, at::TensorList ws, at::IntArrayRef types,
+                            const c10::optional<at::Tensor>& bias, at::Tensor& out) {
+  GgmlLinear linear(x, ws, types, bias, out);
+  constexpr int64_t kKeptBytes = 1 << 20;
+  constexpr int kKept = 4;
+  struct Free { void operator()(uint8_t* p) const { std::free(p); } };
+  thread_local std::unique_ptr<uint8_t, Free> kept[kKept];
+  c10::SmallVector<at::Tensor, 1> big;
+  c10::SmallVector<uint8_t*, kKept> slots(linear.record_slots());
+  for (int i = 0; i < linear.record_slots(); ++i) {
+    const int64_t bytes = linear.record_bytes(i);
+    if (bytes <= kKeptBytes && i < kKept) {
+      if (!kept[i]) {
+        kept[i].reset(static_cast<uint8_t*>(std::aligned_alloc(64, kKeptBytes)));
+        TORCH_CHECK(kept[i], "ggml_linear: out of memory for activation records");
+      }
+      slots[i] = kept[i].get();
+    } else {
+      // torch's allocator aligns to 64 bytes and records are whole vectors: no load splits a line
+      big.push_back(at::empty({bytes}, at::kByte));
+      slots[i] = big.back().mutable_data_ptr<uint8_t>();
+    }
+  }
+  linear.bind(slots.data());
+  linear.run();
 }
 
 }  // namespace qwq::kernels

@@ -102,7 +102,7 @@ QWQ_INLINE __m512 sums16(const __m512 (&a)[16]) {
 template <typename T, typename Rows>
 void decode_attention_impl(const at::Tensor& q, const Rows& kr, const Rows& vr, int64_t KVH,
                            int64_t slots, const at::Tensor& tables, const at::Tensor& lens,
-                           int64_t bs, double scale, at::Tensor& out) {
+                           int64_t bs, double scale, at::Tensor& out, qwq::kernels::Share share) {
   const int64_t B = q.size(0), H = q.size(1), D = q.size(2);
   const int64_t G = H / KVH, maxb = tables.size(1);
   const T* qp = q.data_ptr<T>();
@@ -110,7 +110,7 @@ void decode_attention_impl(const at::Tensor& q, const Rows& kr, const Rows& vr, 
   const int64_t* lp = lens.data_ptr<int64_t>();
   T* op = out.data_ptr<T>();
   const float sc = static_cast<float>(scale);
-  at::parallel_for(0, B * KVH, 1, [&](int64_t i0, int64_t i1) {
+  auto tasks = [&](int64_t i0, int64_t i1) {
     std::vector<float> qf(G * D), acc(G * D), rows(16 * D), s;
     std::vector<int64_t> slot_of;
     alignas(64) float row_scale[16] = {}, weight[2][16];
@@ -244,7 +244,10 @@ void decode_attention_impl(const at::Tensor& q, const Rows& kr, const Rows& vr, 
           store16(op + (b * H + kh * G + g) * D + d, _mm512_mul_ps(_mm512_loadu_ps(&acc[g * D + d]), inv));
       }
     }
-  });
+  };
+  if (share.whole()) return at::parallel_for(0, B * KVH, 1, tasks);
+  const auto [i0, i1] = share.of(B * KVH);
+  if (i0 < i1) tasks(i0, i1);
 }
 
 #define QWQ_FLOAT_TYPES(dtype, NAME, ...)                                   \
@@ -259,20 +262,20 @@ void decode_attention_impl(const at::Tensor& q, const Rows& kr, const Rows& vr, 
 template <typename T>
 void decode_attention_over(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc,
                            const at::Tensor& tables, const at::Tensor& lens, int64_t bs,
-                           double scale, at::Tensor& out) {
+                           double scale, at::Tensor& out, qwq::kernels::Share share) {
   const int64_t KVH = kc.size(1), slots = kc.size(0), width = kc.size(2);
   auto bytes = [](const at::Tensor& t) { return static_cast<const uint8_t*>(t.data_ptr()); };
   switch (kc.scalar_type()) {
     case at::kChar: {
       using Rows = QuantRows<Int8Codes>;
       decode_attention_impl<T>(q, Rows{bytes(kc), width}, Rows{bytes(vc), width}, KVH, slots,
-                               tables, lens, bs, scale, out);
+                               tables, lens, bs, scale, out, share);
       break;
     }
     case at::kFloat8_e4m3fn: {
       using Rows = QuantRows<Fp8Codes>;
       decode_attention_impl<T>(q, Rows{bytes(kc), width}, Rows{bytes(vc), width}, KVH, slots,
-                               tables, lens, bs, scale, out);
+                               tables, lens, bs, scale, out, share);
       break;
     }
     default:
@@ -280,7 +283,7 @@ void decode_attention_over(const at::Tensor& q, const at::Tensor& kc, const at::
         using Rows = FloatRows<scalar>;
         decode_attention_impl<T>(q, Rows{kc.data_ptr<scalar>(), width},
                                  Rows{vc.data_ptr<scalar>(), width}, KVH, slots, tables, lens,
-                                 bs, scale, out);
+                                 bs, scale, out, share);
       });
   }
 }
@@ -292,7 +295,7 @@ namespace qwq::kernels {
 void decode_attention_into(const at::Tensor& q, const at::Tensor& k_cache,
                            const at::Tensor& v_cache, const at::Tensor& block_tables,
                            const at::Tensor& context_lens, int64_t block_size, double scale,
-                           at::Tensor& out) {
+                           at::Tensor& out, Share share) {
   TORCH_CHECK(q.dim() == 3 && k_cache.dim() == 3 && v_cache.sizes() == k_cache.sizes(),
               "decode_attention: q (B, H, D), caches (slots, kv_heads, row width)");
   TORCH_CHECK(q.size(2) % 16 == 0 && q.size(1) % k_cache.size(1) == 0,
@@ -317,7 +320,7 @@ void decode_attention_into(const at::Tensor& q, const at::Tensor& k_cache,
               "decode_attention: out must be a contiguous tensor like q");
   QWQ_FLOAT_TYPES(q.scalar_type(), "decode_attention",
       decode_attention_over<scalar>(q, k_cache, v_cache, block_tables, context_lens, block_size,
-                                    scale, out));
+                                    scale, out, share));
 }
 
 }  // namespace qwq::kernels
@@ -334,31 +337,43 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, cons
 }
 
 // y = w * round(x / rms(x)); with a residual: x += delta first (rounded, as the eager add), and
-// the new x is returned too.
+// the new x is returned too. Columns [c0, c1) of each row are written; the sum is the whole
+// row's.
+template <typename T>
+void rms_norm_rows(const T* x, const T* delta, T* sum_out, const T* w, T* y, int64_t r0,
+                   int64_t r1, int64_t D, double eps, int64_t c0, int64_t c1) {
+  c10::SmallVector<T, 8192> sum(delta ? D : 0);
+  alignas(64) T tmp[16];
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* xr = x + r * D;
+    if (delta) {  // the residual add, rounded to T as torch's add rounds it
+      for (int64_t d = 0; d < D; d += 16)
+        store16(sum.data() + d, _mm512_add_ps(load16(xr + d), load16(delta + r * D + d)));
+      std::memcpy(sum_out + r * D + c0, sum.data() + c0, (c1 - c0) * sizeof(T));
+      xr = sum.data();
+    }
+    __m512 ss = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D; d += 16) {
+      const __m512 v = load16(xr + d);
+      ss = _mm512_fmadd_ps(v, v, ss);
+    }
+    const float inv = 1.f / std::sqrt(_mm512_reduce_add_ps(ss) / static_cast<float>(D) + static_cast<float>(eps));
+    for (int64_t d = c0; d < c1; d += 16) {
+      store16(tmp, _mm512_mul_ps(load16(xr + d), _mm512_set1_ps(inv)));
+      store16(y + r * D + d, _mm512_mul_ps(load16(tmp), load16(w + d)));
+    }
+  }
+}
+
 template <typename T>
 void rms_norm_impl(const T* x, const T* delta, T* sum_out, const T* w, T* y, int64_t rows,
-                   int64_t D, double eps) {
-  at::parallel_for(0, rows, 64, [&](int64_t r0, int64_t r1) {
-    std::vector<T> tmp(D);
-    for (int64_t r = r0; r < r1; ++r) {
-      const T* xr = x + r * D;
-      if (delta) {  // the residual add, rounded to T as torch's add rounds it
-        for (int64_t d = 0; d < D; d += 16)
-          store16(sum_out + r * D + d, _mm512_add_ps(load16(xr + d), load16(delta + r * D + d)));
-        xr = sum_out + r * D;
-      }
-      __m512 ss = _mm512_setzero_ps();
-      for (int64_t d = 0; d < D; d += 16) {
-        const __m512 v = load16(xr + d);
-        ss = _mm512_fmadd_ps(v, v, ss);
-      }
-      const float inv = 1.f / std::sqrt(_mm512_reduce_add_ps(ss) / static_cast<float>(D) + static_cast<float>(eps));
-      for (int64_t d = 0; d < D; d += 16)
-        store16(tmp.data() + d, _mm512_mul_ps(load16(xr + d), _mm512_set1_ps(inv)));
-      for (int64_t d = 0; d < D; d += 16)
-        store16(y + r * D + d, _mm512_mul_ps(load16(tmp.data() + d), load16(w + d)));
-    }
-  });
+                   int64_t D, double eps, qwq::kernels::Share share) {
+  if (share.whole())
+    return at::parallel_for(0, rows, 64, [&](int64_t r0, int64_t r1) {
+      rms_norm_rows(x, delta, sum_out, w, y, r0, r1, D, eps, 0, D);
+    });
+  const auto [c0, c1] = share.of(D, share.unit);
+  if (c0 < c1) rms_norm_rows(x, delta, sum_out, w, y, 0, rows, D, eps, c0, c1);
 }
 
 void check_norm(const at::Tensor& x, const at::Tensor& w) {
@@ -378,16 +393,17 @@ void check_like(const at::Tensor& out, const at::Tensor& x, const char* what) {
 
 namespace qwq::kernels {
 
-void rms_norm_into(const at::Tensor& x, const at::Tensor& w, double eps, at::Tensor& y) {
+void rms_norm_into(const at::Tensor& x, const at::Tensor& w, double eps, at::Tensor& y,
+                   Share share) {
   check_norm(x, w);
   check_like(y, x, "rms_norm");
   QWQ_FLOAT_TYPES(x.scalar_type(), "rms_norm",
       rms_norm_impl<scalar>(x.data_ptr<scalar>(), nullptr, nullptr, w.data_ptr<scalar>(),
-                            y.data_ptr<scalar>(), x.size(0), x.size(1), eps));
+                            y.data_ptr<scalar>(), x.size(0), x.size(1), eps, share));
 }
 
 void add_rms_norm_into(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& w,
-                       double eps, at::Tensor& sum, at::Tensor& y) {
+                       double eps, at::Tensor& sum, at::Tensor& y, Share share) {
   check_norm(x, w);
   TORCH_CHECK(delta.sizes() == x.sizes() && delta.scalar_type() == x.scalar_type() &&
                   delta.is_contiguous() && delta.device().is_cpu(),
@@ -398,7 +414,8 @@ void add_rms_norm_into(const at::Tensor& x, const at::Tensor& delta, const at::T
               "add_rms_norm: the sum and the norm are two new tensors");
   QWQ_FLOAT_TYPES(x.scalar_type(), "add_rms_norm",
       rms_norm_impl<scalar>(x.data_ptr<scalar>(), delta.data_ptr<scalar>(), sum.data_ptr<scalar>(),
-                            w.data_ptr<scalar>(), y.data_ptr<scalar>(), x.size(0), x.size(1), eps));
+                            w.data_ptr<scalar>(), y.data_ptr<scalar>(), x.size(0), x.size(1), eps,
+                            share));
 }
 
 }  // namespace qwq::kernels
@@ -420,12 +437,12 @@ std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::T
 
 // silu(gate) * up, each product rounded once (x / (1 + e^-x) in float32)
 template <typename T>
-void silu_mul_impl(const T* gu, T* y, int64_t rows, int64_t I) {
-  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+void silu_mul_impl(const T* gu, T* y, int64_t rows, int64_t I, qwq::kernels::Share share) {
+  auto part = [&](int64_t r0, int64_t r1, int64_t i0, int64_t i1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T* g = gu + r * 2 * I;
       const T* u = g + I;
-      for (int64_t i = 0; i < I; i += 16) {
+      for (int64_t i = i0; i < i1; i += 16) {
         const __m512 x = load16(g + i);
         // e^-|x| keeps exp's argument non-positive; for x < 0, silu = x e^x / (1 + e^x)
         const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(x)));
@@ -435,14 +452,18 @@ void silu_mul_impl(const T* gu, T* y, int64_t rows, int64_t I) {
         store16(y + r * I + i, _mm512_mul_ps(silu, load16(u + i)));
       }
     }
-  });
+  };
+  if (share.whole())
+    return at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) { part(r0, r1, 0, I); });
+  const auto [i0, i1] = share.of(I, share.unit);
+  if (i0 < i1) part(0, rows, i0, i1);
 }
 
 }  // namespace
 
 namespace qwq::kernels {
 
-void silu_mul_into(const at::Tensor& gate_up, at::Tensor& y) {
+void silu_mul_into(const at::Tensor& gate_up, at::Tensor& y, Share share) {
   TORCH_CHECK(gate_up.dim() == 2 && gate_up.is_contiguous() && gate_up.size(1) % 32 == 0 &&
                   gate_up.device().is_cpu(),
               "silu_mul: gate_up (rows, 2I) contiguous on the CPU, I a multiple of 16");
@@ -452,7 +473,8 @@ void silu_mul_into(const at::Tensor& gate_up, at::Tensor& y) {
                   y.device().is_cpu(),
               "silu_mul: out must be a contiguous (rows, I) tensor of gate_up's dtype");
   QWQ_FLOAT_TYPES(gate_up.scalar_type(), "silu_mul",
-      silu_mul_impl<scalar>(gate_up.data_ptr<scalar>(), y.data_ptr<scalar>(), gate_up.size(0), I));
+      silu_mul_impl<scalar>(gate_up.data_ptr<scalar>(), y.data_ptr<scalar>(), gate_up.size(0), I,
+                            share));
 }
 
 }  // namespace qwq::kernels
