@@ -11,11 +11,14 @@ step reads: every linear layer's weights in their file formats, the embedding ex
 step reads one row of it).
 
 The machine is shared, and its read bandwidth moves by a third between minutes (14-25 GB/s
-on the same host). So each fraction of the limit pairs a rate with the bandwidth measured
-next to it: qwq's child measures the bandwidth before each of its decode runs (then decodes a
-few untimed tokens, since the probe flushes the caches) and reports the median of the runs'
-fractions (its tok/s: the median run); llama-bench's fraction takes the mean of the bandwidth
-measured just before and just after it. read_gb_s is the first measurement.
+on the same host), or flips between two levels within seconds (45 and 75 GB/s on an AMD host).
+So each fraction of the limit pairs a rate with the bandwidth measured next to it: qwq's child
+measures the bandwidth before and after each of its decode runs (after the first probe it
+decodes a few untimed tokens, since the probe flushes the caches) and takes their mean; a run
+whose two probes differ by more than 15% ran while the bandwidth changed, and its fraction
+means nothing: it is listed (steady false) but left out of the median of the runs' fractions
+(tok/s: the median of all runs). llama-bench's fraction takes the mean of the bandwidth measured
+just before and just after it. read_gb_s is the first measurement.
 """
 
 from __future__ import annotations
@@ -71,20 +74,26 @@ def qwq_child(path: str, threads: int, new: int, runs: int) -> dict:
     # their 2 GiB (a decode step allocates little: the KV cache is made at load)
     peak = peak_rss_mib()
     nbytes = step_bytes(path)
-    rates, bandwidths = [], []
-    for _ in range(runs):  # each run next to its own measure of the bandwidth
-        bandwidths.append(read_bandwidth(threads))
+    rates, probes = [], []
+    for _ in range(runs):  # each run between two measures of the bandwidth
+        before = read_bandwidth(threads)
         # the probe's 2 GiB flushed every cache: a short decode first brings back the steady
         # state a long decode runs in (on a 260 MB-L3 host the timed rate read ~10% low without)
         qwq_decode(llm.engine, ids, 8, 1)
         rates.append(qwq_decode(llm.engine, ids, new, 1))
-    fractions = [r * nbytes / (b * 1e9) for r, b in zip(rates, bandwidths)]
+        probes.append((before, read_bandwidth(threads)))
+    listed = []
+    for rate, (before, after) in zip(rates, probes):
+        bandwidth = (before + after) / 2
+        listed.append({"tok_s": round(rate, 2), "read_gb_s": round(bandwidth, 1),
+                       "probes": [round(before, 1), round(after, 1)],
+                       "steady": max(before, after) <= 1.15 * min(before, after),
+                       "fraction": round(rate * nbytes / (bandwidth * 1e9), 3)})
+    steady = [r["fraction"] for r in listed if r["steady"]]
     return {"format": llm.engine.config.quantize, "load_s": round(load, 1),
             "load_and_first_token_s": round(first, 1), "tg_tok_s": statistics.median(rates),
-            "peak_rss_mib": round(peak),
-            "runs": [{"tok_s": round(r, 2), "read_gb_s": round(b, 1), "fraction": round(f, 3)}
-                     for r, b, f in zip(rates, bandwidths, fractions)],
-            "fraction_of_limit": round(statistics.median(fractions), 3)}
+            "peak_rss_mib": round(peak), "runs": listed,
+            "fraction_of_limit": round(statistics.median(steady), 3) if steady else None}
 
 
 def run_child(args: list[str], threads: int) -> dict:

@@ -137,8 +137,13 @@ def test_the_kernel_names_what_is_wrong(tiny_q4_k_m):
         run(positions=torch.tensor([0, cos.shape[0]]))
     # a failure inside the threads' shared step (one thread's attention) is raised once, and
     # the object steps on
-    with pytest.raises(RuntimeError, match="context length 40 of sequence 1 does not fit"):
-        run(context_lens=torch.tensor([1, 40]))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(RuntimeError, match="context length 40 of sequence 1 does not fit"):
+            run(context_lens=torch.tensor([1, 40]))
+    finally:
+        torch.set_num_threads(before)
     kc.zero_()
     # without a head: the final norm's rows, in the order asked; with one, their logits
     rows = run()
@@ -158,3 +163,22 @@ def test_the_kernel_names_what_is_wrong(tiny_q4_k_m):
     gone = weakref.ref(other)
     del other
     assert gone() is None
+
+
+def test_the_demo_models_fused_step_is_its_eager_step(demo_gguf):
+    """The demo GGUF's own mix: Q5_0 rows interleaved sixteen at a time (records in units of 32
+    inputs), a q|k|v of two types in half the layers, seven query heads a kv head: its fused
+    decode at two threads is the eager decode, token for token and logprob for logprob."""
+    llm = LLM(str(demo_gguf), max_model_len=256, kv_cache_memory=32 << 20,
+              enable_prefix_caching=False)
+    params = SamplingParams(temperature=0, max_tokens=12, logprobs=3, loop_control="off",
+                            ignore_eos=True)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        fused = _logprobs(llm.generate(PROMPTS, params))
+        assert isinstance(llm.engine.runner.model._ggml_layers, torch.ScriptObject)
+        _eager(llm.engine.runner.model)
+        assert _logprobs(llm.generate(PROMPTS, params)) == fused
+    finally:
+        torch.set_num_threads(before)

@@ -88,10 +88,10 @@ def kernel_isa() -> str | None:
     return asked
 
 
-# A build takes a minute or two; torch's lock on a build directory older than this was left by
+# A build takes a minute or two (torch never touches its lock meanwhile); torch's lock on a build directory older than this was left by
 # a build that was killed (a process stopped during its first load), and torch would wait on it
 # forever: every later load of qwq would hang.
-STALE_LOCK_S = 15 * 60
+STALE_LOCK_S = 30 * 60
 
 
 def _clear_stale_lock(build_dir: Path) -> None:
@@ -120,7 +120,12 @@ def kernels_available() -> bool:
 
         # one name per instruction set: the two builds keep their own cache directories
         name = "qwq_kernels" if isa == "avx512" else f"qwq_kernels_{isa}"
-        _clear_stale_lock(Path(cpp_extension._get_build_directory(name, verbose=False)))
+        try:  # (a private torch function: without it, no lock is cleared)
+            build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))
+        except (AttributeError, TypeError):
+            build_dir = None
+        if build_dir is not None:
+            _clear_stale_lock(build_dir)
         cpp_extension.load(name=name,
                            sources=_SOURCES,
                            extra_cflags=["-O3", "-fopenmp", *ISAS[isa][0], _headers_flag()],

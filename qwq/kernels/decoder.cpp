@@ -204,6 +204,7 @@ class Barrier {
  public:
   struct Stopped {};
   explicit Barrier(int n) : n_(n) {}
+  void resize(int n) { n_ = n; }  // before any thread waits
   void wait() {
     if (n_ == 1) return;
     const int gen = gen_.load(std::memory_order_acquire);
@@ -224,7 +225,7 @@ class Barrier {
   alignas(64) std::atomic<int> arrived_{0};
   alignas(64) std::atomic<int> gen_{0};
   std::atomic<bool> failed_{false};
-  const int n_;
+  int n_;
 };
 
 // One thread's part of a team's step: its share of each phase. Each linear's activation records
@@ -446,18 +447,19 @@ class DecodeLayers : public torch::CustomClassHolder {
     } else {
       std::exception_ptr failure;
       std::mutex failing;
-      std::unique_ptr<Barrier> barrier;
+      Barrier barrier(threads);
 #pragma omp parallel num_threads(threads)
       {
+        // (the team OpenMP gives may be smaller: nested in another region, it is one thread)
 #pragma omp single
-        barrier = std::make_unique<Barrier>(omp_get_num_threads());
+        barrier.resize(omp_get_num_threads());
         try {
-          member(omp_get_thread_num(), omp_get_num_threads(), *barrier);
+          member(omp_get_thread_num(), omp_get_num_threads(), barrier);
         } catch (const Barrier::Stopped&) {
         } catch (...) {
           std::lock_guard<std::mutex> first(failing);
           if (!failure) failure = std::current_exception();
-          barrier->fail();
+          barrier.fail();
         }
       }
       if (failure) std::rethrow_exception(failure);
@@ -478,6 +480,9 @@ class DecodeLayers : public torch::CustomClassHolder {
   Scratch& scratch(const at::Tensor& x) {
     const int64_t B = x.size(0);
     if (!sc_.q.defined() || sc_.q.size(0) != B || sc_.q.scalar_type() != x.scalar_type()) {
+      // (undefined until the end: a rebuild that fails half way, out of memory, is made again
+      // next step, never stepped with plans over freed activations)
+      sc_.q = at::Tensor();
       const auto o = x.options();
       const int64_t hidden = x.size(1);
       sc_.qkv = at::empty({B, rows_of(layers_[0].proj[0])}, o);

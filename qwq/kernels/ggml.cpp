@@ -472,6 +472,7 @@ struct GgmlLinear::Plan {
   // made ~100 calls, each a new array)
   Shares::Range on_stack[8];
   std::unique_ptr<Shares::Range[]> on_heap;
+  int heap_ranges = 0;
   Shares shares{on_stack, 1, 16};
 
   int64_t step(int threads) const;
@@ -585,7 +586,10 @@ void GgmlLinear::start(int threads) {
   const int64_t N = p.job.N, step = p.step(threads);
   Shares::Range* ranges = p.on_stack;
   if (threads > 8) {
-    p.on_heap = std::make_unique<Shares::Range[]>(threads);
+    if (p.heap_ranges < threads) {
+      p.on_heap = std::make_unique<Shares::Range[]>(threads);
+      p.heap_ranges = threads;
+    }
     ranges = p.on_heap.get();
   }
   for (int t = 0; t < threads; ++t)
@@ -605,7 +609,7 @@ void GgmlLinear::rows(int t) const {
 void GgmlLinear::run() {
   const Plan& p = *plan_;
   if (p.job.M == 0 || p.job.N == 0) return;
-  // a token's records a task
+  // (tasks of about a token's records: units are independent, any split gives the same bytes)
   at::parallel_for(0, p.units, p.units / p.job.M, [&](int64_t u0, int64_t u1) { records(u0, u1); });
   const int64_t step_rows = p.job.M <= kTokens ? std::max<int64_t>(16, (32 << 10) / p.row_bytes)
                                                : 1;

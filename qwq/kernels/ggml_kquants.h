@@ -55,9 +55,9 @@ inline void quantize_q8_k(const float* x, uint8_t* rec) {
   __m512i sums = _mm512_setzero_si512();
   const __m512i ones = _mm512_set1_epi8(1);
   for (int i = 0; i < 4; ++i) {
-    alignas(64) int32_t at[16];
-    for (int j = 0; j < 16; ++j) at[j] = 4 * group<kMins>(j) + i;
-    const __m512i w = _mm512_i32gather_epi32(_mm512_load_si512(at), q, 4);
+    alignas(64) int32_t word[16];
+    for (int j = 0; j < 16; ++j) word[j] = 4 * group<kMins>(j) + i;
+    const __m512i w = _mm512_i32gather_epi32(_mm512_load_si512(word), q, 4);
     _mm512_storeu_si512(rec + 64 * i, w);
     sums = _mm512_dpbusd_epi32(sums, ones, w);
   }

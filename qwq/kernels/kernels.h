@@ -20,10 +20,11 @@ namespace qwq::kernels {
 struct Share {
   int64_t index = 0, count = 1;
   int64_t unit = 16;  // the norms' and silu's columns go in whole units of this (a multiple of 16)
-  // this share's [lo, hi) of n items, in whole units of `unit` (the last share takes the rest)
-  std::pair<int64_t, int64_t> of(int64_t n, int64_t unit = 1) const {
-    const int64_t units = (n + unit - 1) / unit;
-    return {std::min(n, units * index / count * unit), std::min(n, units * (index + 1) / count * unit)};
+  // this share's [lo, hi) of n items, in whole groups of `items` (the last share takes the rest)
+  std::pair<int64_t, int64_t> of(int64_t n, int64_t items = 1) const {
+    const int64_t groups = (n + items - 1) / items;
+    return {std::min(n, groups * index / count * items),
+            std::min(n, groups * (index + 1) / count * items)};
   }
   bool whole() const { return count == 1; }
 };
