@@ -88,9 +88,9 @@ def kernel_isa() -> str | None:
     return asked
 
 
-# A build takes a minute or two (torch never touches its lock meanwhile); torch's lock on a build directory older than this was left by
-# a build that was killed (a process stopped during its first load), and torch would wait on it
-# forever: every later load of qwq would hang.
+# A build takes a minute or two, and torch never touches its lock meanwhile: a build directory's
+# lock older than this was left by a build that was killed (a process stopped during its first
+# load), and torch would wait on it forever: every later load of qwq would hang.
 STALE_LOCK_S = 30 * 60
 
 

@@ -546,8 +546,8 @@ void GgmlLinear::records_of(int64_t m0, int64_t m1, int64_t c0, int64_t c1) cons
               "ggml_linear: records of columns in whole units of ", p.column_unit);
   for (const auto& r : p.recs) {
     const int64_t lo = c0 / r.inputs, hi = c1 == p.job.K ? r.units : c1 / r.inputs;
-    for (int64_t m = m0; m < m1; ++m)
-      if (lo < hi) r.fill(p.x, p.job.K, r.at, m * r.units + lo, m * r.units + hi);
+    for (int64_t m = m0; lo < hi && m < m1; ++m)
+      r.fill(p.x, p.job.K, r.at, m * r.units + lo, m * r.units + hi);
   }
 }
 
@@ -562,14 +562,6 @@ void GgmlLinear::records(int64_t u0, int64_t u1) const {
   }
 }
 
-// One pass over all the parts' rows (one fork and join for q|k|v instead of three). Each
-// thread reads its own contiguous share front to back, one forward stream; a thread that runs
-// out takes the back half of what another has left (on a shared machine one core is often
-// slower). Shares move in steps of ~32 KB of weights, so the threads end within one step of
-// each other: fixed halves, or blocks of an eighth taken from one counter, left the first
-// thread done ~10 us before the other in every call of the demo's decode step. Past one
-// register tile of tokens the steps are an eighth of the rows, as many as each token tile's
-// records are read for.
 // The rows a thread takes at a time, of `threads` (whole groups of 16 rows: a share splits no
 // Q5_0x16 group), and the first row of thread t's share.
 int64_t GgmlLinear::Plan::step(int threads) const {
@@ -581,6 +573,14 @@ static int64_t share_start(int64_t N, int t, int threads, int64_t step) {
   return t == threads ? N : N * t / threads / step * step;
 }
 
+// One pass over all the parts' rows (one fork and join for q|k|v instead of three). Each
+// thread reads its own contiguous share front to back, one forward stream; a thread that runs
+// out takes the back half of what another has left (on a shared machine one core is often
+// slower). Shares move in steps of ~32 KB of weights, so the threads end within one step of
+// each other: fixed halves, or blocks of an eighth taken from one counter, left the first
+// thread done ~10 us before the other in every call of the demo's decode step. Past one
+// register tile of tokens the steps are an eighth of the rows, as many as each token tile's
+// records are read for.
 void GgmlLinear::start(int threads) {
   Plan& p = *plan_;
   const int64_t N = p.job.N, step = p.step(threads);
@@ -611,10 +611,10 @@ void GgmlLinear::run() {
   if (p.job.M == 0 || p.job.N == 0) return;
   // (tasks of about a token's records: units are independent, any split gives the same bytes)
   at::parallel_for(0, p.units, p.units / p.job.M, [&](int64_t u0, int64_t u1) { records(u0, u1); });
-  const int64_t step_rows = p.job.M <= kTokens ? std::max<int64_t>(16, (32 << 10) / p.row_bytes)
-                                               : 1;
-  const int threads = static_cast<int>(std::min<int64_t>(
-      at::get_num_threads(), (p.job.N + step_rows - 1) / step_rows));
+  // (no more threads than steps of rows: a small tensor is not forked for)
+  const int64_t step = p.step(at::get_num_threads());
+  const int threads = static_cast<int>(std::min<int64_t>(at::get_num_threads(),
+                                                          (p.job.N + step - 1) / step));
   start(threads);
   if (threads == 1) return rows(0);
   at::parallel_for(0, threads, 1, [&](int64_t t, int64_t) { rows(static_cast<int>(t)); });
